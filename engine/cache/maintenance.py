@@ -1,0 +1,72 @@
+"""`stella-build cache stats|gc|verify|clean` over the LMDB index and the CAS."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .cas import Cas
+from .index import Index
+
+
+def stats(cache_dir: Path) -> dict:
+    index, cas = Index(cache_dir), Cas(cache_dir)
+    try:
+        blobs = list(cas.iter_blobs())
+        return {"cache_dir": str(cache_dir), **index.counts(), "blobs": len(blobs),
+                "blob_bytes": sum(size for _, size, _ in blobs)}
+    finally:
+        index.close()
+
+
+def gc(cache_dir: Path, max_size: int) -> dict:
+    """Evict least recently used action results until blobs fit in `max_size` bytes, then delete
+    blobs no remaining result names (temp and sandbox leftovers of killed builds too)."""
+    index, cas = Index(cache_dir), Cas(cache_dir)
+    try:
+        results = sorted(index.all_results(), key=lambda r: r[2], reverse=True)  # newest first
+        sizes = {d: s for d, s, _ in cas.iter_blobs()}
+        keep_keys, kept_blobs, total = [], set(), 0
+        evict = []
+        for key, result, _used in results:
+            needed = {o["blake3"] for o in result["outputs"]} - kept_blobs
+            extra = sum(sizes.get(d, 0) for d in needed)
+            if total + extra <= max_size:
+                keep_keys.append(key)
+                kept_blobs |= needed
+                total += extra
+            else:
+                evict.append(key)
+        index.delete_results(evict)
+        removed = [d for d in sizes if d not in kept_blobs]
+        for digest in removed:
+            cas.discard(digest)
+        for leftover in ("tmp", "sandbox"):
+            shutil.rmtree(cache_dir / leftover, ignore_errors=True)
+        return {"evicted_actions": len(evict), "kept_actions": len(keep_keys),
+                "removed_blobs": len(removed), "removed_bytes": sum(sizes[d] for d in removed),
+                "blob_bytes": total}
+    finally:
+        index.close()
+
+
+def verify(cache_dir: Path) -> dict:
+    """Re-hash every blob; delete corrupt ones (their results become misses and rebuild)."""
+    index, cas = Index(cache_dir), Cas(cache_dir)
+    try:
+        corrupt = [d for d, _, _ in cas.iter_blobs() if not cas.verify(d)]
+        for digest in corrupt:
+            cas.discard(digest)
+        missing = 0
+        for key, result, _ in index.all_results():
+            if any(not cas.has(o["blake3"], o["size"]) for o in result["outputs"]):
+                missing += 1
+        return {"corrupt_blobs_removed": corrupt, "results_with_missing_blobs": missing}
+    finally:
+        index.close()
+
+
+def clean(cache_dir: Path) -> dict:
+    existed = cache_dir.exists()
+    for child in ("cas", "tmp", "sandbox") + tuple(p.name for p in cache_dir.glob("index-v*")):
+        shutil.rmtree(cache_dir / child, ignore_errors=True)
+    return {"cache_dir": str(cache_dir), "removed": existed}

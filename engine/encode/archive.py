@@ -1,0 +1,102 @@
+"""Deterministic archive encoders: PAX tar, gzip and zstd with pinned, bundled compressors.
+
+- gzip: raw deflate from zlib-ng bundled in the `zlib-ng` wheel (never the host's libz, whose
+  output differs between zlib and zlib-ng builds), wrapped in a header we write ourselves:
+  mtime 0, no file name, XFL by level, OS byte 255.
+- zstd: libzstd bundled in `zstandard`, in its multi-threaded mode with a fixed worker count
+  (multi-threaded output does not depend on the thread count; single-threaded mode would differ).
+- tar: PAX, entries sorted by path, mtime = SOURCE_DATE_EPOCH, uid/gid 0, empty owner names.
+
+`library_versions()` is recorded in the action key and in provenance of every action using these.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+from zlib_ng import zlib_ng
+import zstandard
+
+GZIP_OS_UNKNOWN = 255
+_ZSTD_THREADS = 1
+
+
+@dataclass(frozen=True)
+class TarEntry:
+    """One regular file in a tar: either in-memory `data` or a `source` file path."""
+
+    path: str
+    data: bytes | None = None
+    mode: int = 0o644
+    source: Path | None = None
+
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else Path(self.source).stat().st_size
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "zlib-ng": zlib_ng.ZLIBNG_VERSION,
+        "zstd": ".".join(map(str, zstandard.ZSTD_VERSION)),
+        "zstandard": zstandard.__version__,
+    }
+
+
+def gzip_bytes(data: bytes, level: int = 9) -> bytes:
+    """gzip member of `data` with a fixed header; bytes depend only on data, level and zlib-ng."""
+    comp = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15, 8, zlib_ng.Z_DEFAULT_STRATEGY)
+    body = comp.compress(data) + comp.flush()
+    xfl = 2 if level == 9 else 4 if level == 1 else 0
+    header = b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + bytes([xfl, GZIP_OS_UNKNOWN])
+    trailer = struct.pack("<II", zlib_ng.crc32(data) & 0xFFFFFFFF, len(data) & 0xFFFFFFFF)
+    return header + body + trailer
+
+
+def gunzip_bytes(data: bytes) -> bytes:
+    return zlib_ng.decompress(data, 31)
+
+
+def zstd_bytes(data: bytes, level: int = 19) -> bytes:
+    cctx = zstandard.ZstdCompressor(level=level, threads=_ZSTD_THREADS, write_checksum=True)
+    return cctx.compress(data)
+
+
+def unzstd_bytes(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+
+
+def _tarinfo(entry: TarEntry, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(entry.path)
+    info.size = entry.size()
+    info.mtime = int(mtime)  # an int: a float mtime would add a PAX mtime record
+    info.mode = entry.mode
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def write_tar(out: BinaryIO, entries: Iterable[TarEntry], mtime: int) -> None:
+    """Stream a deterministic PAX tar of `entries` (sorted by path) into `out`."""
+    ordered = sorted(entries, key=lambda e: e.path.encode("utf-8"))
+    paths = [e.path for e in ordered]
+    if len(set(paths)) != len(paths):
+        raise ValueError("duplicate paths in tar entries")
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
+        for entry in ordered:
+            info = _tarinfo(entry, mtime)
+            if entry.data is not None:
+                tar.addfile(info, io.BytesIO(entry.data))
+            else:
+                with open(entry.source, "rb") as f:
+                    tar.addfile(info, f)
+
+
+def tar_bytes(entries: Iterable[TarEntry], mtime: int = 0) -> bytes:
+    buf = io.BytesIO()
+    write_tar(buf, entries, mtime)
+    return buf.getvalue()

@@ -1,0 +1,84 @@
+"""User-facing errors and the exit codes of design §6.
+
+Every error carries the target, file, line and field it is about, so the CLI can print one clear
+line (or a JSON object) instead of a traceback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+
+EXIT_OK = 0
+EXIT_BUILD_FAILED = 1
+EXIT_USAGE = 2
+EXIT_VERIFY_FAILED = 3
+EXIT_MISSING_TRUST = 4
+EXIT_NEEDS_NETWORK = 5
+
+
+@dataclass
+class ErrorInfo:
+    message: str
+    target: str | None = None
+    file: str | None = None
+    line: int | None = None
+    field: str | None = None
+
+    def to_json(self) -> dict:
+        return {"target": self.target, "file": self.file, "line": self.line,
+                "field": self.field, "message": self.message}
+
+    def __str__(self) -> str:
+        where = self.file or ""
+        if self.file and self.line:
+            where += f":{self.line}"
+        parts = [p for p in (where, self.target, self.field and f"field '{self.field}'") if p]
+        return (": ".join(parts) + ": " if parts else "") + self.message
+
+
+class StellaError(Exception):
+    """Base of errors shown to users; `exit_code` follows design §6."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, target: str | None = None, file: str | None = None,
+                 line: int | None = None, field: str | None = None,
+                 errors: list[ErrorInfo] | None = None):
+        self.errors = errors or [ErrorInfo(message, target, file, line, field)]
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+class UsageError(StellaError):
+    """Bad command line, bad label, bad Exportfile: exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class BuildFailed(StellaError):
+    """An action failed: exit 1."""
+
+    exit_code = EXIT_BUILD_FAILED
+
+
+class VerificationFailed(StellaError):
+    exit_code = EXIT_VERIFY_FAILED
+
+
+class TrustMaterialMissing(StellaError):
+    exit_code = EXIT_MISSING_TRUST
+
+
+class NetworkRequired(StellaError):
+    exit_code = EXIT_NEEDS_NETWORK
+
+
+@dataclass
+class ActionError(Exception):
+    """Raised by a rule's action function for bad input; names the file and field at fault."""
+
+    message: str
+    file: str | None = None
+    field: str | None = None
+    extra: dict = dc_field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return str(ErrorInfo(self.message, file=self.file, field=self.field))

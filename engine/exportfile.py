@@ -1,0 +1,204 @@
+"""Exportfiles: TOML → validated pydantic models, with errors that name file, line and key.
+
+    [package]
+    source_date_epoch = 1735689600
+    [package.selectors]
+    ecosystems = ["PyPI"]
+
+    [targets.json-raw]
+    rule = "json_raw"
+    deps = [":osv"]
+
+The models are the single source of truth for `exportfile.schema.json`
+(`python -m stella_build.engine.exportfile --write-schema` regenerates it; a test checks it).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .errors import ErrorInfo, UsageError
+from .registry import rules as registered_rules
+from .rule_api import Selectors, TargetParams
+
+SCHEMA_FILE = "exportfile.schema.json"
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class PackageConfig(BaseModel):
+    """Per-package defaults applied to every target of the Exportfile."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_date_epoch: int | None = Field(
+        None, ge=0, description="fixed build time (seconds since 1970); else derived from the inputs")
+    selectors: Selectors = Field(default_factory=Selectors)
+    description: str | None = None
+
+
+_MODEL: type[BaseModel] | None = None
+
+
+def exportfile_model() -> type[BaseModel]:
+    """The Exportfile model: `targets` is a union of every registered rule's Params, by `rule`."""
+    global _MODEL
+    if _MODEL is None:
+        params = [r.Params for r in registered_rules().values()]
+        target_type: Any = (Annotated[Union[tuple(params)], Field(discriminator="rule")]
+                            if len(params) > 1 else params[0])
+        _MODEL = create_model(
+            "Exportfile",
+            __config__=ConfigDict(extra="forbid", frozen=True, title="stella-build Exportfile"),
+            package=(PackageConfig, Field(default_factory=PackageConfig)),
+            targets=(dict[str, target_type], Field(default_factory=dict)),
+        )
+    return _MODEL
+
+
+def json_schema() -> dict:
+    schema = exportfile_model().model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://stella-build.dev/exportfile.schema.json"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+# -- locating keys in TOML text -------------------------------------------------------------
+
+_HEADER = re.compile(r"^\s*\[(\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+))*)\s*=""")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    parts = re.findall(r'"([^"]*)"|\'([^\']*)\'|([A-Za-z0-9_-]+)', text)
+    return tuple(a or b or c for a, b, c in parts)
+
+
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each table header and key path in TOML `text` to its 1-based line number.
+
+    tomllib keeps no positions; this scan is enough to point an error at the right line for the
+    table/key shapes Exportfiles use (headers, dotted keys, inline values on one line).
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    array_counts: dict[tuple[str, ...], int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header and not _KEY.match(line):
+            path = _split_key(header.group(2))
+            if header.group(1):  # [[array]] of tables
+                idx = array_counts.get(path, 0)
+                array_counts[path] = idx + 1
+                path = path + (str(idx),)
+            table = path
+            lines.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            lines.setdefault(table + _split_key(key.group(1)), number)
+    return lines
+
+
+def _line_for(lines: dict[tuple[str, ...], int], loc: tuple[str, ...]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+# -- loading --------------------------------------------------------------------------------
+
+@dataclass
+class LoadedExportfile:
+    path: Path
+    display: str  # workspace-relative path shown in messages
+    package: PackageConfig
+    targets: dict[str, TargetParams]
+    lines: dict[tuple[str, ...], int]
+
+    def line_of(self, *loc: str) -> int | None:
+        return _line_for(self.lines, tuple(loc))
+
+
+def _validation_errors(exc: ValidationError, display: str, lines, rule_names) -> list[ErrorInfo]:
+    infos = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        # Discriminated unions insert the rule name into the location: drop it.
+        if len(loc) >= 3 and loc[0] == "targets" and loc[2] in rule_names:
+            del loc[2]
+        target = f":{loc[1]}" if len(loc) >= 2 and loc[0] == "targets" else None
+        kind = err["type"]
+        key = loc[-1] if loc else None
+        if kind == "extra_forbidden":
+            message = f"unknown key '{key}'"
+        elif kind == "union_tag_invalid":
+            given = err.get("input", {}).get("rule") if isinstance(err.get("input"), dict) else None
+            message = f"unknown rule '{given}' (known rules: {', '.join(sorted(rule_names))})"
+            key = "rule"
+        elif kind == "union_tag_not_found":
+            message = "missing key 'rule' (which rule builds this target?)"
+            key = "rule"
+        elif kind == "missing":
+            message = f"missing required key '{key}'"
+        else:
+            message = f"{'.'.join(loc[2:]) or key}: {err['msg']}"
+        infos.append(ErrorInfo(message, target=target, file=display,
+                               line=_line_for(lines, tuple(loc)), field=".".join(loc[2:]) or key))
+    return infos
+
+
+def load_exportfile(path: Path, display: str) -> LoadedExportfile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError("Exportfile not found", file=display) from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"Exportfile is not UTF-8: {exc}", file=display) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise UsageError(f"invalid TOML: {exc}", file=display,
+                         line=int(match.group(1)) if match else None) from None
+    lines = key_lines(text)
+    for name in data.get("targets", {}) if isinstance(data.get("targets"), dict) else {}:
+        if not _TARGET_NAME.match(name):
+            raise UsageError(f"bad target name '{name}' (letters, digits, '.', '_', '+', '-')",
+                             file=display, line=_line_for(lines, ("targets", name)),
+                             field=f"targets.{name}")
+    rule_names = set(registered_rules())
+    try:
+        model = exportfile_model().model_validate(data)
+    except ValidationError as exc:
+        infos = _validation_errors(exc, display, lines, rule_names)
+        raise UsageError(infos[0].message, errors=infos) from None
+    return LoadedExportfile(path=path, display=display, package=model.package,
+                            targets=dict(model.targets), lines=lines)
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["--write-schema"]:
+        Path(SCHEMA_FILE).write_text(schema_text(), encoding="utf-8")
+        print(f"wrote {SCHEMA_FILE}")
+        return 0
+    if argv[1:] == ["--print-schema"]:
+        sys.stdout.write(schema_text())
+        return 0
+    print("usage: python -m stella_build.engine.exportfile --write-schema|--print-schema")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

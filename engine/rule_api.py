@@ -1,0 +1,206 @@
+"""The rule API: everything a rule may use, and the only engine module rules import.
+
+A rule (BuildStream's element life cycle, Pants' typed rules) is a class with:
+  - `name`, `version` (bump when output bytes change), `doc`
+  - `Params`: a pydantic model of its Exportfile keys (validated up front, part of the schema)
+  - `accepts`: provider types its `deps` must offer (checked at analysis)
+  - `analyze(ctx, params)`: declares actions and returns providers (no I/O beyond ctx.glob)
+An action is a plain function `fn(actx: ActionContext) -> dict | None` named as "module:function".
+It runs in a hermetic sandbox, reads only `actx.input(...)`, writes only `actx.output(...)`, and
+returns small JSON-able stats (record counts...) shown in the build summary.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ActionError, UsageError  # noqa: F401  (re-exported for rules)
+from .labels import Label
+
+
+# -- Exportfile parameters ---------------------------------------------------------------------
+
+class Selectors(BaseModel):
+    """Which evidence a target exports. Per-package defaults merge under per-target values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ecosystems: list[str] | None = Field(None, description="OSV ecosystem names to keep, e.g. ['PyPI', 'Go']")
+    packages: list[str] | None = Field(None, description="package names to keep (exact, case-insensitive)")
+    modified_since: str | None = Field(
+        None, description="keep records modified at or after this RFC 3339 date/time",
+        pattern=r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?$")
+
+    def merged_over(self, defaults: "Selectors") -> "Selectors":
+        data = defaults.model_dump()
+        data.update({k: v for k, v in self.model_dump().items() if v is not None})
+        return Selectors(**data)
+
+
+class TargetParams(BaseModel):
+    """Keys every target has. Rules subclass this with `rule: Literal["<rule name>"]`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: str
+    deps: list[str] = Field(default_factory=list, description="labels of targets this one consumes")
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+# -- artifacts, providers, actions ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file (or a directory tree when `tree`) that an action reads.
+
+    Source artifacts have `producer=None` and an absolute `path`; derived ones name the action id
+    that produces them and the output path inside that action's output directory.
+    """
+
+    logical: str
+    producer: str | None = None
+    output: str = ""
+    path: Path | None = None
+    tree: bool = False
+
+
+class Provider:
+    """Base of typed information passed from a target to the targets depending on it."""
+
+
+@dataclass(frozen=True)
+class DefaultOutputs(Provider):
+    """Files materialized under stella-out/<package>/<target>/, keyed by relative path."""
+
+    files: dict[str, Artifact]
+    trees: dict[str, Artifact] = field(default_factory=dict)  # relative dir → tree artifact
+    primary: tuple[str, ...] = ()  # the paths worth printing after a build (e.g. the archive)
+
+
+@dataclass
+class ActionSpec:
+    """One unit of cached work, as declared during analysis."""
+
+    id: str
+    label: Label
+    rule: str
+    rule_version: str
+    mnemonic: str
+    fn: str
+    inputs: dict[str, Artifact]
+    params: dict[str, Any]
+    outputs: list[str]
+    source_date_epoch: int
+    libraries: dict[str, str]
+
+    def out(self, name: str) -> Artifact:
+        if name not in self.outputs:
+            raise KeyError(f"action {self.id} declares no output {name!r}")
+        return Artifact(logical=f"{self.id}/{name}", producer=self.id, output=name,
+                        tree=name.endswith("/"))
+
+
+class Rule:
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    doc: ClassVar[str] = ""
+    Params: ClassVar[type[TargetParams]]
+    accepts: ClassVar[tuple[type[Provider], ...]] = ()
+    libraries: ClassVar[dict[str, str]] = {}  # extra byte-affecting library versions (e.g. SQLite)
+
+    def analyze(self, ctx: "AnalysisContext", params: TargetParams) -> list[Provider]:
+        raise NotImplementedError
+
+
+class AnalysisContext:
+    """What `Rule.analyze` sees: its label, resolved deps' providers, globbing, and `action()`."""
+
+    def __init__(self, *, label: Label, rule: type[Rule], workspace, source_date_epoch: int,
+                 selectors: Selectors, deps: list[tuple[Label, list[Provider]]],
+                 base_libraries: dict[str, str], exportfile: str):
+        self.label = label
+        self.rule = rule
+        self.workspace = workspace
+        self.source_date_epoch = source_date_epoch
+        self.selectors = selectors
+        self.deps = deps
+        self.exportfile = exportfile
+        self.actions: list[ActionSpec] = []
+        self._libraries = {**base_libraries, **rule.libraries}
+
+    @property
+    def package(self) -> str:
+        return self.label.package
+
+    def providers(self, kind: type) -> list[tuple[Label, Any]]:
+        """(dep label, provider) for every dep that offers `kind`, in deps order."""
+        return [(lbl, p) for lbl, provs in self.deps for p in provs if isinstance(p, kind)]
+
+    def glob(self, patterns: Iterable[str]) -> list[Artifact]:
+        return [Artifact(logical=logical, path=path)
+                for logical, path in self.workspace.glob(list(patterns), self.package)]
+
+    def action(self, *, mnemonic: str, fn: str, inputs: dict[str, Artifact], outputs: list[str],
+               params: dict[str, Any] | None = None, id: str | None = None) -> ActionSpec:
+        action_id = f"{self.label}#{mnemonic}" + (f"/{id}" if id else "")
+        if any(a.id == action_id for a in self.actions):
+            raise UsageError(f"rule {self.rule.name} declared action {action_id} twice")
+        spec = ActionSpec(
+            id=action_id, label=self.label, rule=self.rule.name, rule_version=self.rule.version,
+            mnemonic=mnemonic, fn=fn, inputs=dict(inputs), params=dict(params or {}),
+            outputs=list(outputs), source_date_epoch=self.source_date_epoch,
+            libraries=self._libraries)
+        self.actions.append(spec)
+        return spec
+
+
+def input_name(artifact: Artifact) -> str:
+    """A stable sandbox-relative name for an artifact (no absolute paths, no '//')."""
+    return artifact.logical.replace("//", "/").lstrip("@/")
+
+
+class ActionContext:
+    """What an action function sees inside its sandbox."""
+
+    def __init__(self, *, action_id: str, label: str, sandbox: Path, params: dict[str, Any],
+                 source_date_epoch: int, inputs: dict[str, Path]):
+        self.action_id = action_id
+        self.label = label
+        self.sandbox = sandbox
+        self.params = params
+        self.source_date_epoch = source_date_epoch
+        self.inputs = inputs  # name → staged path (a directory for tree inputs)
+        self.out_dir = sandbox / "out"
+
+    def input(self, name: str) -> Path:
+        try:
+            return self.inputs[name]
+        except KeyError:
+            raise ActionError(f"action reads undeclared input {name!r}") from None
+
+    def output(self, name: str) -> Path:
+        path = self.out_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_output(self, name: str, data: bytes) -> Path:
+        path = self.output(name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def tree_files(self, name: str) -> list[tuple[str, Path]]:
+        """Sorted (relative path, path) of the files of a staged tree input."""
+        root = self.input(name)
+        out = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for fn in filenames:
+                p = Path(dirpath) / fn
+                out.append((p.relative_to(root).as_posix(), p))
+        return sorted(out, key=lambda t: t[0].encode())

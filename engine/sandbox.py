@@ -1,0 +1,178 @@
+"""Hermetic execution of one action in a worker process.
+
+Each action gets a fresh directory `<cache>/sandbox/<id>/` with its declared inputs copied in
+read-only (`in/`), an empty `out/`, and a scrubbed process state: TZ=UTC, LC_ALL=C.UTF-8, umask
+022, HOME pointing nowhere, PYTHONHASHSEED=0, cwd = sandbox. Inputs are re-hashed while staged, so
+a source edited mid-build or a corrupt cache blob fails the action instead of poisoning the cache.
+Outputs are hashed and moved into the CAS by the worker; the parent writes the index entry.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import stat
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from .cache.cas import Cas
+from .encode.digest import file_digests
+from .errors import ActionError
+from .rule_api import ActionContext
+
+SCRUBBED_ENV = {
+    "TZ": "UTC",
+    "LC_ALL": "C.UTF-8",
+    "LANG": "C.UTF-8",
+    "PYTHONHASHSEED": "0",
+    "HOME": "/nonexistent",
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+_CHUNK = 1 << 20
+
+
+def worker_init() -> None:
+    """Process initializer: pin the state every action would otherwise inherit."""
+    os.environ.clear()
+    os.environ.update(SCRUBBED_ENV)
+    time.tzset()
+    os.umask(0o022)
+
+
+class InputChanged(Exception):
+    pass
+
+
+def _stage_file(src: str, dest: Path, expected: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    h = blake3.blake3()
+    with open(src, "rb") as f, open(dest, "wb") as out:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            out.write(chunk)
+    if h.hexdigest() != expected:
+        raise InputChanged(src)
+    os.chmod(dest, 0o444)
+
+
+def _make_readonly(root: Path) -> None:
+    for dirpath, _, _ in os.walk(root):
+        os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+
+
+def _collect_outputs(out_dir: Path) -> list[tuple[str, Path]]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(out_dir):
+        dirnames.sort()
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                raise ActionError(f"output {path.relative_to(out_dir)} is not a regular file")
+            found.append((path.relative_to(out_dir).as_posix(), path))
+    return sorted(found)
+
+
+def _check_declared(outputs: list[tuple[str, Path]], declared: list[str]) -> None:
+    files = {name for name, _ in outputs}
+    for name in files:
+        if name not in declared and not any(d.endswith("/") and name.startswith(d) for d in declared):
+            raise ActionError(f"action wrote undeclared output {name!r}")
+    for d in declared:
+        if not d.endswith("/") and d not in files:
+            raise ActionError(f"action did not write its declared output {d!r}")
+
+
+def run_action(task: dict[str, Any]) -> dict[str, Any]:
+    """Execute one action; returns {"outputs": [...], "stats": {...}} or {"error": {...}}.
+
+    task keys: id, label, fn, params, source_date_epoch, outputs, cache_dir, sandbox_name,
+    inputs: list of [sandbox name, source path, blake3, is_tree_member], mode: "build"|"check",
+    expected (check mode): {output name: blake3}.
+    """
+    cache_dir = Path(task["cache_dir"])
+    sandbox = cache_dir / "sandbox" / task["sandbox_name"]
+    if sandbox.exists():
+        shutil.rmtree(sandbox, ignore_errors=True)
+    (sandbox / "out").mkdir(parents=True)
+    started = time.perf_counter()
+    try:
+        os.chdir(sandbox)
+        inputs: dict[str, Path] = {}
+        for name, src, digest, tree_root in task["inputs"]:
+            dest = sandbox / "in" / name
+            _stage_file(src, dest, digest)
+            inputs[tree_root or name] = sandbox / "in" / (tree_root or name)
+        if (sandbox / "in").exists():
+            _make_readonly(sandbox / "in")
+        module_name, _, func_name = task["fn"].partition(":")
+        fn = getattr(importlib.import_module(module_name), func_name)
+        actx = ActionContext(action_id=task["id"], label=task["label"], sandbox=sandbox,
+                             params=task["params"], source_date_epoch=task["source_date_epoch"],
+                             inputs=inputs)
+        stats = fn(actx) or {}
+        outputs = _collect_outputs(sandbox / "out")
+        _check_declared(outputs, task["outputs"])
+        records = []
+        cas = Cas(cache_dir)
+        for name, path in outputs:
+            b3, sha, size = file_digests(path)
+            mode = 0o755 if os.stat(path).st_mode & 0o111 else 0o644
+            records.append({"path": name, "blake3": b3, "sha256": sha, "size": size, "mode": mode})
+            if task["mode"] == "build":
+                cas.adopt(path, b3, size)
+        result: dict[str, Any] = {"outputs": records, "stats": stats,
+                                  "seconds": round(time.perf_counter() - started, 4)}
+        if task["mode"] == "check":
+            result["differences"] = _differences(cas, task["expected"], records, sandbox / "out")
+        return result
+    except ActionError as exc:
+        return {"error": {"message": exc.message, "file": exc.file, "field": exc.field}}
+    except InputChanged as exc:
+        return {"error": {"message": f"input changed while the build was running: {exc}",
+                          "file": str(exc), "field": None}}
+    except Exception as exc:  # a rule bug: keep the traceback for --debug
+        return {"error": {"message": f"{type(exc).__name__}: {exc}", "file": None, "field": None,
+                          "traceback": traceback.format_exc()}}
+    finally:
+        os.chdir(cache_dir)
+        _remove_tree(sandbox)
+
+
+def _differences(cas: Cas, expected: dict[str, str], records: list[dict], out_dir: Path) -> list[dict]:
+    diffs = []
+    got = {r["path"]: r["blake3"] for r in records}
+    for name in sorted(set(expected) | set(got)):
+        if expected.get(name) == got.get(name):
+            continue
+        entry = {"path": name, "expected": expected.get(name), "actual": got.get(name), "offset": None}
+        if name in expected and name in got:
+            try:
+                old = cas.read_verified(expected[name])
+                new = (out_dir / name).read_bytes()
+                entry["offset"] = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b),
+                                       min(len(old), len(new)))
+            except Exception:  # the cached blob is gone or corrupt: report without an offset
+                pass
+        diffs.append(entry)
+    return diffs
+
+
+def _remove_tree(path: Path) -> None:
+    def onerror(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o755)
+            os.chmod(p, 0o755)
+            func(p)
+        except OSError:
+            pass
+    for dirpath, _, _ in os.walk(path):
+        try:
+            os.chmod(dirpath, 0o755)
+        except OSError:
+            pass
+    shutil.rmtree(path, onerror=onerror)

@@ -1,0 +1,242 @@
+"""Execution: compute action keys in dependency order, serve hits from the cache, run misses on a
+pool of hermetic worker processes (`-j`), and store results.
+
+Keys of derived inputs are known only once their producers finish, so keys are computed as actions
+become ready. A hit is served only if every blob it names is present with the right size.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .actions import action_key, key_record
+from .cache.cas import Cas
+from .cache.index import Index
+from .encode.digest import file_digests
+from .rule_api import ActionSpec, Artifact, input_name
+from .sandbox import SCRUBBED_ENV, run_action, worker_init
+
+_RACY_SECONDS = 2.0  # files modified this recently are re-hashed next time (racy-git problem)
+
+
+@dataclass
+class Outcome:
+    spec: ActionSpec
+    key: str | None = None
+    record: dict | None = None
+    outputs: dict[str, dict] = field(default_factory=dict)  # output path → record
+    stats: dict = field(default_factory=dict)
+    status: str = "pending"  # cached | executed | failed | skipped
+    error: dict | None = None
+    differences: list[dict] = field(default_factory=list)
+
+
+class SourceDigests:
+    """BLAKE3/SHA-256 of source files, memoized in the index by (size, mtime, inode, ctime)."""
+
+    def __init__(self, index: Index):
+        self.index = index
+        self.memo: dict[str, tuple[str, str, int]] = {}
+
+    def digests(self, paths: list[Path]) -> dict[str, tuple[str, str, int]]:
+        wanted = [str(p) for p in paths if str(p) not in self.memo]
+        if wanted:
+            stored = self.index.get_stats(wanted)
+            fresh: dict[str, list] = {}
+            now = time.time()
+            for p in wanted:
+                st = os.stat(p)
+                sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+                old = stored.get(p)
+                if old and old[:4] == sig:
+                    self.memo[p] = (old[4], old[5], st.st_size)
+                    continue
+                b3, sha, size = file_digests(p)
+                self.memo[p] = (b3, sha, size)
+                if now - st.st_mtime > _RACY_SECONDS:
+                    fresh[p] = sig + [b3, sha]
+            self.index.put_stats(fresh)
+        return {str(p): self.memo[str(p)] for p in paths}
+
+
+class Executor:
+    def __init__(self, cache_dir: Path, jobs: int, *, progress: Callable[[str, Outcome, int, int], None] | None = None):
+        self.cache_dir = cache_dir
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.index = Index(cache_dir)
+        self.cas = Cas(cache_dir)
+        self.jobs = max(1, jobs)
+        self.sources = SourceDigests(self.index)
+        self.progress = progress or (lambda *a: None)
+        self._pool: ProcessPoolExecutor | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    # -- worker pool (started only when something must run) ----------------------------------
+    def _pool_get(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # Spawned workers inherit the environment at spawn time: PYTHONHASHSEED must be set
+            # before the interpreter starts, so it is set here for the pool's lifetime.
+            for k in ("PYTHONHASHSEED",):
+                self._saved_env[k] = os.environ.get(k)
+                os.environ[k] = SCRUBBED_ENV[k]
+            self._pool = ProcessPoolExecutor(max_workers=self.jobs,
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=worker_init)
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            for k, v in self._saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        self.index.close()
+
+    # -- inputs and keys --------------------------------------------------------------------
+    def _staged_inputs(self, spec: ActionSpec, done: dict[str, Outcome]) -> list[list]:
+        """[sandbox name, source path, blake3, tree root or None] for every staged file."""
+        staged: list[list] = []
+        sources = [a.path for a in spec.inputs.values() if a.producer is None]
+        digests = self.sources.digests(sources) if sources else {}
+        for name, art in sorted(spec.inputs.items()):
+            if art.producer is None:
+                staged.append([name, str(art.path), digests[str(art.path)][0], None])
+                continue
+            producer = done[art.producer]
+            if art.tree:
+                prefix = art.output
+                for path, rec in sorted(producer.outputs.items()):
+                    if path.startswith(prefix):
+                        staged.append([f"{name}/{path[len(prefix):]}",
+                                       str(self.cas.path(rec["blake3"])), rec["blake3"], name])
+            else:
+                rec = producer.outputs[art.output]
+                staged.append([name, str(self.cas.path(rec["blake3"])), rec["blake3"], None])
+        return staged
+
+    def artifact_files(self, art: Artifact, done: dict[str, Outcome]) -> dict[str, dict]:
+        """relative path → {blake3, sha256, size, mode, src} for a (tree) artifact."""
+        if art.producer is None:
+            b3, sha, size = self.sources.digests([art.path])[str(art.path)]
+            return {"": {"blake3": b3, "sha256": sha, "size": size, "mode": 0o644, "src": str(art.path)}}
+        outs = done[art.producer].outputs
+        if art.tree:
+            return {p[len(art.output):]: dict(r, src=None) for p, r in outs.items()
+                    if p.startswith(art.output)}
+        return {"": dict(outs[art.output], src=None)}
+
+    # -- the run loop -----------------------------------------------------------------------
+    def run(self, actions: list[ActionSpec], *, force: bool = False, check: bool = False,
+            keep_going: bool = False) -> dict[str, Outcome]:
+        done: dict[str, Outcome] = {}
+        pending = {a.id: a for a in actions}
+        waiting_on = {a.id: {i.producer for i in a.inputs.values() if i.producer} for a in actions}
+        running: dict[Future, tuple[Outcome, list]] = {}
+        total = len(actions)
+        failed = False
+        used: dict[str, str] = {}
+
+        def ready() -> list[ActionSpec]:
+            return [pending[a] for a in list(pending)
+                    if all(p in done and done[p].status in ("cached", "executed") for p in waiting_on[a])]
+
+        while pending or running:
+            progressed = False
+            if not failed or keep_going:
+                for spec in ready():
+                    del pending[spec.id]
+                    progressed = True
+                    outcome = Outcome(spec)
+                    staged = self._staged_inputs(spec, done)
+                    outcome.record = key_record(spec, [(s[0], s[2]) for s in staged])
+                    outcome.key = action_key(outcome.record)
+                    hit = None if force else self._lookup(outcome.key)
+                    if hit is not None:
+                        outcome.outputs = {o["path"]: o for o in hit["outputs"]}
+                        outcome.stats = hit.get("stats", {})
+                        outcome.status = "cached"
+                        done[spec.id] = outcome
+                        used[spec.id] = outcome.key
+                        self.progress("cached", outcome, len(done), total)
+                        continue
+                    task = self._task(spec, outcome.key, staged, "build")
+                    running[self._pool_get().submit(run_action, task)] = (outcome, staged)
+                    self.progress("started", outcome, len(done), total)
+            # drop actions that can never run because an input failed
+            for a_id in list(pending):
+                if any(p in done and done[p].status in ("failed", "skipped") for p in waiting_on[a_id]):
+                    done[a_id] = Outcome(pending.pop(a_id), status="skipped")
+                    progressed = True
+            if failed and not keep_going and not running:
+                for a_id in list(pending):
+                    done[a_id] = Outcome(pending.pop(a_id), status="skipped")
+                break
+            if not running:
+                if not progressed and pending:
+                    raise RuntimeError(f"scheduler stuck on {sorted(pending)[:3]}")
+                continue
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                outcome, _staged = running.pop(fut)
+                result = fut.result()
+                done[outcome.spec.id] = outcome
+                if "error" in result:
+                    outcome.status, outcome.error = "failed", result["error"]
+                    failed = True
+                    self.progress("failed", outcome, len(done), total)
+                    continue
+                outcome.outputs = {o["path"]: o for o in result["outputs"]}
+                outcome.stats = result.get("stats", {})
+                outcome.status = "executed"
+                self.index.put_result(outcome.key, {"outputs": result["outputs"],
+                                                    "stats": outcome.stats,
+                                                    "action": outcome.spec.id,
+                                                    "seconds": result.get("seconds")},
+                                      outcome.record, outcome.spec.id)
+                self.progress("executed", outcome, len(done), total)
+        if used:
+            self.index.record_used(used)
+        if check and not failed:
+            self._check(actions, done)
+        return done
+
+    def _lookup(self, key: str) -> dict | None:
+        hit = self.index.get_result(key)
+        if hit is None:
+            return None
+        for out in hit["outputs"]:
+            if not self.cas.has(out["blake3"], out["size"]):
+                return None  # an evicted or damaged blob: rebuild rather than fail
+        return hit
+
+    def _task(self, spec: ActionSpec, key: str, staged: list, mode: str, expected=None) -> dict[str, Any]:
+        return {"id": spec.id, "label": str(spec.label), "fn": spec.fn, "params": spec.params,
+                "source_date_epoch": spec.source_date_epoch, "outputs": spec.outputs,
+                "cache_dir": str(self.cache_dir), "inputs": staged, "mode": mode,
+                "sandbox_name": f"{key[:20]}-{mode}-{os.getpid()}", "expected": expected or {}}
+
+    def _check(self, actions: list[ActionSpec], done: dict[str, Outcome]) -> None:
+        """Re-execute every action in a fresh sandbox and record byte differences."""
+        futures = {}
+        for spec in actions:
+            outcome = done[spec.id]
+            staged = self._staged_inputs(spec, done)
+            expected = {p: r["blake3"] for p, r in outcome.outputs.items()}
+            task = self._task(spec, outcome.key, staged, "check", expected)
+            futures[self._pool_get().submit(run_action, task)] = outcome
+        for fut in futures:
+            result = fut.result()
+            outcome = futures[fut]
+            if "error" in result:
+                outcome.differences = [{"path": None, "error": result["error"]["message"]}]
+            else:
+                outcome.differences = result.get("differences", [])
+            self.progress("checked", outcome, 0, 0)

@@ -1,0 +1,1 @@
+"""stella-build: reproducible vulnerability-evidence exports (see engine/ and rules/)."""
