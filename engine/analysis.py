@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from .encode.archive import library_versions
-from .errors import ErrorInfo, UsageError
+from .errors import ErrorInfo, StellaError, UsageError
 from .exportfile import LoadedExportfile, load_exportfile
 from .labels import Label, Pattern, parse_label, parse_pattern
 from .registry import rules as registered_rules
@@ -73,7 +73,7 @@ class Loader:
                                  file=where.file, line=where.line, field=where.field,
                                  target=where.target)
             display = os.path.relpath(path, self.workspace.root)
-            self.files[package] = load_exportfile(path, display)
+            self.files[package] = load_exportfile(path, display, package)
         return self.files[package]
 
     def expand(self, patterns: list[Pattern]) -> list[Label]:
@@ -199,11 +199,12 @@ def analyze(workspace: Workspace, pattern_texts: list[str]) -> BuildGraph:
                               exportfile=loaded.display)
         try:
             providers = rule().analyze(ctx, params)
-        except UsageError as exc:
+        except StellaError as exc:  # keep the exit code (e.g. 4 for a missing signing key)
             info = exc.errors[0]
-            raise UsageError(info.message, target=str(label), file=info.file or loaded.display,
-                             line=info.line or loaded.line_of("targets", label.name, info.field or ""),
-                             field=info.field) from None
+            raise type(exc)(info.message, target=str(label), file=info.file or loaded.display,
+                            line=info.line or loaded.line_of("targets", label.name,
+                                                             *(info.field or "").split(".")),
+                            field=info.field) from None
         targets[label] = ConfiguredTarget(label, rule.name, deps_of[label], providers, ctx.actions)
         for spec in ctx.actions:
             actions[spec.id] = spec

@@ -24,6 +24,8 @@ class BuildSummary:
     duration_s: float
     check_differences: list[dict] = field(default_factory=list)
     remote_hits: int = 0
+    primary: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    remote_stats: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -36,7 +38,7 @@ class BuildSummary:
     def counts(self) -> dict[str, int]:
         statuses = [o.status for o in self.outcomes.values()]
         return {"total": len(statuses), "executed": statuses.count("executed"),
-                "cached": statuses.count("cached"), "remote_hits": self.remote_hits,
+                "cached": statuses.count("cached") - self.remote_hits, "remote_hits": self.remote_hits,
                 "failed": statuses.count("failed"), "skipped": statuses.count("skipped")}
 
     def to_json(self) -> dict:
@@ -44,6 +46,7 @@ class BuildSummary:
                 "actions": self.counts(), "outputs": self.outputs,
                 "errors": [e.to_json() for e in self.errors],
                 "check": {"differences": self.check_differences},
+                "remote": self.remote_stats,
                 "duration_s": round(self.duration_s, 3)}
 
 
@@ -61,23 +64,31 @@ def _target_files(graph: BuildGraph, label: Label, executor: Executor,
 
 def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, jobs: int,
               check: bool = False, progress: Callable | None = None,
-              graph: BuildGraph | None = None) -> BuildSummary:
+              graph: BuildGraph | None = None, remote=None,
+              warn: Callable[[str], None] | None = None) -> BuildSummary:
     started = time.perf_counter()
     graph = graph or analyze(workspace, patterns)
     actions = graph.actions_for(graph.requested)
-    executor = Executor(cache_dir, jobs, progress=progress)
+    executor = Executor(cache_dir, jobs, progress=progress, remote=remote, warn=warn)
     errors: list[ErrorInfo] = []
     outputs: dict[str, list[str]] = {}
     diffs: list[dict] = []
+    outcomes: dict[str, Outcome] = {}
     try:
-        for attempt in range(2):
+        for attempt in range(3):
             outcomes = executor.run(actions, check=check)
             failed = [o for o in outcomes.values() if o.status == "failed"]
+            corrupt = [o.error["corrupt_blob"] for o in failed if o.error.get("corrupt_blob")]
+            if corrupt and attempt < 2:
+                # A damaged cache blob was detected while staging: forget every result naming it
+                # and run again; the producers miss and rebuild it. Never a wrong output.
+                for digest in corrupt:
+                    _drop_results_naming(executor, outcomes, digest)
+                continue
             for o in failed:
                 errors.append(ErrorInfo(o.error["message"], target=str(o.spec.label),
-                                        file=o.error.get("file"), field=o.error.get("field")))
-                if o.error.get("traceback"):
-                    errors[-1].traceback = o.error["traceback"]  # type: ignore[attr-defined]
+                                        file=o.error.get("file"), field=o.error.get("field"),
+                                        traceback=o.error.get("traceback")))
             if errors:
                 break
             try:
@@ -88,17 +99,27 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
             except CorruptBlob as exc:
                 # A blob rotted between the hit check and the copy: drop it and rebuild once.
                 _drop_results_naming(executor, outcomes, exc.digest)
-                if attempt == 1:
+                if attempt == 2:
                     errors.append(ErrorInfo(str(exc)))
         if check:
             for o in outcomes.values():
                 for d in o.differences:
                     diffs.append({"action": o.spec.id, "target": str(o.spec.label), **d})
+        if not errors:
+            executor.upload(outcomes)
+    except Exception as exc:
+        from .cache.remote import RemoteCacheError
+        if isinstance(exc, RemoteCacheError):  # only with --remote-required
+            errors.append(ErrorInfo(f"remote cache required but failed: {exc}", field="--remote-cache"))
+        else:
+            raise
     finally:
         executor.close()
+    primary = {str(lbl): graph.targets[lbl].default_outputs().primary for lbl in graph.requested}
     return BuildSummary(targets=[str(l) for l in graph.requested], outcomes=outcomes,
                         outputs=outputs, errors=errors, duration_s=time.perf_counter() - started,
-                        check_differences=diffs)
+                        check_differences=diffs, primary=primary, remote_hits=executor.remote_hits,
+                        remote_stats=remote.stats.as_dict() if remote is not None else None)
 
 
 def _drop_results_naming(executor: Executor, outcomes: dict[str, Outcome], digest: str) -> None:

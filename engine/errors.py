@@ -22,6 +22,7 @@ class ErrorInfo:
     file: str | None = None
     line: int | None = None
     field: str | None = None
+    traceback: str | None = None  # of a rule bug; shown with --debug only
 
     def to_json(self) -> dict:
         return {"target": self.target, "file": self.file, "line": self.line,

@@ -131,14 +131,15 @@ class LoadedExportfile:
         return _line_for(self.lines, tuple(loc))
 
 
-def _validation_errors(exc: ValidationError, display: str, lines, rule_names) -> list[ErrorInfo]:
+def _validation_errors(exc: ValidationError, display: str, lines, rule_names,
+                       package: str) -> list[ErrorInfo]:
     infos = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         # Discriminated unions insert the rule name into the location: drop it.
         if len(loc) >= 3 and loc[0] == "targets" and loc[2] in rule_names:
             del loc[2]
-        target = f":{loc[1]}" if len(loc) >= 2 and loc[0] == "targets" else None
+        target = f"//{package}:{loc[1]}" if len(loc) >= 2 and loc[0] == "targets" else None
         kind = err["type"]
         key = loc[-1] if loc else None
         if kind == "extra_forbidden":
@@ -147,9 +148,11 @@ def _validation_errors(exc: ValidationError, display: str, lines, rule_names) ->
             given = err.get("input", {}).get("rule") if isinstance(err.get("input"), dict) else None
             message = f"unknown rule '{given}' (known rules: {', '.join(sorted(rule_names))})"
             key = "rule"
+            loc.append("rule")
         elif kind == "union_tag_not_found":
             message = "missing key 'rule' (which rule builds this target?)"
             key = "rule"
+            loc.append("rule")
         elif kind == "missing":
             message = f"missing required key '{key}'"
         else:
@@ -159,7 +162,7 @@ def _validation_errors(exc: ValidationError, display: str, lines, rule_names) ->
     return infos
 
 
-def load_exportfile(path: Path, display: str) -> LoadedExportfile:
+def load_exportfile(path: Path, display: str, package: str = "") -> LoadedExportfile:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -170,8 +173,10 @@ def load_exportfile(path: Path, display: str) -> LoadedExportfile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        raise UsageError(f"invalid TOML: {exc}", file=display,
-                         line=int(match.group(1)) if match else None) from None
+        line = int(match.group(1)) if match else None
+        if line is None and "end of document" in str(exc):
+            line = len(text.splitlines()) or 1
+        raise UsageError(f"invalid TOML: {exc}", file=display, line=line) from None
     lines = key_lines(text)
     for name in data.get("targets", {}) if isinstance(data.get("targets"), dict) else {}:
         if not _TARGET_NAME.match(name):
@@ -182,7 +187,7 @@ def load_exportfile(path: Path, display: str) -> LoadedExportfile:
     try:
         model = exportfile_model().model_validate(data)
     except ValidationError as exc:
-        infos = _validation_errors(exc, display, lines, rule_names)
+        infos = _validation_errors(exc, display, lines, rule_names, package)
         raise UsageError(infos[0].message, errors=infos) from None
     return LoadedExportfile(path=path, display=display, package=model.package,
                             targets=dict(model.targets), lines=lines)

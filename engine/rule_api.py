@@ -97,6 +97,9 @@ class ActionSpec:
     outputs: list[str]
     source_date_epoch: int
     libraries: dict[str, str]
+    # Values the action needs but that must never reach the key record or the cache (a signing
+    # key's path and password). Rules put an identity of the secret (a public key digest) in params.
+    secrets: dict[str, str] = field(default_factory=dict)
 
     def out(self, name: str) -> Artifact:
         if name not in self.outputs:
@@ -146,7 +149,8 @@ class AnalysisContext:
                 for logical, path in self.workspace.glob(list(patterns), self.package)]
 
     def action(self, *, mnemonic: str, fn: str, inputs: dict[str, Artifact], outputs: list[str],
-               params: dict[str, Any] | None = None, id: str | None = None) -> ActionSpec:
+               params: dict[str, Any] | None = None, id: str | None = None,
+               secrets: dict[str, str] | None = None) -> ActionSpec:
         action_id = f"{self.label}#{mnemonic}" + (f"/{id}" if id else "")
         if any(a.id == action_id for a in self.actions):
             raise UsageError(f"rule {self.rule.name} declared action {action_id} twice")
@@ -154,27 +158,29 @@ class AnalysisContext:
             id=action_id, label=self.label, rule=self.rule.name, rule_version=self.rule.version,
             mnemonic=mnemonic, fn=fn, inputs=dict(inputs), params=dict(params or {}),
             outputs=list(outputs), source_date_epoch=self.source_date_epoch,
-            libraries=self._libraries)
+            libraries=self._libraries, secrets=dict(secrets or {}))
         self.actions.append(spec)
         return spec
 
 
 def input_name(artifact: Artifact) -> str:
     """A stable sandbox-relative name for an artifact (no absolute paths, no '//')."""
-    return artifact.logical.replace("//", "/").lstrip("@/")
+    return artifact.logical.replace("//", "/").lstrip("/")
 
 
 class ActionContext:
     """What an action function sees inside its sandbox."""
 
     def __init__(self, *, action_id: str, label: str, sandbox: Path, params: dict[str, Any],
-                 source_date_epoch: int, inputs: dict[str, Path]):
+                 source_date_epoch: int | None, inputs: dict[str, Path],
+                 secrets: dict[str, str] | None = None):
         self.action_id = action_id
         self.label = label
         self.sandbox = sandbox
         self.params = params
         self.source_date_epoch = source_date_epoch
         self.inputs = inputs  # name → staged path (a directory for tree inputs)
+        self.secrets = secrets or {}
         self.out_dir = sandbox / "out"
 
     def input(self, name: str) -> Path:

@@ -48,7 +48,11 @@ class InputChanged(Exception):
     pass
 
 
-def _stage_file(src: str, dest: Path, expected: str) -> None:
+class CorruptInput(Exception):
+    """A cache blob staged as input does not hash to its name (bit rot, tampering)."""
+
+
+def _stage_file(src: str, dest: Path, expected: str, cas_root: Path | None = None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     h = blake3.blake3()
     with open(src, "rb") as f, open(dest, "wb") as out:
@@ -56,6 +60,9 @@ def _stage_file(src: str, dest: Path, expected: str) -> None:
             h.update(chunk)
             out.write(chunk)
     if h.hexdigest() != expected:
+        if cas_root is not None and Path(src).parent.parent == cas_root:
+            Path(src).unlink(missing_ok=True)  # never serve it again
+            raise CorruptInput(expected)
         raise InputChanged(src)
     os.chmod(dest, 0o444)
 
@@ -103,9 +110,10 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
     try:
         os.chdir(sandbox)
         inputs: dict[str, Path] = {}
+        cas_root = cache_dir / "cas"
         for name, src, digest, tree_root in task["inputs"]:
             dest = sandbox / "in" / name
-            _stage_file(src, dest, digest)
+            _stage_file(src, dest, digest, cas_root)
             inputs[tree_root or name] = sandbox / "in" / (tree_root or name)
         if (sandbox / "in").exists():
             _make_readonly(sandbox / "in")
@@ -113,7 +121,7 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
         fn = getattr(importlib.import_module(module_name), func_name)
         actx = ActionContext(action_id=task["id"], label=task["label"], sandbox=sandbox,
                              params=task["params"], source_date_epoch=task["source_date_epoch"],
-                             inputs=inputs)
+                             inputs=inputs, secrets=task.get("secrets") or {})
         stats = fn(actx) or {}
         outputs = _collect_outputs(sandbox / "out")
         _check_declared(outputs, task["outputs"])
@@ -132,6 +140,9 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
         return result
     except ActionError as exc:
         return {"error": {"message": exc.message, "file": exc.file, "field": exc.field}}
+    except CorruptInput as exc:
+        return {"error": {"message": f"cached input blob {str(exc)[:16]}… was corrupt and has been "
+                                     "removed", "file": None, "field": None, "corrupt_blob": str(exc)}}
     except InputChanged as exc:
         return {"error": {"message": f"input changed while the build was running: {exc}",
                           "file": str(exc), "field": None}}

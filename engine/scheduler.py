@@ -32,6 +32,7 @@ class Outcome:
     outputs: dict[str, dict] = field(default_factory=dict)  # output path → record
     stats: dict = field(default_factory=dict)
     status: str = "pending"  # cached | executed | failed | skipped
+    remote: bool = False  # served by the remote cache
     error: dict | None = None
     differences: list[dict] = field(default_factory=list)
 
@@ -65,8 +66,13 @@ class SourceDigests:
 
 
 class Executor:
-    def __init__(self, cache_dir: Path, jobs: int, *, progress: Callable[[str, Outcome, int, int], None] | None = None):
+    def __init__(self, cache_dir: Path, jobs: int, *,
+                 progress: Callable[[str, Outcome, int, int], None] | None = None,
+                 remote=None, warn: Callable[[str], None] | None = None):
         self.cache_dir = cache_dir
+        self.remote = remote  # engine.cache.remote.RemoteCache or None
+        self.warn = warn or (lambda msg: None)
+        self.remote_hits = 0
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(cache_dir)
         self.cas = Cas(cache_dir)
@@ -159,10 +165,16 @@ class Executor:
                     outcome.record = key_record(spec, [(s[0], s[2]) for s in staged])
                     outcome.key = action_key(outcome.record)
                     hit = None if force else self._lookup(outcome.key)
+                    remote_hit = False
+                    if hit is None and not force and self.remote is not None:
+                        hit = self._remote_lookup(outcome.key, outcome.record, spec.id)
+                        remote_hit = hit is not None
                     if hit is not None:
                         outcome.outputs = {o["path"]: o for o in hit["outputs"]}
                         outcome.stats = hit.get("stats", {})
                         outcome.status = "cached"
+                        outcome.remote = remote_hit
+                        self.remote_hits += remote_hit
                         done[spec.id] = outcome
                         used[spec.id] = outcome.key
                         self.progress("cached", outcome, len(done), total)
@@ -217,11 +229,76 @@ class Executor:
                 return None  # an evicted or damaged blob: rebuild rather than fail
         return hit
 
+    # -- remote cache ---------------------------------------------------------------------------
+    def _remote_lookup(self, key: str, record: dict, action_id: str) -> dict | None:
+        """A remote AC hit, trusted only once every blob is downloaded and verified (sha256 by the
+        transport, BLAKE3 here); then stored locally. Missing or bad blobs make it a miss."""
+        from .cache.remote import Outcome as RemoteOutcome, RemoteCacheError
+
+        if not self.remote.available:
+            return None
+        try:
+            raw = self.remote.get_ac(key)
+            if raw is None:
+                return None
+            result = _parse_remote_record(raw)
+            if result is None:
+                return None
+            wanted = [o for o in result["outputs"] if not self.cas.has(o["blake3"], o["size"])]
+            temps = {o["sha256"]: self.cas.tmp / f"remote-{o['sha256']}-{os.getpid()}" for o in wanted}
+            fetched = self.remote.fetch_blobs([(o["sha256"], o["size"], str(temps[o["sha256"]]))
+                                               for o in wanted])
+            ok = all(r.outcome is RemoteOutcome.HIT for r in fetched)
+            for o in wanted:
+                tmp = temps[o["sha256"]]
+                if ok and tmp.exists() and file_digests(tmp)[0] == o["blake3"]:
+                    self.cas.adopt(tmp, o["blake3"], o["size"])
+                else:
+                    ok = False
+                    tmp.unlink(missing_ok=True)
+            if not ok:
+                return None
+            self.index.put_result(key, result, record, action_id)
+            return result
+        except RemoteCacheError as err:
+            self.remote.handle_error(err, self.warn)
+            return None
+
+    def upload(self, outcomes: dict[str, Outcome], *, all_cached: bool = False) -> int:
+        """Upload executed (or, for push-all, every) result and its blobs; AC entries go last so
+        a reader never sees an AC entry whose blobs are not there yet."""
+        from .cache.remote import Outcome as RemoteOutcome, RemoteCacheError
+
+        if self.remote is None or not self.remote.upload or not self.remote.available:
+            return 0
+        chosen = [o for o in outcomes.values()
+                  if o.status == "executed" or (all_cached and o.status == "cached")]
+        try:
+            blobs = {}
+            for o in chosen:
+                for rec in o.outputs.values():
+                    blobs[rec["sha256"]] = str(self.cas.path(rec["blake3"]))
+            results = self.remote.upload_blobs(sorted(blobs.items()))
+            failed = {r.sha256 for r in results if r.outcome is RemoteOutcome.ERROR}
+            sent = 0
+            for o in chosen:
+                if any(rec["sha256"] in failed for rec in o.outputs.values()):
+                    continue
+                record = self.index.get_result(o.key)
+                if record is not None:
+                    self.remote.put_ac(o.key, _remote_record(record))
+                    sent += 1
+            return sent
+        except RemoteCacheError as err:
+            self.remote.handle_error(err, self.warn)
+            return 0
+
     def _task(self, spec: ActionSpec, key: str, staged: list, mode: str, expected=None) -> dict[str, Any]:
         return {"id": spec.id, "label": str(spec.label), "fn": spec.fn, "params": spec.params,
                 "source_date_epoch": spec.source_date_epoch, "outputs": spec.outputs,
                 "cache_dir": str(self.cache_dir), "inputs": staged, "mode": mode,
-                "sandbox_name": f"{key[:20]}-{mode}-{os.getpid()}", "expected": expected or {}}
+                "sandbox_name": f"{key[:20]}-{mode}-{os.getpid()}", "expected": expected or {},
+                "secrets": spec.secrets}
 
     def _check(self, actions: list[ActionSpec], done: dict[str, Outcome]) -> None:
         """Re-execute every action in a fresh sandbox and record byte differences."""
@@ -240,3 +317,31 @@ class Executor:
             else:
                 outcome.differences = result.get("differences", [])
             self.progress("checked", outcome, 0, 0)
+
+
+def _remote_record(result: dict) -> bytes:
+    """The AC value shared through the remote: outputs and stats only (no local paths)."""
+    import json
+
+    keep = {"outputs": result["outputs"], "stats": result.get("stats", {}), "action": result.get("action")}
+    return json.dumps(keep, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _parse_remote_record(raw: bytes) -> dict | None:
+    """Validate a remote AC value's shape; anything odd is a miss, never an error."""
+    import json
+    import re
+
+    try:
+        data = json.loads(raw)
+        outs = data["outputs"]
+        for o in outs:
+            if not (isinstance(o["path"], str) and re.fullmatch(r"[0-9a-f]{64}", o["blake3"])
+                    and re.fullmatch(r"[0-9a-f]{64}", o["sha256"]) and isinstance(o["size"], int)
+                    and o["size"] >= 0 and o["mode"] in (0o644, 0o755)):
+                return None
+            if o["path"].startswith("/") or ".." in o["path"].split("/"):
+                return None
+        return {"outputs": outs, "stats": data.get("stats") or {}, "action": data.get("action")}
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -209,7 +209,7 @@ class RemoteCache:
 
     def __init__(self, endpoint: _Endpoint, *, upload: bool, required: bool, timeout: float,
                  retries: int, max_parallel: int, compression: str, backoff: float,
-                 backoff_max: float) -> None:
+                 backoff_max: float, fsync: bool = True) -> None:
         import urllib3  # lazy: only builds with a remote cache pay for it
 
         if compression not in ("auto", "zstd", "off"):
@@ -223,7 +223,9 @@ class RemoteCache:
         self.retries = retries
         self.max_parallel = max_parallel
         self.compression = compression
+        self.fsync = fsync
         self.stats = RemoteStats()
+        self._warned = False
         self._backoff = backoff
         self._backoff_max = backoff_max
         self._headers = {"User-Agent": "stella-build-remote-cache"}
@@ -247,7 +249,7 @@ class RemoteCache:
     def from_url(cls, url: str, *, upload: bool = True, required: bool = False,
                  timeout: float = 10.0, retries: int = 3, max_parallel: int = 8,
                  compression: str = "auto", backoff: float = 0.1, backoff_max: float = 2.0,
-                 env: dict[str, str] | None = None) -> "RemoteCache":
+                 fsync: bool = True, env: dict[str, str] | None = None) -> "RemoteCache":
         """Client for `url` (http[s]://[user:pass@]host[:port][/prefix/]).
 
         Auth comes from STELLA_REMOTE_CACHE_TOKEN (bearer), else STELLA_REMOTE_CACHE_USER/_PASSWORD
@@ -255,11 +257,14 @@ class RemoteCache:
         `timeout` bounds connecting and each socket read; `retries` is the number of extra attempts on
         connection errors, timeouts, 5xx and 429 (backoff doubles from `backoff` up to `backoff_max`
         seconds). `compression`: "auto" (zstd when the server proves it decodes it), "zstd", "off".
+        `fsync`: fsync each downloaded blob before renaming it into place (about half the cost of a
+        small-blob download on loopback; turn off only if the caller syncs in bulk). `env` replaces
+        os.environ for the auth/CA variables (tests).
         """
         endpoint = _parse_url(url, os.environ if env is None else env)
         return cls(endpoint, upload=upload, required=required, timeout=timeout, retries=retries,
                    max_parallel=max_parallel, compression=compression, backoff=backoff,
-                   backoff_max=backoff_max)
+                   backoff_max=backoff_max, fsync=fsync)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -276,6 +281,16 @@ class RemoteCache:
     def __repr__(self) -> str:
         mode = "read-write" if self.upload else "read-only"
         return f"RemoteCache({self.base_url!r}, {mode})"
+
+    def handle_error(self, err: RemoteCacheError, warn: Callable[[str], None]) -> None:
+        """The degrade policy in one place: re-raise when the remote is required, otherwise call
+        `warn` for the first error only (later ones are counted in stats) and carry on locally."""
+        if self.required:
+            raise err
+        with self._probe_lock:
+            first, self._warned = not self._warned, True
+        if first:
+            warn(f"remote cache unavailable, continuing with the local cache only: {err}")
 
     @property
     def available(self) -> bool:
@@ -447,7 +462,8 @@ class RemoteCache:
                     raise _Corrupt(f"sha256 mismatch: got {digest.hexdigest()}")
                 out.flush()
                 os.fchmod(out.fileno(), 0o644)  # fixed mode, independent of umask
-                os.fsync(out.fileno())
+                if self.fsync:
+                    os.fsync(out.fileno())
             os.replace(tmp, dest)
             tmp = ""
             self.stats.add(bytes_down_raw=size)

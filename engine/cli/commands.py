@@ -32,8 +32,10 @@ def build(settings, patterns, check, output):
         settings.output = output
     workspace = settings.workspace()
     progress = Progress(quiet=settings.quiet or settings.output == "json" and not sys.stderr.isatty())
+    remote = settings.remote()
     summary = run_build(workspace, list(patterns), cache_dir=settings.cache_dir(),
-                        jobs=settings.jobs, check=check, progress=progress)
+                        jobs=settings.jobs, check=check, progress=progress, remote=remote,
+                        warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     progress.finish()
     data = summary.to_json()
     emit(settings, _text_summary(summary, settings, check), data)
@@ -50,9 +52,9 @@ def _text_summary(summary, settings, check: bool) -> str:
     for label, paths in summary.outputs.items():
         if not paths:
             continue
-        directory = paths[0].rsplit("/", 1)[0] if len(paths) == 1 else _common_dir(paths)
+        pkg, _, name = label[2:].partition(":")
+        directory = "/".join(p for p in ("stella-out", pkg, name) if p)
         lines.append(f"{label}: {directory}/ ({len(paths)} files)")
-        target = summary.outcomes and next(iter(summary.outcomes.values()))
         for p in _primary(summary, label, paths):
             lines.append(f"  {p}")
     for d in summary.check_differences:
@@ -73,19 +75,8 @@ def _text_summary(summary, settings, check: bool) -> str:
     return "\n".join(lines)
 
 
-def _common_dir(paths: list[str]) -> str:
-    parts = [p.split("/") for p in paths]
-    common = []
-    for segs in zip(*parts):
-        if len(set(segs)) == 1:
-            common.append(segs[0])
-        else:
-            break
-    return "/".join(common[: min(len(p) for p in parts) - 1])
-
-
 def _primary(summary, label: str, paths: list[str]) -> list[str]:
-    primary = summary.primary.get(label, ()) if hasattr(summary, "primary") else ()
+    primary = summary.primary.get(label, ())
     return [p for p in paths if any(p.endswith("/" + x) for x in primary)]
 
 
@@ -146,6 +137,16 @@ def cache():
     """Inspect and maintain the local cache (LMDB index + content-addressed blobs)."""
 
 
+def output_option(f):
+    """`--output` on a subcommand, overriding the global flag (both spellings work)."""
+    def set_output(ctx, _param, value):
+        if value:
+            ctx.obj.output = value
+        return value
+    return click.option("--output", type=click.Choice(["text", "json"]), default=None,
+                        expose_value=False, callback=set_output, help="Result format.")(f)
+
+
 def _size(text: str) -> int:
     units = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
              "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
@@ -159,6 +160,7 @@ def _size(text: str) -> int:
 
 
 @cache.command("stats")
+@output_option
 @click.pass_obj
 def cache_stats(settings):
     """Counts and sizes of what the cache holds."""
@@ -168,6 +170,7 @@ def cache_stats(settings):
 
 
 @cache.command("gc")
+@output_option
 @click.option("--max-size", required=True, help="Keep at most this many bytes of blobs (e.g. 2G, 500M).")
 @click.pass_obj
 def cache_gc(settings, max_size):
@@ -178,6 +181,7 @@ def cache_gc(settings, max_size):
 
 
 @cache.command("verify")
+@output_option
 @click.pass_obj
 def cache_verify(settings):
     """Re-hash every blob; corrupt blobs are deleted so their actions rebuild."""
@@ -188,7 +192,41 @@ def cache_verify(settings):
     sys.exit(3 if data["corrupt_blobs_removed"] else 0)
 
 
+@cache.command("push-all")
+@click.argument("patterns", nargs=-1, required=True)
+@output_option
+@click.pass_obj
+def cache_push_all(settings, patterns):
+    """Seed the remote cache with every action result of LABEL... (builds them locally first)."""
+    from ..build import run_build
+
+    remote = settings.remote()
+    if remote is None:
+        raise UsageError("cache push-all needs --remote-cache URL or STELLA_REMOTE_CACHE", field="--remote-cache")
+    from ..scheduler import Executor
+    summary = run_build(settings.workspace(), list(patterns), cache_dir=settings.cache_dir(),
+                        jobs=settings.jobs, progress=Progress(quiet=settings.quiet))
+    if not summary.ok:
+        for err in summary.errors:
+            click.echo(f"error: {err}", err=True)
+        sys.exit(summary.exit_code)
+    executor = Executor(settings.cache_dir(), 1, remote=remote,
+                        warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    from ..cache.remote import RemoteCacheError
+    from ..errors import BuildFailed
+    try:
+        remote.required = True
+        sent = executor.upload(summary.outcomes, all_cached=True)
+    except RemoteCacheError as exc:
+        raise BuildFailed(f"remote cache upload failed: {exc}", field="--remote-cache") from None
+    finally:
+        executor.close()
+    data = {"actions_uploaded": sent, "remote": remote.stats.as_dict()}
+    emit(settings, f"uploaded {sent} action results ({data['remote']['bytes_up']} bytes on the wire)", data)
+
+
 @cache.command("clean")
+@output_option
 @click.pass_obj
 def cache_clean(settings):
     """Delete the whole local cache."""
@@ -199,6 +237,7 @@ def cache_clean(settings):
 
 @main_group.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
+@output_option
 @click.pass_obj
 def init(settings, directory):
     """Scaffold a workspace: stella-workspace.toml and an example Exportfile."""

@@ -25,7 +25,8 @@ class DefaultBuildGroup(click.Group):
     def parse_args(self, ctx, args):
         # find the first argument that is not a global option (or its value)
         i = 0
-        takes_value = {"--workspace", "--cache-dir", "--remote-cache", "-j", "--jobs", "--output"}
+        takes_value = {"--workspace", "--cache-dir", "--remote-cache", "-j", "--jobs", "--output",
+                       "--remote-upload"}
         while i < len(args):
             a = args[i]
             if a in takes_value:
@@ -54,6 +55,18 @@ class Settings:
         from ..workspace import Workspace
         return Workspace.find(explicit=Path(self.workspace_arg) if self.workspace_arg else None)
 
+    def remote(self):
+        """A RemoteCache when --remote-cache / STELLA_REMOTE_CACHE is set, else None."""
+        if not self.remote_cache:
+            return None
+        from ..cache.remote import RemoteCache
+        try:
+            return RemoteCache.from_url(self.remote_cache, upload=self.remote_upload,
+                                        required=self.remote_required)
+        except ValueError as exc:
+            from ..errors import UsageError
+            raise UsageError(f"bad remote cache URL: {exc}", field="--remote-cache") from None
+
     def cache_dir(self) -> Path:
         from ..cache import default_cache_dir
         return Path(self.cache_dir_arg).resolve() if self.cache_dir_arg else default_cache_dir()
@@ -71,13 +84,17 @@ def emit(settings: Settings, text: str | None, data) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False), envvar="STELLA_CACHE_DIR",
               help="Local cache directory [env STELLA_CACHE_DIR; default $XDG_CACHE_HOME/stella-build].")
 @click.option("--remote-cache", metavar="URL", help="HTTP remote cache (Bazel /ac /cas layout) [env STELLA_REMOTE_CACHE].")
+@click.option("--remote-upload", type=click.BOOL, default=True, show_default=True,
+              help="Upload results to the remote cache (--remote-upload=false: read-only).")
+@click.option("--remote-required", is_flag=True, help="Fail the build instead of degrading when the remote cache fails.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), help="Parallel actions (default: number of CPUs).")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", help="Result format on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
 @click.version_option(package_name="stella-build")
 @click.pass_context
-def main_group(ctx, workspace, cache_dir, remote_cache, jobs, output, quiet, debug):
+def main_group(ctx, workspace, cache_dir, remote_cache, remote_upload, remote_required, jobs, output,
+               quiet, debug):
     """stella-build: reproducible, signed vulnerability-evidence exports, built like a build system.
 
     \b
@@ -94,6 +111,7 @@ def main_group(ctx, workspace, cache_dir, remote_cache, jobs, output, quiet, deb
     5 network needed while offline.
     """
     ctx.obj = Settings(workspace, cache_dir, remote_cache, jobs, output, quiet, debug)
+    ctx.obj.remote_upload, ctx.obj.remote_required = remote_upload, remote_required
 
 
 from . import commands  # noqa: E402,F401  (registers the subcommands)

@@ -30,8 +30,7 @@ class Progress:
                               f"{now - self.started:5.1f}s · {outcome.spec.id[:80]}")
             self.stream.flush()
         elif event in ("executed", "failed"):
-            secs = f" ({outcome.stats.get('seconds', '')})" if False else ""
-            self.stream.write(f"[{done}/{total}] {event} {outcome.spec.id}{secs}\n")
+            self.stream.write(f"[{done}/{total}] {event} {outcome.spec.id}\n")
             self.stream.flush()
 
     def finish(self) -> None:

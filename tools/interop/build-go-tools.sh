@@ -9,11 +9,12 @@ set -euo pipefail
 TOOLS_DIR="${STELLA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/stella-build-tools}"
 mkdir -p "$TOOLS_DIR/bin"
 
+# name → "module@version package-dir-inside-the-module"
 declare -A MODULES=(
-  [trivy]="github.com/aquasecurity/trivy/cmd/trivy@v0.74.0"
-  [cosign]="github.com/sigstore/cosign/v3/cmd/cosign@v3.1.2"
-  [bbolt]="go.etcd.io/bbolt/cmd/bbolt@v1.5.0"
-  [bazel-remote]="github.com/buchgr/bazel-remote/v2@v2.6.2"
+  [trivy]="github.com/aquasecurity/trivy@v0.74.0 ./cmd/trivy"
+  [cosign]="github.com/sigstore/cosign/v3@v3.1.2 ./cmd/cosign"
+  [bbolt]="go.etcd.io/bbolt@v1.5.0 ./cmd/bbolt"
+  [bazel-remote]="github.com/buchgr/bazel-remote/v2@v2.6.2 ."
 )
 
 build_one() {
@@ -24,13 +25,24 @@ build_one() {
     return 0
   fi
   echo "interop tool $name: building $mod"
+  local modver="${mod% *}" pkg="${mod#* }" dir
+  # Download the module and build inside it with its own go.mod (what `go install m@v` does, minus
+  # the proxy's deprecation lookup, which the registry here refuses for some modules).
+  dir=$(go mod download -json "$modver" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
   # CGO off: static binaries that do not depend on the host's C libraries.
-  CGO_ENABLED=0 GOBIN="$TOOLS_DIR/bin" GOFLAGS=-trimpath go install "$mod"
+  # Trivy's own build (magefiles/magefile.go) sets GOEXPERIMENT=jsonv2: it imports encoding/json/v2.
+  local experiment=""
+  [[ "$name" == trivy ]] && experiment="jsonv2"
+  (cd "$dir" && CGO_ENABLED=0 GOEXPERIMENT="$experiment" GOFLAGS="-trimpath -mod=mod" \
+     go build -o "$TOOLS_DIR/bin/$name.tmp" "$pkg")
+  mv "$TOOLS_DIR/bin/$name.tmp" "$TOOLS_DIR/bin/$name"
   echo "$mod" > "$stamp"
 }
 
 names=("$@")
 [[ ${#names[@]} -gt 0 ]] || names=(bbolt cosign bazel-remote trivy)
+# go mod download needs a module context only for its cache; run from a scratch directory.
+cd "$(mktemp -d)"
 for n in "${names[@]}"; do
   [[ -n "${MODULES[$n]:-}" ]] || { echo "unknown tool: $n" >&2; exit 2; }
   build_one "$n"

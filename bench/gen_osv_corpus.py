@@ -1,0 +1,161 @@
+"""Deterministic synthetic OSV corpus generator for benchmarks and scale tests.
+
+    python bench/gen_osv_corpus.py --count 500000 --seed 1 --out /tmp/osv-500k
+    python bench/gen_osv_corpus.py --count 100000 --seed 1 --out /tmp/osv.jsonl --format jsonl
+
+Advisories look like real OSV records of PyPI, Go, npm, crates.io and Maven (package names,
+ECOSYSTEM/SEMVER ranges with several introduced/fixed pairs, last_affected, explicit versions,
+CVSS v3/v4 vectors, CVE/GHSA aliases, references, withdrawn records). Output depends only on
+``--count`` and ``--seed``: the same arguments give byte-identical files (JSON with sorted keys,
+timestamps derived from the seed, never the wall clock). Files are sharded as
+``<out>/<ecosystem>/<nnn>/<ID>.json`` so that no directory gets too large.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from typing import Any, Iterator
+
+ECOSYSTEMS = [("PyPI", 30), ("Go", 25), ("npm", 25), ("crates.io", 10), ("Maven", 10)]
+PREFIX = {"PyPI": "PYSEC", "Go": "GO", "npm": "NPM", "crates.io": "RUSTSEC", "Maven": "MAVEN"}
+WORDS = ["http", "json", "yaml", "auth", "crypto", "image", "parse", "net", "log", "xml", "sql", "cache",
+         "proxy", "grpc", "tls", "zip", "tar", "config", "template", "session", "jwt", "oauth", "html",
+         "markdown", "regex", "socket", "client", "server", "core", "utils"]
+CVSS3 = {"AV": "NALP", "AC": "LH", "PR": "NLH", "UI": "NR", "S": "UC", "C": "HLN", "I": "HLN", "A": "HLN"}
+CVSS4 = {"AV": "NALP", "AC": "LH", "AT": "NP", "PR": "NLH", "UI": "NPA", "VC": "HLN", "VI": "HLN", "VA": "HLN",
+         "SC": "HLN", "SI": "HLN", "SA": "HLN"}
+REF_TYPES = ["WEB", "ADVISORY", "FIX", "REPORT", "PACKAGE"]
+EPOCH_2015 = 1420070400
+
+
+def _package(rng: random.Random, eco: str) -> str:
+    a, b = rng.choice(WORDS), rng.choice(WORDS)
+    if eco == "Go":
+        return f"github.com/{a}{rng.randint(1, 999)}/{b}" + rng.choice(["", "", "/v2", "/v3"])
+    if eco == "npm":
+        return rng.choice(["", "", f"@{a}/"]) + f"{b}-{rng.choice(WORDS)}"
+    if eco == "Maven":
+        return f"org.{a}.{b}:{b}-{rng.choice(WORDS)}"
+    if eco == "crates.io":
+        return f"{a}_{b}" if rng.random() < 0.3 else f"{a}-{b}"
+    return f"{a}-{b}" if rng.random() < 0.7 else f"{a.capitalize()}_{b}"
+
+
+def _version(rng: random.Random, eco: str, floor: tuple[int, int, int]) -> tuple[tuple[int, int, int], str]:
+    major = floor[0] + rng.choice([0, 0, 0, 1])
+    minor = floor[1] + rng.randint(1, 4) if major == floor[0] else rng.randint(0, 5)
+    patch = rng.randint(0, 12)
+    t = (major, minor, patch)
+    text = f"{major}.{minor}.{patch}"
+    if eco == "PyPI" and patch == 0 and rng.random() < 0.5:
+        text = f"{major}.{minor}"
+    return t, text
+
+
+def _timestamp(rng: random.Random, base: int) -> int:
+    return base + rng.randint(0, 3 * 365 * 86400)
+
+
+def _rfc3339(seconds: int) -> str:
+    days, rem = divmod(seconds, 86400)
+    import datetime as dt
+
+    d = dt.date(1970, 1, 1) + dt.timedelta(days=days)
+    return f"{d.isoformat()}T{rem // 3600:02d}:{rem % 3600 // 60:02d}:{rem % 60:02d}Z"
+
+
+def _vector(rng: random.Random, metrics: dict[str, str], prefix: str) -> str:
+    return prefix + "/".join(f"{k}:{rng.choice(v)}" for k, v in metrics.items())
+
+
+def advisory(rng: random.Random, index: int) -> dict[str, Any]:
+    eco = rng.choices([e for e, _ in ECOSYSTEMS], weights=[w for _, w in ECOSYSTEMS])[0]
+    year = 2015 + rng.randint(0, 10)
+    vid = f"{PREFIX[eco]}-{year}-{index:07d}"
+    name = _package(rng, eco)
+    events: list[dict[str, str]] = []
+    floor = (0, 0, 0)
+    for i in range(rng.choice([1, 1, 1, 2, 3])):
+        if i == 0 and rng.random() < 0.6:
+            events.append({"introduced": "0"})
+        else:
+            floor, text = _version(rng, eco, floor)
+            events.append({"introduced": text})
+        floor, text = _version(rng, eco, floor)
+        kind = "fixed" if rng.random() < 0.9 else "last_affected"
+        if i == 0 or rng.random() < 0.95:
+            events.append({kind: text})
+    rtype = "ECOSYSTEM" if eco in ("PyPI", "Maven") else "SEMVER"
+    affected: dict[str, Any] = {"package": {"ecosystem": eco, "name": name}, "ranges": [{"type": rtype, "events": events}]}
+    if eco == "PyPI" and rng.random() < 0.5:
+        affected["versions"] = [f"0.{m}.{p}" for m in range(rng.randint(1, 4)) for p in range(3)]
+    if eco == "Go":
+        affected["ecosystem_specific"] = {"imports": [{"path": name, "symbols": sorted(rng.sample(WORDS, 2))}]}
+    published = _timestamp(rng, EPOCH_2015 + (year - 2015) * 365 * 86400)
+    doc: dict[str, Any] = {
+        "schema_version": "1.6.0",
+        "id": vid,
+        "published": _rfc3339(published),
+        "modified": _rfc3339(published + rng.randint(0, 400 * 86400)),
+        "aliases": sorted({f"CVE-{year}-{rng.randint(1000, 99999)}" for _ in range(rng.choice([0, 1, 1, 2]))}
+                          | ({f"GHSA-{rng.randbytes(2).hex()}-{rng.randbytes(2).hex()}-{rng.randbytes(2).hex()}"}
+                             if rng.random() < 0.5 else set())),
+        "summary": f"{rng.choice(WORDS).capitalize()} {rng.choice(['injection', 'overflow', 'bypass', 'DoS', 'traversal'])} in {name}",
+        "details": " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 80))),
+        "affected": [affected],
+        "references": [{"type": rng.choice(REF_TYPES), "url": f"https://example.org/{vid.lower()}/{k}"}
+                       for k in range(rng.randint(1, 5))],
+    }
+    r = rng.random()
+    if r < 0.5:
+        doc["severity"] = [{"type": "CVSS_V3", "score": _vector(rng, CVSS3, "CVSS:3.1/")}]
+    elif r < 0.6:
+        doc["severity"] = [{"type": "CVSS_V4", "score": _vector(rng, CVSS4, "CVSS:4.0/")}]
+    if rng.random() < 0.01:
+        doc["withdrawn"] = _rfc3339(published + 500 * 86400)
+    if rng.random() < 0.3:
+        doc["database_specific"] = {"severity": rng.choice(["LOW", "MODERATE", "HIGH", "CRITICAL"]),
+                                    "cwe_ids": [f"CWE-{rng.choice([20, 22, 79, 89, 400, 787])}"]}
+    return doc
+
+
+def generate(count: int, seed: int) -> Iterator[dict[str, Any]]:
+    rng = random.Random(seed)
+    for i in range(count):
+        yield advisory(rng, i)
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="directory (files) or file path (jsonl)")
+    p.add_argument("--format", choices=["files", "jsonl"], default="files")
+    args = p.parse_args(argv)
+    if args.format == "jsonl":
+        with open(args.out, "wb") as fh:
+            for doc in generate(args.count, args.seed):
+                fh.write(encode(doc) + b"\n")
+    else:
+        made: set[str] = set()
+        for i, doc in enumerate(generate(args.count, args.seed)):
+            eco = doc["affected"][0]["package"]["ecosystem"].replace(".", "_")
+            d = os.path.join(args.out, eco, f"{i // 1000:04d}")
+            if d not in made:
+                os.makedirs(d, exist_ok=True)
+                made.add(d)
+            with open(os.path.join(d, doc["id"] + ".json"), "wb") as fh:
+                fh.write(encode(doc))
+    print(f"wrote {args.count} advisories (seed {args.seed}) to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

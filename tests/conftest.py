@@ -1,0 +1,69 @@
+"""Shared test helpers: temporary workspaces and running the real `stella-build` CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+CLI = str(Path(sys.executable).parent / "stella-build")
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def run_cli(args: list[str], *, cwd: Path, cache: Path | None = None, env: dict | None = None,
+            check: bool = False, timeout: float = 600) -> Result:
+    full_env = dict(os.environ)
+    full_env.pop("SOURCE_DATE_EPOCH", None)
+    if env:
+        full_env.update(env)
+    argv = [CLI] + (["--cache-dir", str(cache)] if cache else []) + args
+    proc = subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    result = Result(proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return result
+
+
+def make_workspace(root: Path, *, packages: tuple[str, ...] = ("profiles",), shared: bool = False) -> Path:
+    """A workspace at `root` with copies of the repo's packages (and @shared-data when asked)."""
+    root.mkdir(parents=True, exist_ok=True)
+    external = f'external = {{ shared-data = "{SHARED_DATA}" }}\n' if shared else "external = {}\n"
+    (root / "stella-workspace.toml").write_text("[workspace]\n" + external)
+    for pkg in packages:
+        shutil.copytree(REPO / pkg, root / pkg, ignore=shutil.ignore_patterns("stella-out"))
+    return root
+
+
+def output_digests(workspace: Path, package: str, target: str) -> dict[str, str]:
+    """sha256 of every file in stella-out/<package>/<target>/."""
+    import hashlib
+
+    base = workspace / "stella-out" / package / target
+    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def sample_ws(tmp_path) -> Path:
+    return make_workspace(tmp_path / "ws")
+
+
+def require_shared_data() -> None:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared corpora missing at {SHARED_DATA}")

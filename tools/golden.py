@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Rebuild the default targets in a scratch workspace and print or --update golden/digests.json.
+
+Changing a golden digest needs a reason in the commit message: what changed in the bytes and why.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import make_workspace, output_digests, run_cli  # noqa: E402
+
+GOLDEN = ROOT / "golden" / "digests.json"
+DEFAULT_TARGETS = ["//profiles:json-raw", "//profiles:json-policy"]
+# The full shared corpora (../shared/data); locked separately because they take longer to build.
+CORPORA = ROOT / "golden" / "corpora.json"
+CORPORA_TARGETS = ["//corpora:json-raw"]
+
+
+def compute(targets: list[str], packages: tuple[str, ...], shared: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = make_workspace(Path(tmp) / "ws", packages=packages, shared=shared)
+        run_cli(["-q", "build", *targets], cwd=ws, cache=Path(tmp) / "cache", check=True)
+        out = {}
+        for label in targets:
+            pkg, name = label[2:].split(":")
+            out[label] = output_digests(ws, pkg, name)
+        return out
+
+
+def main() -> int:
+    update = "--update" in sys.argv[1:]
+    for path, targets, packages, shared in ((GOLDEN, DEFAULT_TARGETS, ("profiles",), False),
+                                            (CORPORA, CORPORA_TARGETS, ("corpora",), True)):
+        text = json.dumps(compute(targets, packages, shared), indent=2, sort_keys=True) + "\n"
+        if update:
+            path.write_text(text)
+            print(f"wrote {path}")
+        else:
+            sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
