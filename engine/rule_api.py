@@ -11,6 +11,7 @@ returns small JSON-able stats (record counts...) shown in the build summary.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,10 @@ class Artifact:
     output: str = ""
     path: Path | None = None
     tree: bool = False
+
+    @functools.cached_property
+    def path_str(self) -> str:
+        return str(self.path)
 
 
 class Provider:
@@ -164,8 +169,17 @@ class AnalysisContext:
 
 
 def input_name(artifact: Artifact) -> str:
-    """A stable sandbox-relative name for an artifact (no absolute paths, no '//')."""
+    """A stable sandbox-relative name for an artifact (no absolute paths, no '//').
+
+    `@root//a/b` → `@root/a/b`, `pkg/a/b` stays; `logical_from_input_name` reverses it."""
     return artifact.logical.replace("//", "/").lstrip("/")
+
+
+def logical_from_input_name(name: str) -> str:
+    if name.startswith("@"):
+        root, _, rest = name.partition("/")
+        return f"{root}//{rest}"
+    return name
 
 
 class ActionContext:

@@ -44,8 +44,9 @@ class SourceDigests:
         self.index = index
         self.memo: dict[str, tuple[str, str, int]] = {}
 
-    def digests(self, paths: list[Path]) -> dict[str, tuple[str, str, int]]:
-        wanted = [str(p) for p in paths if str(p) not in self.memo]
+    def digests(self, paths: list) -> dict[str, tuple[str, str, int]]:
+        names = [p if isinstance(p, str) else str(p) for p in paths]
+        wanted = [p for p in names if p not in self.memo]
         if wanted:
             stored = self.index.get_stats(wanted)
             fresh: dict[str, list] = {}
@@ -62,7 +63,7 @@ class SourceDigests:
                 if now - st.st_mtime > _RACY_SECONDS:
                     fresh[p] = sig + [b3, sha]
             self.index.put_stats(fresh)
-        return {str(p): self.memo[str(p)] for p in paths}
+        return {p: self.memo[p] for p in names}
 
 
 class Executor:
@@ -110,11 +111,12 @@ class Executor:
     def _staged_inputs(self, spec: ActionSpec, done: dict[str, Outcome]) -> list[list]:
         """[sandbox name, source path, blake3, tree root or None] for every staged file."""
         staged: list[list] = []
-        sources = [a.path for a in spec.inputs.values() if a.producer is None]
+        sources = [a.path_str for a in spec.inputs.values() if a.producer is None]
         digests = self.sources.digests(sources) if sources else {}
         for name, art in sorted(spec.inputs.items()):
             if art.producer is None:
-                staged.append([name, str(art.path), digests[str(art.path)][0], None])
+                path = art.path_str
+                staged.append([name, path, digests[path][0], None])
                 continue
             producer = done[art.producer]
             if art.tree:
@@ -122,10 +124,10 @@ class Executor:
                 for path, rec in sorted(producer.outputs.items()):
                     if path.startswith(prefix):
                         staged.append([f"{name}/{path[len(prefix):]}",
-                                       str(self.cas.path(rec["blake3"])), rec["blake3"], name])
+                                       self.cas.path_str(rec["blake3"]), rec["blake3"], name])
             else:
                 rec = producer.outputs[art.output]
-                staged.append([name, str(self.cas.path(rec["blake3"])), rec["blake3"], None])
+                staged.append([name, self.cas.path_str(rec["blake3"]), rec["blake3"], None])
         return staged
 
     def artifact_files(self, art: Artifact, done: dict[str, Outcome]) -> dict[str, dict]:

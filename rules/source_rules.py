@@ -14,7 +14,7 @@ from stella_build.engine.encode import canonical_json
 from stella_build.engine.encode.digest import sha256_hex
 from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, DefaultOutputs, Rule, TargetParams, UsageError,
-    input_name,
+    input_name, logical_from_input_name,
 )
 
 from .providers import AdvisorySet, SourceMeta
@@ -65,7 +65,7 @@ class OsvSource(Rule):
                 fn="stella_build.rules.source_rules:osv_shard",
                 inputs={input_name(a): a for a in buckets[idx]},
                 outputs=["records.jsonl"],
-                params={"source": meta.to_json(), "logical": {input_name(a): a.logical for a in buckets[idx]}},
+                params={"source": meta.to_json()},
             )
             shards.append((shard, spec.out("records.jsonl")))
         return [AdvisorySet(source=meta, shards=tuple(shards)),
@@ -90,7 +90,8 @@ def osv_shard(actx: ActionContext) -> dict:
     from .sources.osv import load_osv_document
 
     records = []
-    for name, logical in sorted(actx.params["logical"].items()):
+    for name in sorted(actx.inputs):
+        logical = logical_from_input_name(name)
         data = actx.input(name).read_bytes()
         try:
             doc = load_osv_document(data, logical)

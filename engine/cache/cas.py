@@ -25,6 +25,7 @@ class CorruptBlob(Exception):
 class Cas:
     def __init__(self, root: Path):
         self.root = root / "cas"
+        self._root_str = str(self.root)
         self.tmp = root / "tmp"
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -32,9 +33,12 @@ class Cas:
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest
 
+    def path_str(self, digest: str) -> str:
+        return f"{self._root_str}/{digest[:2]}/{digest}"
+
     def has(self, digest: str, size: int) -> bool:
         try:
-            return self.path(digest).stat().st_size == size
+            return os.stat(self.path_str(digest)).st_size == size
         except FileNotFoundError:
             return False
 

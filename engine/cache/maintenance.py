@@ -40,7 +40,7 @@ def gc(cache_dir: Path, max_size: int) -> dict:
         removed = [d for d in sizes if d not in kept_blobs]
         for digest in removed:
             cas.discard(digest)
-        for leftover in ("tmp", "sandbox"):
+        for leftover in ("tmp", "sandbox", "noop-memo"):
             shutil.rmtree(cache_dir / leftover, ignore_errors=True)
         return {"evicted_actions": len(evict), "kept_actions": len(keep_keys),
                 "removed_blobs": len(removed), "removed_bytes": sum(sizes[d] for d in removed),
@@ -53,6 +53,7 @@ def verify(cache_dir: Path) -> dict:
     """Re-hash every blob; delete corrupt ones (their results become misses and rebuild)."""
     index, cas = Index(cache_dir), Cas(cache_dir)
     try:
+        shutil.rmtree(cache_dir / "noop-memo", ignore_errors=True)
         corrupt = [d for d, _, _ in cas.iter_blobs() if not cas.verify(d)]
         for digest in corrupt:
             cas.discard(digest)
@@ -67,6 +68,6 @@ def verify(cache_dir: Path) -> dict:
 
 def clean(cache_dir: Path) -> dict:
     existed = cache_dir.exists()
-    for child in ("cas", "tmp", "sandbox") + tuple(p.name for p in cache_dir.glob("index-v*")):
+    for child in ("cas", "tmp", "sandbox", "noop-memo") + tuple(p.name for p in cache_dir.glob("index-v*")):
         shutil.rmtree(cache_dir / child, ignore_errors=True)
     return {"cache_dir": str(cache_dir), "removed": existed}

@@ -38,12 +38,36 @@ def build(settings, patterns, check, output):
                         warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     progress.finish()
     data = summary.to_json()
-    emit(settings, _text_summary(summary, settings, check), data)
+    text = _text_summary(summary, settings, check)
+    emit(settings, text, data)
+    _record_noop_memo(summary, data, text, workspace, settings)
     for err in summary.errors:
         click.echo(f"error: {err}", err=True)
         if settings.debug and getattr(err, "traceback", None):
             click.echo(err.traceback, err=True)
     sys.exit(summary.exit_code)
+
+
+def _record_noop_memo(summary, data: dict, text: str, workspace, settings) -> None:
+    """After a true no-op (everything cached, nothing failed), let the next identical command line
+    answer from the fast path (engine/fastpath.py)."""
+    import re
+
+    from .. import fastpath
+
+    plan = fastpath.ACTIVE
+    if plan is None or not summary.ok or data["actions"]["executed"] or data["actions"]["remote_hits"]:
+        return
+    touched = fastpath.stop_collecting()
+    outputs = [str(workspace.root / p) for paths in summary.outputs.values() for p in paths]
+    outputs += [str(p) for p in (workspace.root / "stella-out").rglob(".*.stella-state.json")]
+    # source inputs are read by the workers (and their digests memoized), not by this process
+    outputs += sorted({a.path_str for o in summary.outcomes.values() for a in o.spec.inputs.values()
+                       if a.producer is None})
+    template = re.sub(r" in \d+\.\d\d s", " in {duration} s", text)
+    fastpath.record(plan["memo"], touched, outputs,
+                    exclude=[str(settings.cache_dir()) + "/", str(workspace.root / "stella-out") + "/"],
+                    summary_json=data, summary_text=template)
 
 
 def _text_summary(summary, settings, check: bool) -> str:
@@ -260,3 +284,6 @@ def init(settings, directory):
             '[targets.json-raw]\nrule = "json_raw"\ndeps = [":osv"]\n', encoding="utf-8")
     emit(settings, f"initialized workspace in {root.resolve()}; put OSV files in {pkg}/advisories and run\n"
                    f"  stella-build //exports:json-raw", {"workspace": str(root.resolve())})
+from . import sign_commands  # noqa
+from . import inspect_commands  # noqa
+from . import mirror_commands  # noqa

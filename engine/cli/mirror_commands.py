@@ -1,0 +1,144 @@
+"""`stella-build mirror …`: verify, apply deltas, decrypt, push mirrors, and build deltas with --base.
+
+Exit codes (design §6): 0 ok · 2 usage (not a mirror, bad reference, missing base) · 3 verification
+failed (digest, TUF, tombstones, out-of-order delta, wrong age identity) · 1 push failed.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+
+from ..errors import StellaError, UsageError, VerificationFailed
+from .main import emit, main_group
+
+CTX = {"help_option_names": ["-h", "--help"]}
+
+
+class _Failed(StellaError):
+    def __init__(self, message: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(message)
+
+
+def _run(fn, *args):
+    from stella_build.rules.mirror_apply import MirrorError
+
+    try:
+        return fn(*args)
+    except MirrorError as exc:
+        raise (VerificationFailed(str(exc)) if exc.exit_code == 3 else _Failed(str(exc), exc.exit_code)) from None
+
+
+@main_group.group(context_settings=CTX)
+def mirror():
+    """Consume mirror:full / mirror:delta outputs: verify, apply, decrypt, push (docs/mirror.md)."""
+
+
+@mirror.command("verify", context_settings=CTX)
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.pass_obj
+def mirror_verify(settings, path):
+    """Verify a mirror directory: contents, rerunHash, provenance subject, TUF, OCI layout."""
+    from stella_build.rules.mirror_apply import verify_mirror
+
+    data = _run(verify_mirror, path)
+    emit(settings, f"OK: mirror {data['exportId']} ({data['files']} files"
+                   + (", TUF verified" if data["tuf"] else "") + ")", {"ok": True, **data})
+
+
+@mirror.command("apply", context_settings=CTX)
+@click.argument("base", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("delta", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the new mirror (may be BASE itself: replaced atomically).")
+@click.pass_obj
+def mirror_apply(settings, base, delta, out):
+    """Verify BASE and DELTA, apply DELTA, write the new mirror to OUT atomically.
+
+    The result is byte-identical to a fresh mirror:full build of the new inputs, plus
+    appliedExportIds.log. Out-of-order or already-applied deltas are refused (exit 3).
+    """
+    from stella_build.rules.mirror_apply import apply_delta
+
+    data = _run(apply_delta, base, delta, out)
+    emit(settings, f"applied {data['exportId']} onto {data['baseExportId']}: +{data['added']} "
+                   f"~{data['changed']} -{data['removed']} files → {out}", {"ok": True, **data})
+
+
+@mirror.command("decrypt", context_settings=CTX)
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-i", "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="age identity file (AGE-SECRET-KEY-1…, as written by age-keygen).")
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.pass_obj
+def mirror_decrypt(settings, path, identity, out):
+    """Decrypt an encrypted mirror; OUT is byte-identical to the unencrypted build. Wrong identity: exit 3."""
+    from stella_build.rules.mirror_apply import decrypt_mirror
+
+    data = _run(decrypt_mirror, path, identity, out)
+    emit(settings, f"decrypted {data['files']} files of {data['exportId']} → {out}", {"ok": True, **data})
+
+
+_REF = re.compile(r"^(?P<host>[^/]+)/(?P<repo>[a-z0-9][a-z0-9._/-]*?)(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{0,127}))?$")
+
+
+def parse_reference(ref: str, plain_http: bool | None) -> tuple[str, str, str | None]:
+    """REGISTRY/REPO[:TAG] → (base URL, repository, tag). Loopback hosts default to plain HTTP."""
+    m = _REF.match(ref.removeprefix("docker://"))
+    if not m:
+        raise UsageError(f"bad registry reference {ref!r} (expected HOST[:PORT]/REPO[:TAG])", field="REFERENCE")
+    host = m["host"]
+    loopback = host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]")
+    scheme = "http" if (plain_http if plain_http is not None else loopback) else "https"
+    return f"{scheme}://{host}", m["repo"], m["tag"]
+
+
+@mirror.command("push", context_settings=CTX)
+@click.argument("layout", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("reference")
+@click.option("--plain-http/--https", default=None, help="Default: plain HTTP for loopback registries only.")
+@click.pass_obj
+def mirror_push(settings, layout, reference, plain_http):
+    """Push a mirror's OCI layout (LAYOUT = mirror directory or its oci/) to REGISTRY/REPO[:TAG].
+
+    Digests are preserved; referrers are pushed with the tag-schema fallback when the registry
+    has no referrers API. With :TAG, the mirror manifest is also tagged TAG.
+    """
+    from stella_build.rules.mirror import MIRROR_TAG
+    from stella_build.rules.oci import OciLayoutReader
+    from stella_build.rules.oci_registry import RegistryClient, RegistryError, push_layout
+
+    root = layout / "oci" if (layout / "oci" / "index.json").is_file() else layout
+    if not (root / "index.json").is_file():
+        raise UsageError(f"{layout}: no OCI layout (index.json) here or in oci/")
+    base_url, repo, tag = parse_reference(reference, plain_http)
+    try:
+        client = RegistryClient(base_url, repo)
+        result = push_layout(root, client)
+        if tag:
+            desc = OciLayoutReader(root).resolve(MIRROR_TAG)
+            result.tags[tag] = client.put_manifest(OciLayoutReader(root).read_blob(desc), desc.media_type, tag)
+    except (RegistryError, KeyError) as exc:
+        raise _Failed(f"push to {reference} failed: {exc}", 1) from None
+    emit(settings, f"pushed {len(result.blobs_uploaded)} blobs ({len(result.blobs_skipped)} already there), "
+                   f"{len(result.manifests)} manifests; tags: "
+                   + ", ".join(f"{t}={d[:19]}…" for t, d in sorted(result.tags.items())),
+         {"ok": True, "blobs_uploaded": result.blobs_uploaded, "blobs_skipped": result.blobs_skipped,
+          "manifests": result.manifests, "tags": result.tags})
+
+
+@mirror.command("delta", context_settings=CTX)
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("--base", "base", required=True, type=click.Path(path_type=Path),
+              help="The base mirror: its export.json, its mirror/ tree or its output directory.")
+@click.pass_context
+def mirror_delta(ctx, patterns, base):
+    """Build mirror_delta targets against --base (overrides the Exportfile's `base`)."""
+    from stella_build.rules.mirror import BASE_ENV
+
+    os.environ[BASE_ENV] = str(base.resolve())
+    build = main_group.get_command(ctx, "build")
+    ctx.invoke(build, patterns=patterns, check=False, output=None)
