@@ -73,6 +73,13 @@ class Artifact:
     def path_str(self) -> str:
         return str(self.path)
 
+    def child(self, rel: str) -> "Artifact":
+        """One file inside a tree artifact, so an action can read it without staging the tree."""
+        if not self.tree or self.producer is None:
+            raise ValueError(f"{self.logical} is not a derived tree artifact")
+        return Artifact(logical=f"{self.logical}{rel}", producer=self.producer,
+                        output=f"{self.output}{rel}", tree=False)
+
 
 class Provider:
     """Base of typed information passed from a target to the targets depending on it."""

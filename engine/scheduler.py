@@ -126,7 +126,10 @@ class Executor:
                         staged.append([f"{name}/{path[len(prefix):]}",
                                        self.cas.path_str(rec["blake3"]), rec["blake3"], name])
             else:
-                rec = producer.outputs[art.output]
+                rec = producer.outputs.get(art.output)
+                if rec is None:
+                    raise RuntimeError(f"rule bug: action {spec.id} reads {art.output!r}, which "
+                                       f"{art.producer} did not produce")
                 staged.append([name, self.cas.path_str(rec["blake3"]), rec["blake3"], None])
         return staged
 

@@ -8,3 +8,19 @@ def register(registry) -> None:
 
     for rule in (OsvSource, JsonRaw):
         registry.add(rule)
+
+    from .evidence_rules import RULES as EVIDENCE_RULES
+    from .json_policy import JsonPolicy
+
+    for rule in (*EVIDENCE_RULES, JsonPolicy):
+        registry.add(rule)
+
+    from .trivy_rules import RULES as TRIVY_RULES
+
+    for rule in TRIVY_RULES:
+        registry.add(rule)
+
+    from .mirror import RULES as MIRROR_RULES
+
+    for rule in MIRROR_RULES:
+        registry.add(rule)

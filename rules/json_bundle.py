@@ -29,6 +29,7 @@ from stella_build.engine.rule_api import (
 )
 
 from .providers import AdvisorySet, Bundle
+from .sign_rule import SignParams, add_signing, resolve_signer
 
 MANIFEST_SCHEMA = "https://stella-build.dev/schemas/export-manifest/v1"
 MANIFEST_VERSION = "1.1.0"
@@ -44,6 +45,7 @@ class JsonRawParams(TargetParams):
     tenant: str = Field("default", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
     revision: str = Field("r1", pattern=r"^r[0-9]+$", description="profile revision recorded in the manifest")
     compression_level: int = Field(19, ge=1, le=22, description="zstd level of the JSONL files")
+    sign: SignParams | None = Field(None, description="sign the bundle (docs/signing.md); also enabled by STELLA_SIGNING_KEY")
 
 
 def builder_version() -> str:
@@ -76,16 +78,21 @@ class JsonRaw(Rule):
                 shard_trees[f"shards/{source_slug}-{shard}"] = spec.out("out/")
         sources = sorted({json.dumps(a.source.to_json(), sort_keys=True) for _, a in ctx.providers(AdvisorySet)})
         profile = {"kind": "json", "variant": "raw", "name": ctx.label.name, "revision": params.revision}
+        signer = resolve_signer(ctx, params.sign)  # fails here (exit 4) on a missing key or password
         assemble = ctx.action(
             mnemonic="Bundle", fn="stella_build.rules.json_bundle:assemble",
             inputs=shard_trees, outputs=["bundle/", "bundle.tar.gz", "bundle.tar.gz.sha256"],
             params={"profile": profile, "tenant": params.tenant, "selectors": sel,
                     "target": str(ctx.label), "sources": [json.loads(s) for s in sources],
                     "builder_version": builder_version(),
-                    "rules": {"json_raw": self.version, "osv_source": "1"}})
+                    "rules": {"json_raw": self.version, "osv_source": "1"},
+                    **({"signer": signer.provenance_params()} if signer else {})})
         files = {"bundle.tar.gz": assemble.out("bundle.tar.gz"),
                  "bundle.tar.gz.sha256": assemble.out("bundle.tar.gz.sha256")}
         bundle_tree = assemble.out("bundle/")
+        files.update(add_signing(ctx, signer, manifest=(bundle_tree, "manifests/export.json"),
+                                 archive=files["bundle.tar.gz"],
+                                 provenance=(bundle_tree, "manifests/provenance.json")))
         return [Bundle(profile="json:raw", files=files, manifest=bundle_tree, archive=files["bundle.tar.gz"]),
                 DefaultOutputs(files=files, trees={"": bundle_tree},
                                primary=("bundle.tar.gz", "manifests/export.json"))]
@@ -235,7 +242,8 @@ def _provenance(p: dict, manifest: bytes, archive_sha: str, materials: list, epo
                 "externalParameters": {"target": p["target"], "profile": p["profile"],
                                        "selectors": p["selectors"], "tenant": p["tenant"]},
                 "internalParameters": {"sourceDateEpoch": epoch, "rules": p["rules"],
-                                       "libraries": library_versions()},
+                                       "libraries": library_versions(),
+                                       **({"signer": p["signer"]} if p.get("signer") else {})},
                 "resolvedDependencies": [{"name": path, "digest": {"sha256": sha}}
                                          for path, sha in materials],
             },

@@ -40,3 +40,45 @@ class Bundle(Provider):
     files: dict[str, Artifact]
     manifest: Artifact
     archive: Artifact | None = None
+
+
+@dataclass(frozen=True)
+class NormalizedAdvisorySet(Provider):
+    """Normalized advisories (``stella_build.rules.evidence.Advisory``) as sharded canonical JSONL.
+
+    Each shard is one action's ``records.jsonl`` (one ``Advisory.to_canonical()`` per line, sorted
+    by ``Advisory.sort_key()``, withdrawn records included with ``withdrawn`` set) and its
+    ``stats.json`` (``{"files", "records", "materials": [[path, sha256]...], "withdrawn",
+    "invalid", "git_only", "no_ranges", "unfixed_marker"}``, each list of [id, ecosystem, package,
+    path(, reason)]; see ``stella_build.rules.evidence_rules``).
+    ``origin`` names the AdvisorySet target it was normalized from, when there is one."""
+
+    source: SourceMeta
+    shards: tuple[tuple[str, "Artifact"], ...]  # (shard name, records.jsonl artifact)
+    stats: tuple[tuple[str, "Artifact"], ...] = ()  # (shard name, stats.json artifact)
+    format: str = "osv"
+    origin: str | None = None
+
+
+@dataclass(frozen=True)
+class VexSet(Provider):
+    """VEX statements (``VexStatement.to_canonical()``) as sharded canonical JSONL sorted by
+    ``VexStatement.sort_key()``, plus per shard ``documents.jsonl``: one raw document per file
+    ({"path", "sha256", "format", "document"}) sorted by path."""
+
+    source: SourceMeta
+    shards: tuple[tuple[str, "Artifact"], ...]
+    documents: tuple[tuple[str, "Artifact"], ...] = ()
+    stats: tuple[tuple[str, "Artifact"], ...] = ()
+
+
+@dataclass(frozen=True)
+class SbomSet(Provider):
+    """SBOM components (``SbomComponent.to_canonical()``) as sharded canonical JSONL sorted by
+    ``SbomComponent.sort_key()``, plus per shard ``documents.jsonl`` ({"path", "sha256",
+    "format", "subject", "document"} sorted by path)."""
+
+    source: SourceMeta
+    shards: tuple[tuple[str, "Artifact"], ...]
+    documents: tuple[tuple[str, "Artifact"], ...] = ()
+    stats: tuple[tuple[str, "Artifact"], ...] = ()

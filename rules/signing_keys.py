@@ -23,6 +23,7 @@ from typing import Union
 import nacl.exceptions
 import nacl.secret
 import nacl.utils
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -195,7 +196,7 @@ def load_private_key(pem: bytes, password: bytes, *, what: str = "private key") 
     der = decrypt_secret(body, password, what)
     try:
         key = serialization.load_der_private_key(der, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SigningKeyError(f"{what}: decrypted data is not a PKCS#8 private key ({exc})") from None
     if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
         raise SigningKeyError(f"{what}: unsupported key type {type(key).__name__}")
@@ -209,7 +210,7 @@ def load_public_key(pem: bytes, *, what: str = "public key") -> PublicKey:
         raise SigningKeyError(f"{what}: unsupported PEM type {pem_type!r} (want {PUBLIC_KEY_PEM_TYPE!r})")
     try:
         pub = serialization.load_der_public_key(body)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SigningKeyError(f"{what}: not a SubjectPublicKeyInfo ({exc})") from None
     if not isinstance(pub, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey)):
         raise SigningKeyError(f"{what}: unsupported key type {type(pub).__name__}")

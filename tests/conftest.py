@@ -29,7 +29,10 @@ class Result:
 def run_cli(args: list[str], *, cwd: Path, cache: Path | None = None, env: dict | None = None,
             check: bool = False, timeout: float = 600) -> Result:
     full_env = dict(os.environ)
-    full_env.pop("SOURCE_DATE_EPOCH", None)
+    # tests are hermetic: a developer's signing key, remote cache or cache dir must not leak in
+    for var in list(full_env):
+        if var.startswith("STELLA_") or var in ("SOURCE_DATE_EPOCH", "COSIGN_PASSWORD"):
+            del full_env[var]
     if env:
         full_env.update(env)
     argv = [CLI] + (["--cache-dir", str(cache)] if cache else []) + args
