@@ -21,11 +21,11 @@ from typing import Literal
 from pydantic import Field
 
 from stella_build.engine.encode import canonical_json
-from stella_build.engine.encode.archive import TarEntry, gzip_bytes, library_versions, tar_bytes, unzstd_bytes, zstd_bytes
+from stella_build.engine.encode.archive import TarEntry, gzip_bytes, library_versions, tar_bytes, zstd_bytes
 from stella_build.engine.encode.digest import sha256_hex
 from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339
 from stella_build.engine.rule_api import (
-    ActionContext, ActionError, AnalysisContext, DefaultOutputs, Rule, Selectors, TargetParams,
+    ActionContext, AnalysisContext, DefaultOutputs, Rule, Selectors, TargetParams,
 )
 
 from .providers import AdvisorySet, Bundle
@@ -172,7 +172,6 @@ def rerun_hash(contents: list[dict]) -> str:
 
 
 def assemble(actx: ActionContext) -> dict:
-    p = actx.params
     files: dict[str, bytes] = {}
     records: dict[str, int] = {}
     withdrawn, materials, index, filtered, newest = [], [], [], 0, None
@@ -195,27 +194,36 @@ def assemble(actx: ActionContext) -> dict:
         epoch = parse_rfc3339(newest) if newest else 0
     index_doc = _index(index, records, sorted(set(withdrawn)), filtered)
     files["indexes/advisories.index.json"] = canonical_json.dumps(index_doc)
+    counts = {"records": sum(records.values()), "withdrawnExcluded": len(withdrawn), "filteredOut": filtered}
+    contents = write_bundle(actx, files, records, counts, sorted(materials), epoch)
+    return {"records": counts["records"], "withdrawn": len(withdrawn), "files": len(contents)}
+
+
+def write_bundle(actx: ActionContext, files: dict[str, bytes], records: dict[str, int], counts: dict,
+                 materials: list, epoch: int) -> list[dict]:
+    """Manifest, archive, provenance and sidecar of a JSON bundle from its data files; every JSON
+    profile (raw, policy) ends here so they share one manifest and provenance format."""
+    p = actx.params
     contents = manifest_contents(files, records)
+    rerun = rerun_hash(contents)
     manifest = {
         "schema": MANIFEST_SCHEMA, "version": MANIFEST_VERSION,
-        "exportId": "exp-" + sha256_hex(canonical_json.dumps([p["profile"], p["tenant"], rerun_hash(contents)]))[:24],
+        "exportId": "exp-" + sha256_hex(canonical_json.dumps([p["profile"], p["tenant"], rerun]))[:24],
         "profile": p["profile"], "tenant": p["tenant"], "selectors": p["selectors"],
-        "generatedAt": rfc3339(epoch), "contents": contents, "rerunHash": rerun_hash(contents),
-        "counts": {"records": sum(records.values()), "withdrawnExcluded": len(withdrawn),
-                   "filteredOut": filtered},
-        "sources": p["sources"],
+        "generatedAt": rfc3339(epoch), "contents": contents, "rerunHash": rerun,
+        "counts": counts, "sources": p["sources"],
     }
     manifest_bytes = canonical_json.dumps(manifest)
     files["manifests/export.json"] = manifest_bytes
     archive = gzip_bytes(tar_bytes([TarEntry(path, data) for path, data in files.items()], mtime=epoch))
     archive_sha = sha256_hex(archive)
-    provenance = _provenance(p, manifest_bytes, archive_sha, sorted(materials), epoch)
+    provenance = _provenance(p, manifest_bytes, archive_sha, [list(m) for m in materials], epoch)
     files["manifests/provenance.json"] = canonical_json.dumps(provenance)
     for path, data in files.items():
         actx.write_output(f"bundle/{path}", data)
     actx.write_output("bundle.tar.gz", archive)
     actx.write_output("bundle.tar.gz.sha256", f"{archive_sha}  bundle.tar.gz\n".encode())
-    return {"records": manifest["counts"]["records"], "withdrawn": len(withdrawn), "files": len(contents)}
+    return contents
 
 
 def _index(index: list, records: dict[str, int], withdrawn: list[str], filtered: int) -> dict:

@@ -30,7 +30,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from stella_build.engine.encode import canonical_json
-from stella_build.engine.encode.archive import TarEntry, gzip_bytes, tar_bytes, zstd_bytes
+from stella_build.engine.encode.archive import zstd_bytes
 from stella_build.engine.encode.digest import sha256_hex
 from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339
 from stella_build.engine.rule_api import (
@@ -334,7 +334,7 @@ def _sbom_path(doc: dict, used: set[str]) -> str:
 
 def assemble(actx: ActionContext) -> dict:
     """Collect every shard tree and evidence file into the bundle; write indexes and manifests."""
-    p, level = actx.params, actx.params["level"]
+    level = actx.params["level"]
     files: dict[str, bytes] = {}
     raw_records: dict[str, int] = {}
     records: dict[str, int] = {}
@@ -434,25 +434,6 @@ def _add_evidence_meta(evidence: dict, meta: dict, materials: set, records: dict
 
 def _finish(actx: ActionContext, files: dict[str, bytes], records: dict[str, int], counts: dict,
             materials: list, epoch: int) -> dict:
-    """Manifest, archive and provenance exactly as json:raw writes them (json_bundle helpers)."""
-    p = actx.params
-    contents = json_bundle.manifest_contents(files, records)
-    rerun = json_bundle.rerun_hash(contents)
-    manifest = {
-        "schema": json_bundle.MANIFEST_SCHEMA, "version": json_bundle.MANIFEST_VERSION,
-        "exportId": "exp-" + sha256_hex(canonical_json.dumps([p["profile"], p["tenant"], rerun]))[:24],
-        "profile": p["profile"], "tenant": p["tenant"], "selectors": p["selectors"],
-        "generatedAt": rfc3339(epoch), "contents": contents, "rerunHash": rerun,
-        "counts": counts, "sources": p["sources"],
-    }
-    manifest_bytes = canonical_json.dumps(manifest)
-    files["manifests/export.json"] = manifest_bytes
-    archive = gzip_bytes(tar_bytes([TarEntry(path, data) for path, data in files.items()], mtime=epoch))
-    archive_sha = sha256_hex(archive)
-    provenance = json_bundle._provenance(p, manifest_bytes, archive_sha, [list(m) for m in materials], epoch)
-    files["manifests/provenance.json"] = canonical_json.dumps(provenance)
-    for path, data in files.items():
-        actx.write_output(f"bundle/{path}", data)
-    actx.write_output("bundle.tar.gz", archive)
-    actx.write_output("bundle.tar.gz.sha256", f"{archive_sha}  bundle.tar.gz\n".encode())
+    """Manifest, archive and provenance exactly as json:raw writes them."""
+    contents = json_bundle.write_bundle(actx, files, records, counts, materials, epoch)
     return {"records": counts["records"], "findings": counts["findings"], "files": len(contents)}

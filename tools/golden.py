@@ -16,10 +16,11 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import make_workspace, output_digests, run_cli  # noqa: E402
 
 GOLDEN = ROOT / "golden" / "digests.json"
-DEFAULT_TARGETS = ["//profiles:json-raw", "//profiles:json-policy"]
+DEFAULT_TARGETS = ["//profiles:json-raw", "//profiles:json-policy", "//profiles:trivy-db",
+                   "//profiles:trivy-java-db", "//profiles:mirror-full"]
 # The full shared corpora (../shared/data); locked separately because they take longer to build.
 CORPORA = ROOT / "golden" / "corpora.json"
-CORPORA_TARGETS = ["//corpora:json-raw"]
+CORPORA_TARGETS = ["//corpora:json-raw", "//corpora:trivy-db"]
 
 
 def compute(targets: list[str], packages: tuple[str, ...], shared: bool) -> dict:
@@ -35,15 +36,26 @@ def compute(targets: list[str], packages: tuple[str, ...], shared: bool) -> dict
 
 def main() -> int:
     update = "--update" in sys.argv[1:]
+    check = "--check" in sys.argv[1:]
+    bad = 0
     for path, targets, packages, shared in ((GOLDEN, DEFAULT_TARGETS, ("profiles",), False),
                                             (CORPORA, CORPORA_TARGETS, ("corpora",), True)):
         text = json.dumps(compute(targets, packages, shared), indent=2, sort_keys=True) + "\n"
         if update:
             path.write_text(text)
             print(f"wrote {path}")
+        elif check:
+            old, new = json.loads(path.read_text()), json.loads(text)
+            for label in sorted(set(old) | set(new)):
+                for f in sorted(set(old.get(label, {})) | set(new.get(label, {}))):
+                    if old.get(label, {}).get(f) != new.get(label, {}).get(f):
+                        print(f"{label} {f}: {old.get(label, {}).get(f)} -> {new.get(label, {}).get(f)}")
+                        bad += 1
         else:
             sys.stdout.write(text)
-    return 0
+    if check:
+        print("golden digests match" if not bad else f"{bad} golden digests differ")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
