@@ -18,7 +18,7 @@ from .actions import action_key, key_record
 from .cache.cas import Cas
 from .cache.index import Index
 from .encode.digest import file_digests
-from .rule_api import ActionSpec, Artifact, input_name
+from .rule_api import ActionSpec, Artifact
 from .sandbox import SCRUBBED_ENV, run_action, worker_init
 
 _RACY_SECONDS = 2.0  # files modified this recently are re-hashed next time (racy-git problem)

@@ -2,7 +2,7 @@
 import json
 import re
 
-from tests.conftest import REPO, make_workspace, output_digests, run_cli
+from tests.conftest import REPO, output_digests, run_cli
 
 GOLDEN = json.loads((REPO / "golden" / "digests.json").read_text())
 

@@ -151,5 +151,5 @@ def test_failed_action_leaves_no_output_and_no_cache_entry(sample_ws, tmp_path):
     assert "Traceback" not in res.stderr
     assert not (sample_ws / "stella-out/profiles/json-raw").exists()
     bad.unlink()
-    ok = run_cli(["-q", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
+    run_cli(["-q", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
     assert output_digests(sample_ws, "profiles", "json-raw") == GOLDEN

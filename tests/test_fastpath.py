@@ -1,6 +1,5 @@
 """The no-op fast path answers only when nothing the build depends on changed."""
 import json
-import os
 import time
 
 from tests.conftest import run_cli

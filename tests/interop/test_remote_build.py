@@ -6,8 +6,6 @@ executes nothing and produces A's golden bytes. Faults degrade to a correct loca
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 
