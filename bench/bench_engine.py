@@ -45,9 +45,14 @@ def main() -> int:
         cache = tmp / "cache"
         cli = [CLI, "--cache-dir", str(cache), "-q"]
         subprocess.run(cli + ["//profiles/..."], cwd=ws, check=True, stdout=subprocess.DEVNULL)
+        real = sorted(timed(cli + ["//profiles/..."], ws)[0] for _ in range(args.runs))
+        time.sleep(2.1)  # past the racy-timestamp window: the next no-op records the memo
+        subprocess.run(cli + ["//profiles/..."], cwd=ws, check=True, stdout=subprocess.DEVNULL)
         noop = sorted(timed(cli + ["//profiles/..."], ws)[0] for _ in range(args.runs))
-        print(f"no-op //profiles/...: median {statistics.median(noop):.3f} s "
+        print(f"no-op //profiles/... (fast path, memo): median {statistics.median(noop):.3f} s "
               f"(min {noop[0]:.3f}, max {noop[-1]:.3f}, {args.runs} runs; target <= 0.20 s)")
+        print(f"no-op //profiles/... without the memo (full analysis, all cached): median "
+              f"{statistics.median(real):.3f} s")
 
         data = tmp / "data"
         for sub in ("osv-pypi", "osv-go"):

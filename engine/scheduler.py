@@ -6,6 +6,7 @@ become ready. A hit is served only if every blob it names is present with the ri
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import time
@@ -81,6 +82,7 @@ class Executor:
         self.sources = SourceDigests(self.index)
         self.progress = progress or (lambda *a: None)
         self._pool: ProcessPoolExecutor | None = None
+        self._sandbox_seq = itertools.count()
         self._saved_env: dict[str, str | None] = {}
 
     # -- worker pool (started only when something must run) ----------------------------------
@@ -302,7 +304,9 @@ class Executor:
         return {"id": spec.id, "label": str(spec.label), "fn": spec.fn, "params": spec.params,
                 "source_date_epoch": spec.source_date_epoch, "outputs": spec.outputs,
                 "cache_dir": str(self.cache_dir), "inputs": staged, "mode": mode,
-                "sandbox_name": f"{key[:20]}-{mode}-{os.getpid()}", "expected": expected or {},
+                # unique per submission: two actions may share a key (same work declared twice)
+                "sandbox_name": f"{key[:20]}-{mode}-{os.getpid()}-{next(self._sandbox_seq)}",
+                "expected": expected or {},
                 "secrets": spec.secrets}
 
     def _check(self, actions: list[ActionSpec], done: dict[str, Outcome]) -> None:

@@ -61,7 +61,10 @@ def test_corrupt_intermediate_blob_is_rebuilt_when_a_consumer_reads_it(sample_ws
     for blob in shard_outputs:
         _flip(blob)
     ef = sample_ws / "profiles" / "Exportfile"
-    ef.write_text(ef.read_text().replace('deps = [":osv-sample"]', 'deps = [":osv-sample"]\ncompression_level = 18'))
+    text = ef.read_text()
+    block = text.index("[targets.json-raw]")
+    end = text.index('deps = [":osv-sample"]', block) + len('deps = [":osv-sample"]')
+    ef.write_text(text[:end] + "\ncompression_level = 18" + text[end:])
     res = run_cli(["-q", "--output", "json", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
     assert res.json()["ok"]
     for blob in shard_outputs:  # rebuilt with the right content

@@ -142,3 +142,33 @@ def mirror_delta(ctx, patterns, base):
     os.environ[BASE_ENV] = str(base.resolve())
     build = main_group.get_command(ctx, "build")
     ctx.invoke(build, patterns=patterns, check=False, output=None)
+
+
+# -- `build --base PATH` (design: stella-build build --base PATH) ------------------------------
+
+from .commands import build as _build_command  # noqa: E402
+
+_build_command.params.append(click.Option(
+    ["--base"], metavar="PATH", default=None, type=click.Path(path_type=Path),
+    help="Base mirror for mirror_delta targets (its export.json, mirror/ tree or output directory); "
+         "overrides the Exportfile's `base`. Same as env STELLA_MIRROR_BASE."))
+_callback_before_base = _build_command.callback
+
+
+def _build_with_base(*args, base=None, **kwargs):
+    if base is None:
+        return _callback_before_base(*args, **kwargs)
+    from stella_build.rules.mirror import BASE_ENV
+
+    previous = os.environ.get(BASE_ENV)
+    os.environ[BASE_ENV] = str(base.resolve())  # analysis runs in this process and reads it
+    try:
+        return _callback_before_base(*args, **kwargs)
+    finally:
+        if previous is None:
+            os.environ.pop(BASE_ENV, None)
+        else:
+            os.environ[BASE_ENV] = previous
+
+
+_build_command.callback = _build_with_base

@@ -1,0 +1,663 @@
+"""mirror:full and mirror:delta: evidence mirrors for air-gapped sites, and cheap deltas to keep them current.
+
+A full mirror (target outputs under stella-out/<pkg>/<target>/):
+    mirror/                      the plain-directory view (StellaOps layout)
+      README.md                  what the files are (content)
+      export.json                manifest: contents[] of every content file, rerunHash, sharding
+      provenance.json            in-toto Statement v1 + SLSA provenance v1 (subject: export.json)
+      indexes/<kind>.index.json  per evidence kind: groups, files, records, the sharding rule
+      data/raw/advisories/<ecosystem>/<chunk>.jsonl.zst     raw OSV records
+      data/normalized/{advisories,vex,sboms}/<group>/<chunk>.jsonl.zst (normalized evidence deps)
+      data/policy/…              copied from json:policy bundles in deps
+      tuf/{root,1.root,targets,snapshot,timestamp}.json  when `tuf` is configured
+    oci/                         OCI image layout: one artifact manifest (tag "mirror") whose layers
+                                 are every mirror/ file, titled by path
+    mirror.tar.zst(.sha256)      deterministic PAX tar of mirror/ (zstd)
+    mirror.json                  summary: exportId, manifest/archive/OCI digests (used by deltas)
+
+Sharding (docs/mirror.md): records are ordered by a stable key (ecosystem, package, id, path) and cut
+into chunks by content: a chunk ends after a record whose blake3(id) is 0 mod `chunk_records`
+(and at every group change). A chunk's file name is a hash of its first record's key, so changing a
+record rewrites only its chunk, whatever else changes. Package-hash buckets alone do not work:
+tensorflow-gpu alone has 297 PyPI advisories, so 1 % of changes touches 33 % of bucketed bytes.
+
+Encryption (optional) is the only randomized step. It is a separate `MirrorEncrypt` action after
+the deterministic assembly; rerunHash, TUF targets and golden digests cover the plaintext.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import blake3
+import zstandard
+from pydantic import BaseModel, ConfigDict, Field
+
+from stella_build.engine.encode import canonical_json
+from stella_build.engine.encode.archive import TarEntry, library_versions, tar_bytes, zstd_bytes
+from stella_build.engine.encode.digest import sha256_hex
+from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339
+from stella_build.engine.errors import TrustMaterialMissing
+from stella_build.engine.rule_api import (
+    ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Provider, Rule, Selectors,
+    TargetParams, UsageError,
+)
+
+from .json_bundle import BUILDER_ID, _selected, _since, builder_version, manifest_contents, rerun_hash
+from .providers import AdvisorySet, Bundle, NormalizedAdvisorySet, SbomSet, VexSet
+
+MANIFEST_SCHEMA = "https://stella-build.dev/schemas/export-manifest/v1"
+MANIFEST_VERSION = "1.1.0"
+DIFF_SCHEMA = "https://stella-build.dev/schemas/mirror-diff/v1"
+INDEX_SCHEMA = "https://stella-build.dev/schemas/mirror-index/v1"
+BUILD_TYPE = "https://stella-build.dev/buildtypes/mirror/v1"
+ARTIFACT_TYPE = "application/vnd.stella-build.mirror.v1+json"
+MIRROR_TAG = "mirror"
+MANIFEST_DIGEST_ANNOTATION = "io.stellaops.export.manifest-digest"
+BASE_ENV = "STELLA_MIRROR_BASE"  # `stella-build mirror delta --base PATH` sets it
+BASE_MISSING = "ERR_EXPORT_BASE_MISSING"
+ENCRYPTION_FILE = "encryption.json"
+# Files of mirror/ that are not content (not in export.json contents[]): replaced as a whole by deltas.
+METADATA_PREFIXES = ("tuf/", "signatures/")
+METADATA_FILES = ("export.json", "provenance.json")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+_DAY = 86400
+
+# evidence kind → (directory under mirror/, key fields in the index)
+KINDS: dict[str, tuple[str, list[str]]] = {
+    "raw-advisories": ("data/raw/advisories", ["ecosystem", "package (lower case)", "id", "path"]),
+    "normalized-advisories": ("data/normalized/advisories", ["ecosystem", "package.normalized", "id", "source_path"]),
+    "vex": ("data/normalized/vex", ["vulnerability", "product", "component", "source_path", "status"]),
+    "sboms": ("data/normalized/sboms", ["purl", "subject", "source_path"]),
+}
+
+
+def is_metadata(rel: str) -> bool:
+    return rel in METADATA_FILES or rel.startswith(METADATA_PREFIXES)
+
+
+# -- parameters ------------------------------------------------------------------------------------
+
+class TufParams(BaseModel):
+    """`tuf = { key = "keys/tuf.pem" }` or one key per role; expiries in days from SOURCE_DATE_EPOCH."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str | None = Field(None, description="PEM private key (Ed25519 or ECDSA P-256) signing every role")
+    keys: dict[Literal["root", "targets", "snapshot", "timestamp"], str] | None = Field(
+        None, description="PEM private key per role (overrides `key` for the roles given)")
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                     description="environment variable holding the keys' password")
+    expires_days: dict[Literal["root", "targets", "snapshot", "timestamp"], int] = Field(
+        default_factory=dict, description="days after SOURCE_DATE_EPOCH each role expires (default 365)")
+
+
+class EncryptionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    recipients: list[str] = Field(..., min_length=1, description="age X25519 recipients (age1…)")
+
+
+class MirrorFullParams(TargetParams):
+    rule: Literal["mirror_full"]
+    selectors: Selectors | None = Field(None, description="overrides the package's [package.selectors]")
+    tenant: str = Field("default", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    revision: str = Field("r1", pattern=r"^r[0-9]+$")
+    compression_level: int = Field(19, ge=1, le=22)
+    chunk_records: int = Field(2, ge=1, le=4096, description=(
+        "average records per data file; smaller = smaller deltas, more files (docs/mirror.md)"))
+    tuf: TufParams | None = Field(None, description="sign TUF metadata over every mirror file")
+    encryption: EncryptionParams | None = Field(None, description="encrypt data/ for these age recipients")
+
+
+class BaseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    export: str = Field(..., description="the base mirror's export.json (workspace-relative or absolute)")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="pinned sha256 of that export.json")
+
+
+class MirrorDeltaParams(TargetParams):
+    rule: Literal["mirror_delta"]
+    base: BaseParams | None = Field(None, description=f"the base mirror (or ${BASE_ENV} / `mirror delta --base`)")
+    compression_level: int = Field(19, ge=1, le=22)
+
+
+@dataclass(frozen=True)
+class MirrorTree(Provider):
+    """A built mirror: the plaintext mirror/ tree and its summary (mirror.json)."""
+
+    tree: Artifact
+    summary: Artifact
+
+
+# -- mirror:full -------------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return _SAFE.sub("_", text)
+
+
+def _resolve_key(ctx: AnalysisContext, path: str, field: str) -> str:
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = ctx.workspace.root / p
+    if not p.is_file():
+        raise TrustMaterialMissing(f"TUF key {p} does not exist", field=field)
+    return str(p.resolve())
+
+
+def _tuf_config(ctx: AnalysisContext, tuf: TufParams) -> tuple[dict, dict]:
+    """(params naming the keys by public identity, secrets with paths and password)."""
+    from .tuf_repo import ROLES, TufRepoError, load_signer
+
+    files: dict[str, str] = {}
+    for role in ROLES:
+        given = (tuf.keys or {}).get(role) or tuf.key
+        if not given:
+            raise TrustMaterialMissing(f"tuf: no key for role {role!r} (set tuf.key or tuf.keys.{role})",
+                                       field="tuf.key")
+        files[role] = _resolve_key(ctx, given, f"tuf.keys.{role}" if (tuf.keys or {}).get(role) else "tuf.key")
+    password = None
+    if tuf.password_env:
+        if tuf.password_env not in os.environ:
+            raise TrustMaterialMissing(f"{tuf.password_env} is not set (password of the TUF keys)",
+                                       field="tuf.password_env")
+        password = os.environ[tuf.password_env]
+    keyids = {}
+    for role, path in files.items():
+        try:
+            keyids[role] = load_signer(Path(path), password.encode() if password else None).public_key.keyid
+        except TufRepoError as exc:
+            raise TrustMaterialMissing(str(exc), field="tuf.key") from None
+    durations = {r: tuf.expires_days.get(r, 365) * _DAY for r in ROLES}
+    secrets = {f"tuf_{r}": p for r, p in files.items()}
+    if password is not None:
+        secrets["tuf_password"] = password
+    return {"keyids": keyids, "durations": durations}, secrets
+
+
+class MirrorFull(Rule):
+    name = "mirror_full"
+    version = "1"
+    doc = "mirror:full profile: content-chunked evidence mirror as a tree, OCI layout and tar.zst, with TUF"
+    Params = MirrorFullParams
+    accepts = (AdvisorySet, NormalizedAdvisorySet, VexSet, SbomSet, Bundle)
+
+    def analyze(self, ctx: AnalysisContext, params: MirrorFullParams) -> list:
+        selectors = params.selectors.merged_over(ctx.selectors) if params.selectors else ctx.selectors
+        sel = {k: v for k, v in selectors.model_dump().items() if v is not None}
+        inputs: dict[str, Artifact] = {}
+        sources = []
+        for kind, ptype in (("raw-advisories", AdvisorySet), ("normalized-advisories", NormalizedAdvisorySet),
+                            ("vex", VexSet), ("sboms", SbomSet)):
+            for dep, prov in ctx.providers(ptype):
+                sources.append(prov.source.to_json())
+                for shard, art in prov.shards:
+                    sid = f"{kind}-{_slug(dep.name)}-{shard}"
+                    spec = ctx.action(mnemonic="MirrorShard", id=sid, fn="stella_build.rules.mirror:mirror_shard",
+                                      inputs={"records.jsonl": art}, outputs=["entries.jsonl", "meta.json"],
+                                      # the label keeps keys distinct per target: the engine names
+                                      # sandboxes by key, so two same-key actions collide when run at once
+                                      params={"kind": kind, "selectors": sel, "target": str(ctx.label)})
+                    inputs[f"shards/{sid}/entries.jsonl"] = spec.out("entries.jsonl")
+                    inputs[f"shards/{sid}/meta.json"] = spec.out("meta.json")
+        for dep, bundle in ctx.providers(Bundle):
+            inputs[f"bundles/{_slug(dep.name)}"] = bundle.manifest
+        if not inputs:
+            raise UsageError("mirror_full needs evidence in deps (osv_source, vex_source, sbom_source, "
+                             "osv_normalize or json_policy targets)", field="deps")
+        params_out: dict[str, Any] = {
+            "profile": {"kind": "mirror", "variant": "full", "name": ctx.label.name, "revision": params.revision},
+            "tenant": params.tenant, "selectors": sel, "level": params.compression_level,
+            "chunk_records": params.chunk_records, "target": str(ctx.label),
+            "sources": sorted({json.dumps(s, sort_keys=True) for s in sources}),
+            "builder_version": builder_version(), "rules": {"mirror_full": self.version},
+        }
+        params_out["sources"] = [json.loads(s) for s in params_out["sources"]]
+        secrets: dict[str, str] = {}
+        if params.tuf is not None:
+            params_out["tuf"], secrets = _tuf_config(ctx, params.tuf)
+        if params.encryption is not None:
+            from .encryption import EncryptionError, wrap_dek
+            try:  # validate recipients now (exit 2), not in the action
+                wrap_dek(bytes(32), params.encryption.recipients)
+            except EncryptionError as exc:
+                raise UsageError(str(exc), field="encryption.recipients") from None
+            params_out["encryption"] = {"recipients": sorted(set(params.encryption.recipients))}
+        assemble = ctx.action(
+            mnemonic="MirrorAssemble", fn="stella_build.rules.mirror:mirror_assemble", inputs=inputs,
+            outputs=["mirror/", "oci/", "mirror.tar.zst", "mirror.tar.zst.sha256", "mirror.json"],
+            params=params_out, secrets=secrets)
+        tree, summary = assemble.out("mirror/"), assemble.out("mirror.json")
+        provider = MirrorTree(tree=tree, summary=summary)
+        if params.encryption is None:
+            files = {n: assemble.out(n) for n in ("mirror.tar.zst", "mirror.tar.zst.sha256", "mirror.json")}
+            trees = {"mirror": tree, "oci": assemble.out("oci/")}
+        else:
+            enc = ctx.action(
+                mnemonic="MirrorEncrypt", fn="stella_build.rules.mirror:mirror_encrypt",
+                inputs={"mirror": tree}, outputs=["mirror/", "oci/", "mirror.tar.zst", "mirror.tar.zst.sha256"],
+                params={"recipients": params_out["encryption"]["recipients"],
+                        "nondeterministic": "randomized by design: DEK, nonces, age ephemeral keys"})
+            files = {n: enc.out(n) for n in ("mirror.tar.zst", "mirror.tar.zst.sha256")}
+            files["mirror.json"] = summary
+            trees = {"mirror": enc.out("mirror/"), "oci": enc.out("oci/")}
+        return [provider, DefaultOutputs(files=files, trees=trees,
+                                         primary=("mirror.tar.zst", "mirror/export.json"))]
+
+
+# -- actions: shard -----------------------------------------------------------------------------------
+
+def _entry(kind: str, rec: dict) -> tuple[str, list[str], str]:
+    """(group, stable sort key, chunk id) of one record."""
+    if kind == "raw-advisories":
+        pkgs = sorted((e, n.lower()) for e, n in rec.get("packages") or [])
+        eco, pkg = pkgs[0] if pkgs else ((rec.get("ecosystems") or ["_none"])[0], "")
+        return eco, [eco, pkg, rec["id"], rec["path"]], rec["id"]
+    if kind == "normalized-advisories":
+        eco = rec.get("ecosystem") or "_none"
+        pkg = (rec.get("package") or {}).get("normalized") or ""
+        return eco.split(":", 1)[0], [eco, pkg, rec["id"], rec.get("source_path") or ""], rec["id"]
+    if kind == "vex":
+        key = [rec.get(f) or "" for f in ("vulnerability", "product", "component", "source_path", "status")]
+        return "all", key, key[0]
+    key = [rec.get(f) or "" for f in ("purl", "subject", "source_path")]
+    return rec.get("ecosystem") or "_none", key, key[0]
+
+
+def mirror_shard(actx: ActionContext) -> dict:
+    """Filter one input shard and tag each record with its group, stable key and chunk id."""
+    kind, sel = actx.params["kind"], actx.params["selectors"]
+    since = _since(sel)
+    meta: dict[str, Any] = {"withdrawn": [], "filtered": 0, "materials": [], "modified": None}
+    entries = []
+    with open(actx.input("records.jsonl"), "rb") as f:
+        for line in f:
+            rec = json.loads(line)
+            if kind == "raw-advisories":
+                meta["materials"].append([rec["path"], rec["sha256"]])
+                if not _selected(rec, sel, since):
+                    if not rec.get("withdrawn"):
+                        meta["filtered"] += 1
+                        continue
+            if rec.get("withdrawn"):
+                meta["withdrawn"].append(rec.get("id"))
+                continue
+            if kind == "normalized-advisories" and "ecosystems" in sel:
+                if (rec.get("ecosystem") or "").split(":")[0].lower() not in {e.lower() for e in sel["ecosystems"]}:
+                    meta["filtered"] += 1
+                    continue
+            group, key, chunk_id = _entry(kind, rec)
+            entries.append((key, {"g": group, "k": key, "c": chunk_id, "r": rec}))
+            modified = rec.get("modified")
+            if isinstance(modified, str) and (meta["modified"] is None or modified > meta["modified"]):
+                meta["modified"] = modified
+    entries.sort(key=lambda t: t[0])
+    with open(actx.output("entries.jsonl"), "wb") as out:
+        for _, e in entries:
+            out.write(canonical_json.dumps_line(e))
+    meta["withdrawn"] = sorted(w for w in meta["withdrawn"] if w)
+    actx.write_output("meta.json", canonical_json.dumps(meta))
+    return {"records": len(entries)}
+
+
+# -- actions: assemble -------------------------------------------------------------------------------
+
+def _boundary(chunk_id: str, every: int) -> bool:
+    return int.from_bytes(blake3.blake3(chunk_id.encode()).digest()[:8], "big") % every == 0
+
+
+def chunk_entries(entries: list[dict], every: int) -> list[tuple[str, str, list[dict]]]:
+    """Content-defined chunks of key-sorted entries: (group, name, entries)."""
+    chunks: list[tuple[str, str, list[dict]]] = []
+    current: list[dict] = []
+    for e in entries:
+        if current and current[0]["g"] != e["g"]:
+            chunks.append(_close(current))
+            current = []
+        current.append(e)
+        if _boundary(e["c"], every):
+            chunks.append(_close(current))
+            current = []
+    if current:
+        chunks.append(_close(current))
+    return chunks
+
+
+def _close(entries: list[dict]) -> tuple[str, str, list[dict]]:
+    name = blake3.blake3(canonical_json.dumps(entries[0]["k"])).hexdigest()[:16]
+    return entries[0]["g"], name, entries
+
+
+def _media_type(rel: str) -> str:
+    if rel.endswith(".jsonl.zst"):
+        return "application/x-ndjson+zstd"
+    if rel.endswith(".json"):
+        return "application/json"
+    if rel.endswith(".md"):
+        return "text/markdown"
+    return "application/octet-stream"
+
+
+README = """# stella-build evidence mirror
+
+- `export.json`: manifest; `contents[]` lists every content file with sha256, size and records.
+- `provenance.json`: in-toto Statement v1 (SLSA provenance v1) whose subject is export.json.
+- `indexes/<kind>.index.json`: files and record counts per group, and how records are sharded.
+- `data/raw/advisories/<ecosystem>/<chunk>.jsonl.zst`: raw OSV records, one canonical JSON per line,
+  ordered by (ecosystem, package, id, path) and cut into content-defined chunks.
+- `tuf/`: TUF metadata over every other file (when the mirror is signed with TUF).
+
+Verify and update with `stella-build mirror verify|apply` (docs/mirror.md).
+"""
+
+
+def mirror_assemble(actx: ActionContext) -> dict:
+    p = actx.params
+    by_kind: dict[str, list[dict]] = {}
+    withdrawn: list[str] = []
+    materials: list[list[str]] = []
+    filtered, newest = 0, None
+    files: dict[str, bytes] = {}
+    for name in sorted(actx.inputs):
+        if name.startswith("shards/") and name.endswith("/meta.json"):
+            meta = json.loads(actx.input(name).read_bytes())
+            withdrawn += meta["withdrawn"]
+            materials += meta["materials"]
+            filtered += meta["filtered"]
+            if meta["modified"] and (newest is None or meta["modified"] > newest):
+                newest = meta["modified"]
+        elif name.startswith("shards/"):
+            kind = next(k for k in KINDS if name.split("/")[1].startswith(k + "-"))
+            with open(actx.input(name), "rb") as f:
+                by_kind.setdefault(kind, []).extend(json.loads(line) for line in f)
+        elif name.startswith("bundles/"):
+            for rel, path in actx.tree_files(name):
+                if rel.startswith("data/policy/"):
+                    files[rel] = path.read_bytes()
+    epoch = actx.source_date_epoch
+    if epoch is None:
+        epoch = parse_rfc3339(newest) if newest else 0
+    records: dict[str, int] = {}
+    indexes = {}
+    for kind in sorted(by_kind):
+        prefix, key_fields = KINDS[kind]
+        entries = sorted(by_kind[kind], key=lambda e: e["k"])
+        groups: dict[str, dict] = {}
+        for group, name, chunk in chunk_entries(entries, p["chunk_records"]):
+            rel = f"{prefix}/{_slug(group)}/{name}.jsonl.zst"
+            if rel in files:  # two chunks whose first keys collide in 64 bits: keep both, distinctly
+                raise ActionError(f"chunk name collision at {rel}; change chunk_records")
+            files[rel] = zstd_bytes(b"".join(canonical_json.dumps_line(e["r"]) for e in chunk), p["level"])
+            records[rel] = len(chunk)
+            g = groups.setdefault(group, {"directory": f"{prefix}/{_slug(group)}", "files": 0, "records": 0})
+            g["files"] += 1
+            g["records"] += len(chunk)
+        indexes[kind] = {
+            "schema": INDEX_SCHEMA, "kind": kind, "records": len(entries), "groups": groups,
+            "sharding": {"order": key_fields, "chunkRecords": p["chunk_records"],
+                         "boundary": "after a record whose blake3(chunk id) first 8 bytes (big endian) "
+                                     "mod chunkRecords == 0, and at every group change",
+                         "fileName": "first 16 hex of blake3(canonical JSON of the chunk's first key)"},
+        }
+    if "raw-advisories" in indexes:
+        indexes["raw-advisories"]["excluded"] = {"withdrawn": sorted(set(withdrawn)), "filteredOut": filtered}
+    for kind, doc in indexes.items():
+        files[f"indexes/{kind}.index.json"] = canonical_json.dumps(doc)
+    files["README.md"] = README.encode()
+    contents = manifest_contents(files, records)
+    for c in contents:
+        c["contentType"] = _media_type(c["path"])
+    rh = rerun_hash(contents)
+    manifest = {
+        "schema": MANIFEST_SCHEMA, "version": MANIFEST_VERSION,
+        "exportId": "exp-" + sha256_hex(canonical_json.dumps([p["profile"], p["tenant"], rh]))[:24],
+        "profile": p["profile"], "tenant": p["tenant"], "selectors": p["selectors"],
+        "generatedAt": rfc3339(epoch), "contents": contents, "rerunHash": rh,
+        "counts": {"records": sum(records.values()), "files": len(contents),
+                   "withdrawnExcluded": len(set(withdrawn)), "filteredOut": filtered},
+        "sources": p["sources"],
+    }
+    files["export.json"] = canonical_json.dumps(manifest)
+    files["provenance.json"] = canonical_json.dumps(_provenance(p, files["export.json"], sorted(materials), epoch))
+    if "tuf" in p:
+        files.update(_tuf_files(actx, files, epoch))
+    out = actx.out_dir
+    for rel, data in files.items():
+        actx.write_output(f"mirror/{rel}", data)
+    summary = package_tree(files, out / "oci", out / "mirror.tar.zst", epoch)
+    summary.update({"exportId": manifest["exportId"], "manifestDigest": "sha256:" + sha256_hex(files["export.json"]),
+                    "rerunHash": rh, "sourceDateEpoch": epoch})
+    actx.write_output("mirror.json", canonical_json.dumps(summary))
+    return {"records": manifest["counts"]["records"], "files": len(files)}
+
+
+def _tuf_files(actx: ActionContext, files: Mapping[str, bytes], epoch: int) -> dict[str, bytes]:
+    import tempfile
+
+    from .tuf_repo import ROLES, TufKeys, TufRepoError, build_tuf_repo, load_signer
+
+    p = actx.params["tuf"]
+    password = actx.secrets.get("tuf_password")
+    try:
+        signers = {r: [load_signer(Path(actx.secrets[f"tuf_{r}"]), password.encode() if password else None)]
+                   for r in ROLES}
+    except KeyError:
+        raise ActionError("TUF keys were not passed to the action (secrets are never cached)") from None
+    except TufRepoError as exc:
+        raise ActionError(str(exc)) from None
+    for role in ROLES:
+        if signers[role][0].public_key.keyid != p["keyids"][role]:
+            raise ActionError(f"TUF {role} key changed between analysis and the build")
+    with tempfile.TemporaryDirectory(dir=actx.sandbox) as tmp:
+        repo = build_tuf_repo(Path(tmp), dict(files), TufKeys(**signers), epoch, p["durations"],
+                              custom={rel: {"mediaType": _media_type(rel)} for rel in files})
+    return {f"tuf/{name}": data for name, data in repo.files.items()}
+
+
+def _provenance(p: dict, manifest: bytes, materials: list, epoch: int) -> dict:
+    external = {"target": p["target"], "profile": p["profile"], "selectors": p["selectors"],
+                "tenant": p["tenant"], "chunkRecords": p["chunk_records"]}
+    if "encryption" in p:
+        from .encryption import AAD_FORMAT, CIPHER, MODE, NONCE_FORMAT
+        external["encryption"] = {"mode": MODE, "cipher": CIPHER, "aadFormat": AAD_FORMAT,
+                                  "nonceFormat": NONCE_FORMAT, "subtree": "data/",
+                                  "recipients": [{"recipient": r} for r in p["encryption"]["recipients"]]}
+    internal: dict[str, Any] = {"sourceDateEpoch": epoch, "rules": p["rules"], "libraries": library_versions()}
+    if "tuf" in p:
+        internal["tuf"] = {"keyids": p["tuf"]["keyids"], "expiresSeconds": p["tuf"]["durations"]}
+    return {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "export.json", "digest": {"sha256": sha256_hex(manifest)}}],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": {"buildType": BUILD_TYPE, "externalParameters": external,
+                                "internalParameters": internal,
+                                "resolvedDependencies": [{"name": n, "digest": {"sha256": s}} for n, s in materials]},
+            "runDetails": {"builder": {"id": BUILDER_ID, "version": {"stella-build": p["builder_version"]}},
+                           "metadata": {}},
+        },
+    }
+
+
+def package_tree(files: Mapping[str, bytes | Path], oci_root: Path, archive: Path, epoch: int) -> dict:
+    """Write the OCI layout and mirror.tar.zst(+.sha256) of a mirror tree; return their digests.
+
+    Used by the build and by `mirror apply|decrypt`, so a reconstructed mirror is byte-identical."""
+    from .oci import OciLayoutWriter, files_artifact
+
+    def data(v: bytes | Path) -> bytes:
+        return v if isinstance(v, (bytes, bytearray)) else Path(v).read_bytes()
+
+    blobs = {rel: data(v) for rel, v in files.items()}
+    writer = OciLayoutWriter(oci_root)
+    notes = {}
+    if "export.json" in blobs:
+        notes[MANIFEST_DIGEST_ANNOTATION] = "sha256:" + sha256_hex(blobs["export.json"])
+    desc = files_artifact(writer, blobs, ARTIFACT_TYPE, rfc3339(epoch),
+                          media_types={rel: _media_type(rel) for rel in blobs}, annotations=notes)
+    writer.tag(desc, MIRROR_TAG)
+    writer.write_index()
+    tar = zstd_bytes(tar_bytes([TarEntry(f"mirror/{rel}", d) for rel, d in blobs.items()], mtime=epoch), 19)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(tar)
+    sha = sha256_hex(tar)
+    Path(str(archive) + ".sha256").write_bytes(f"{sha}  {archive.name}\n".encode())
+    return {"archiveSha256": sha, "ociManifestDigest": desc.digest,
+            "ociIndexSha256": sha256_hex((oci_root / "index.json").read_bytes())}
+
+
+def mirror_encrypt(actx: ActionContext) -> dict:
+    """The randomized step: encrypt data/ of the plaintext tree (AES-256-GCM, DEK wrapped per age
+    recipient) and package the encrypted view. runId = exportId, so AAD = "<exportId>:<path>"."""
+    from .encryption import encrypt_tree
+
+    src = actx.input("mirror")
+    work = actx.sandbox / "work"
+    shutil.copytree(src, work)
+    export = json.loads((work / "export.json").read_bytes())
+    record = encrypt_tree(work, run_id=export["exportId"], recipients=actx.params["recipients"])
+    (work / ENCRYPTION_FILE).write_bytes(canonical_json.dumps(record.to_json()))
+    files = {p.relative_to(work).as_posix(): p for p in sorted(work.rglob("*")) if p.is_file()}
+    for rel, path in files.items():
+        actx.write_output(f"mirror/{rel}", path.read_bytes())
+    package_tree(files, actx.out_dir / "oci", actx.out_dir / "mirror.tar.zst", parse_rfc3339(export["generatedAt"]))
+    return {"encrypted_files": len(record.files)}
+
+
+# -- mirror:delta ------------------------------------------------------------------------------------
+
+class MirrorDelta(Rule):
+    name = "mirror_delta"
+    version = "1"
+    doc = "mirror:delta profile: blobs absent from a named base mirror, manifest.diff.json with tombstones"
+    Params = MirrorDeltaParams
+    accepts = (MirrorTree,)
+
+    def analyze(self, ctx: AnalysisContext, params: MirrorDeltaParams) -> list:
+        trees = ctx.providers(MirrorTree)
+        if len(trees) != 1:
+            raise UsageError("mirror_delta needs exactly one mirror_full target in deps", field="deps")
+        _, new = trees[0]
+        export_path, pinned, field = _resolve_base(ctx, params)
+        inputs: dict[str, Artifact] = {"new": new.tree, "new-summary.json": new.summary,
+                                       "base/export.json": Artifact(logical="mirror-base/export.json", path=export_path)}
+        base_dir = export_path.parent
+        for rel in ("provenance.json", "tuf/root.json", "tuf/1.root.json", "tuf/targets.json",
+                    "tuf/snapshot.json", "tuf/timestamp.json"):
+            if (base_dir / rel).is_file():  # dictionaries for the metadata patches (optional)
+                inputs[f"base/{rel}"] = Artifact(logical=f"mirror-base/{rel}", path=(base_dir / rel).resolve())
+        spec = ctx.action(mnemonic="MirrorDelta", fn="stella_build.rules.mirror:mirror_delta", inputs=inputs,
+                          outputs=["delta/"], params={"base_sha256": pinned, "level": params.compression_level})
+        return [DefaultOutputs(files={}, trees={"delta": spec.out("delta/")}, primary=("delta/manifest.diff.json",))]
+
+
+def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path, str, str]:
+    advice = ("Republish the base mirror there (its mirror/export.json), point the target at an "
+              "available base (base = { export = ..., sha256 = ... } or `stella-build mirror delta --base "
+              "PATH`), or build a full export (rule mirror_full) instead.")
+    env = os.environ.get(BASE_ENV, "").strip()
+    if env:
+        path, field = Path(env).expanduser(), None
+        for candidate in (path, path / "export.json", path / "mirror" / "export.json"):
+            if candidate.is_file():
+                path = candidate
+                break
+        if not path.is_file():
+            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base/{BASE_ENV}) not found. {advice}")
+        return path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest(), "base"
+    if params.base is None:
+        raise UsageError(f"{BASE_MISSING}: no base mirror named (set base = {{ export = ..., sha256 = ... }} "
+                         f"or pass --base). {advice}", field="base")
+    path = Path(params.base.export).expanduser()
+    if not path.is_absolute():
+        path = ctx.workspace.root / path
+    if not path.is_file():
+        raise UsageError(f"{BASE_MISSING}: base export {path} not found. {advice}", field="base.export")
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != params.base.sha256:
+        raise UsageError(f"{BASE_MISSING}: base export {path} has sha256 {actual}, but the target pins "
+                         f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256")
+    return path.resolve(), actual, "base"
+
+
+def _patch(data: bytes, base: bytes | None, level: int) -> bytes:
+    """zstd frame of `data`, using `base` (the same file in the base mirror) as a raw dictionary."""
+    if base is None:
+        return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=True).compress(data)
+
+
+def unpatch(patch: bytes, base: bytes | None) -> bytes:
+    if base is None:
+        return zstandard.ZstdDecompressor().decompress(patch)
+    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdDecompressor(dict_data=d).decompress(patch)
+
+
+def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: dict,
+                  base_meta: Mapping[str, bytes], level: int) -> tuple[dict, dict[str, bytes], dict[str, Path]]:
+    """(manifest.diff.json, {patches/<path>.zst: bytes}, {blobs/sha256/<hex>: source file})."""
+    base = json.loads(base_export)
+    new = json.loads(new_files["export.json"].read_bytes())
+    old = {c["path"]: c for c in base["contents"]}
+    cur = {c["path"]: c for c in new["contents"]}
+    base_digests = {c["digest"] for c in base["contents"]}
+    added = [{"path": p, "digest": cur[p]["digest"], "bytes": cur[p]["bytes"]} for p in sorted(cur) if p not in old]
+    changed = [{"path": p, "digest": cur[p]["digest"], "bytes": cur[p]["bytes"], "baseDigest": old[p]["digest"]}
+               for p in sorted(cur) if p in old and old[p]["digest"] != cur[p]["digest"]]
+    removed = sorted(p for p in old if p not in cur)
+    blobs: dict[str, Path] = {}
+    for e in added + changed:
+        if e["digest"] not in base_digests:
+            blobs[f"blobs/sha256/{e['digest'].split(':', 1)[1]}"] = new_files[e["path"]]
+    patches, metadata = {}, []
+    for rel in sorted(r for r in new_files if is_metadata(r)):
+        data = new_files[rel].read_bytes()
+        dictionary = base_export if rel == "export.json" else base_meta.get(rel)
+        patches[f"patches/{rel}.zst"] = _patch(data, dictionary, level)
+        metadata.append({"path": rel, "digest": "sha256:" + sha256_hex(data), "bytes": len(data),
+                         "patch": f"patches/{rel}.zst",
+                         "patchBase": ("sha256:" + sha256_hex(dictionary)) if dictionary is not None else None})
+    diff = {
+        "schema": DIFF_SCHEMA, "mode": "delta",
+        "baseExportId": base["exportId"], "baseManifestDigest": "sha256:" + sha256_hex(base_export),
+        "exportId": new["exportId"], "manifestDigest": "sha256:" + sha256_hex(new_files["export.json"].read_bytes()),
+        "profile": {**new["profile"], "variant": "delta"}, "generatedAt": new["generatedAt"],
+        "added": added, "changed": changed, "removed": removed,
+        "tombstones": [{"path": p, "baseDigest": old[p]["digest"], "removedIn": new["exportId"]} for p in removed],
+        "metadata": metadata, "blobs": sorted("sha256:" + b.rsplit("/", 1)[1] for b in blobs),
+        "archive": {"path": "mirror.tar.zst", "sha256": summary["archiveSha256"]},
+        "oci": {"tag": MIRROR_TAG, "manifestDigest": summary["ociManifestDigest"],
+                "indexSha256": summary["ociIndexSha256"]},
+        "resetBaseline": False,
+    }
+    return diff, patches, blobs
+
+
+def mirror_delta(actx: ActionContext) -> dict:
+    base_export = actx.input("base/export.json").read_bytes()
+    if sha256_hex(base_export) != actx.params["base_sha256"]:
+        raise ActionError(f"{BASE_MISSING}: base export.json changed since analysis", file="base/export.json")
+    base_meta = {name[len("base/"):]: actx.input(name).read_bytes() for name in actx.inputs
+                 if name.startswith("base/") and name != "base/export.json"}
+    new_files = dict(actx.tree_files("new"))
+    summary = json.loads(actx.input("new-summary.json").read_bytes())
+    diff, patches, blobs = compute_delta(base_export, new_files, summary, base_meta, actx.params["level"])
+    actx.write_output("delta/manifest.diff.json", canonical_json.dumps(diff))
+    for rel, data in patches.items():
+        actx.write_output(f"delta/{rel}", data)
+    for rel, src in blobs.items():
+        actx.write_output(f"delta/{rel}", src.read_bytes())
+    return {"added": len(diff["added"]), "changed": len(diff["changed"]), "removed": len(diff["removed"]),
+            "blobs": len(blobs)}
+
+
+RULES = (MirrorFull, MirrorDelta)
