@@ -17,26 +17,10 @@ Verification checks the cryptography against a caller-supplied public key, exact
 `publicKey.hint` in a bundle are not used (bundles written by real cosign parse fine; extra fields are
 ignored).
 
-Keyless signing (Fulcio certificate + Rekor entry) is deliberately not implemented: it needs the network
-and an OIDC identity, and a reproducible build cannot depend on either. `keyless_available()` reports
-whether it *could* be done here. How it would be done with sigstore-python 4.5 (`pip install sigstore`),
-online, after the reproducible outputs exist:
-
-    from sigstore.models import ClientTrustConfig
-    from sigstore.oidc import IdentityToken, detect_credential
-    from sigstore.sign import SigningContext
-    from sigstore import dsse
-
-    token = IdentityToken(os.environ.get("SIGSTORE_IDENTITY_TOKEN") or detect_credential())
-    ctx = SigningContext.from_trust_config(ClientTrustConfig.production())
-    with ctx.signer(token) as signer:
-        bundle = signer.sign_artifact(data)            # messageSignature + cert + Rekor entry
-        # or: signer.sign_dsse(dsse.StatementBuilder().subjects([...]).predicate_type(...)...build())
-    Path("X.keyless.sigstore.json").write_text(bundle.to_json())
-
-Such a bundle carries an ephemeral key, a timestamped certificate and a log entry, so it is never
-byte-reproducible; it would be an extra output next to the key-signed ones, verified with
-`sigstore verify identity --offline` or `cosign verify-blob --certificate-identity ... --bundle`.
+Keyless signing (Fulcio certificate + Rekor entry) lives in `rules/keyless.py`: it needs the network
+and an OIDC identity, so it runs after the reproducible build, outside the cache, and writes
+`<file>.keyless.sigstore.json` next to the key-signed outputs (never byte-reproducible).
+`keyless_available()` here reports, without the network, whether it could run.
 """
 from __future__ import annotations
 
