@@ -51,6 +51,7 @@ from stella_build.engine.rule_api import (
 
 from .json_bundle import BUILDER_ID, _selected, _since, builder_version, manifest_contents, rerun_hash
 from .providers import AdvisorySet, Bundle, NormalizedAdvisorySet, SbomSet, VexSet
+from .sign_rule import SignParams, add_signing, resolve_signer
 
 MANIFEST_SCHEMA = "https://stella-build.dev/schemas/export-manifest/v1"
 MANIFEST_VERSION = "1.1.0"
@@ -75,6 +76,19 @@ KINDS: dict[str, tuple[str, list[str]]] = {
     "normalized-advisories": ("data/normalized/advisories", ["ecosystem", "package.normalized", "id", "source_path"]),
     "vex": ("data/normalized/vex", ["vulnerability", "product", "component", "source_path", "status"]),
     "sboms": ("data/normalized/sboms", ["purl", "subject", "source_path"]),
+}
+
+
+# Sign action role → output path: every signature file lives in mirror/signatures/ (metadata, so
+# neither in export.json nor in mirror.tar.zst / the OCI artifact, which they sign).
+SIGNATURE_FILES = {
+    "manifest_bundle": "mirror/signatures/export.json.sigstore.json",
+    "archive_bundle": "mirror/signatures/mirror.tar.zst.sigstore.json",
+    "provenance_dsse": "mirror/signatures/provenance.dsse.json",
+    "provenance_bundle": "mirror/signatures/provenance.sigstore.json",
+    "manifest_sig": "mirror/signatures/manifest.sig",   # over export.json
+    "archive_sig": "mirror/signatures/export.sig",      # over mirror.tar.zst (StellaOps name)
+    "public_key": "mirror/signatures/cosign.pub",
 }
 
 
@@ -114,6 +128,9 @@ class MirrorFullParams(TargetParams):
         "average records per data file; smaller = smaller deltas, more files (docs/mirror.md)"))
     tuf: TufParams | None = Field(None, description="sign TUF metadata over every mirror file")
     encryption: EncryptionParams | None = Field(None, description="encrypt data/ for these age recipients")
+    sign: SignParams | None = Field(None, description=(
+        "sign export.json, mirror.tar.zst and the provenance into mirror/signatures/ (docs/signing.md); "
+        "also enabled by STELLA_SIGNING_KEY"))
 
 
 class BaseParams(BaseModel):
@@ -220,6 +237,9 @@ class MirrorFull(Rule):
             "builder_version": builder_version(), "rules": {"mirror_full": self.version},
         }
         params_out["sources"] = [json.loads(s) for s in params_out["sources"]]
+        signer = resolve_signer(ctx, params.sign)  # exit 4 here on a missing key or password
+        if signer is not None:  # recorded in the provenance; unsigned params (and bytes) unchanged
+            params_out["signer"] = signer.provenance_params()
         secrets: dict[str, str] = {}
         if params.tuf is not None:
             params_out["tuf"], secrets = _tuf_config(ctx, params.tuf)
@@ -248,6 +268,8 @@ class MirrorFull(Rule):
             files = {n: enc.out(n) for n in ("mirror.tar.zst", "mirror.tar.zst.sha256")}
             files["mirror.json"] = summary
             trees = {"mirror": enc.out("mirror/"), "oci": enc.out("oci/")}
+        files.update(add_signing(ctx, signer, manifest=(tree, "export.json"), archive=files["mirror.tar.zst"],
+                                 provenance=(tree, "provenance.json"), names=SIGNATURE_FILES))
         return [provider, DefaultOutputs(files=files, trees=trees,
                                          primary=("mirror.tar.zst", "mirror/export.json"))]
 
@@ -470,6 +492,8 @@ def _provenance(p: dict, manifest: bytes, materials: list, epoch: int) -> dict:
                                   "nonceFormat": NONCE_FORMAT, "subtree": "data/",
                                   "recipients": [{"recipient": r} for r in p["encryption"]["recipients"]]}
     internal: dict[str, Any] = {"sourceDateEpoch": epoch, "rules": p["rules"], "libraries": library_versions()}
+    if "signer" in p:
+        internal["signer"] = p["signer"]
     if "tuf" in p:
         internal["tuf"] = {"keyids": p["tuf"]["keyids"], "expiresSeconds": p["tuf"]["durations"]}
     return {

@@ -101,7 +101,8 @@ def verify_tuf(tree: Path, files: dict[str, Path] | None = None, root_bytes: byt
 
     files = files or _files(tree)
     root_bytes = root_bytes or files["tuf/root.json"].read_bytes()
-    listed = {r for r in files if not r.startswith("tuf/")}
+    # signatures/ is added after TUF signing (rules/mirror.py SIGNATURE_FILES): not a TUF target
+    listed = {r for r in files if not r.startswith(("tuf/", "signatures/"))}
     with tempfile.TemporaryDirectory() as cache:
         try:
             updater = offline_updater(tree / "tuf", tree, Path(cache), root_bytes)
@@ -309,11 +310,15 @@ def decrypt_mirror(src: Path, identity: Path, out: Path) -> dict:
     return {"exportId": export["exportId"], "files": len(record.files)}
 
 
-def verify_mirror(path: Path) -> dict[str, Any]:
+def verify_mirror(path: Path, key: str | None = None) -> dict[str, Any]:
+    """Verify a mirror directory; with `key` (a cosign.pub) also its signatures in mirror/signatures/
+    (rules/verify.py, exit 4 when a signature file is missing, 3 when one does not verify)."""
     tree = mirror_root(path)
     export = verify_tree(tree)
     out = {"exportId": export["exportId"], "files": len(export["contents"]),
            "tuf": (tree / "tuf" / "root.json").is_file()}
+    if key is not None:
+        out["signatures"] = _verify_signatures(tree.parent, key)
     oci = tree.parent / "oci"
     if oci.is_dir():
         from .oci import verify_layout
@@ -322,3 +327,20 @@ def verify_mirror(path: Path) -> dict[str, Any]:
             raise MirrorError(f"{oci}: " + "; ".join(map(str, problems[:5])))
         out["oci"] = True
     return out
+
+
+def _verify_signatures(directory: Path, key: str) -> int:
+    """Every signature of a signed mirror output directory, with the trusted key; returns the count."""
+    from .verify import verify_bundle
+    from .verify_profiles import MIRROR_SIGNED_NAMES
+
+    missing = [f"mirror/{n}" for n in sorted(set(MIRROR_SIGNED_NAMES.values()))
+               if not (directory / "mirror" / n).is_file()]
+    if missing:
+        raise MirrorError(f"{directory}: --key given but the mirror is not signed (missing {', '.join(missing)})", 4)
+    report = verify_bundle(directory, key=key)
+    if not report.ok:
+        failed = report.failed()
+        raise MirrorError(f"{directory}: signature verification failed: "
+                          + "; ".join(f"{c.file or '-'}: {c.message}" for c in failed[:5]))
+    return sum(1 for c in report.checks if c.ok and "signature" in c.name)

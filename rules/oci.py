@@ -283,6 +283,46 @@ class OciLayoutWriter:
         return path
 
 
+class LayoutDigests(OciLayoutWriter):
+    """The same layout as OciLayoutWriter would write, computed without writing anything: `files`
+    maps each layout-relative path to its sha256 hex. Verification compares a layout on disk
+    against this, file by file, so a changed file is named exactly."""
+
+    def __init__(self) -> None:  # no root: nothing touches the disk
+        self.root = Path(".")
+        self._tags = {}
+        self._fallback_subjects = set()
+        self.files: dict[str, str] = {}
+
+    def _record(self, digest: str) -> None:
+        self.files["blobs/sha256/" + digest.split(":", 1)[1]] = digest.split(":", 1)[1]
+
+    def add_blob(self, data: bytes, media_type: str, annotations: Mapping[str, str] | None = None) -> Descriptor:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self._record(digest)
+        return Descriptor(media_type, digest, len(data), _check_annotations(annotations or {}, media_type))
+
+    def add_blob_file(self, src: Path, media_type: str, annotations: Mapping[str, str] | None = None) -> Descriptor:
+        h, size = hashlib.sha256(), 0
+        with open(src, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+        return self.add_known_blob("sha256:" + h.hexdigest(), size, media_type, annotations)
+
+    def add_known_blob(self, digest: str, size: int, media_type: str,
+                       annotations: Mapping[str, str] | None = None) -> Descriptor:
+        """A blob known only by digest and size (e.g. an archive verified by its signature)."""
+        self._record(digest)
+        return Descriptor(media_type, digest, size, _check_annotations(annotations or {}, media_type))
+
+    def write_index(self) -> Path:
+        self.files["oci-layout"] = hashlib.sha256(
+            canonical_json.dumps({"imageLayoutVersion": LAYOUT_VERSION})).hexdigest()
+        self.files["index.json"] = hashlib.sha256(self.index_bytes()).hexdigest()
+        return Path("index.json")
+
+
 def fallback_tag(digest: str) -> str:
     """Referrers tag schema name for a subject digest: `sha256:abc…` → `sha256-abc…`."""
     alg, _, hexpart = digest.partition(":")

@@ -33,7 +33,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stella_build.engine.encode import canonical_json
-from stella_build.engine.errors import NetworkRequired, TrustMaterialMissing
+from stella_build.engine.errors import TrustMaterialMissing
 from stella_build.engine.rule_api import ActionContext, ActionError, AnalysisContext, Artifact
 
 SIGN_RULE_VERSION = "1"
@@ -109,17 +109,14 @@ def _key_fingerprint(path: Path, password: str, *, field: str | None, source: st
     return _LOADED[memo]
 
 
-def _keyless(field: str | None, source: str) -> None:
-    from .signing import keyless_available
+def _keyless(ctx: AnalysisContext, field: str | None, source: str) -> None:
+    """Keyless signing is a post-build step (rules/keyless.py), never a hermetic action: check here,
+    without network, that it can run (else exit 4) and record the target; the build stays unsigned."""
+    from stella_build.engine.materialize import out_dir
 
-    ok, why = keyless_available()
-    if not ok:
-        raise TrustMaterialMissing(f"keyless signing requested ({source}) but not possible here: {why}. "
-                                   "Use a key (sign = {{ key = \"cosign.key\" }} or STELLA_SIGNING_KEY), "
-                                   "see docs/signing.md", field=field)
-    raise NetworkRequired(f"keyless signing requested ({source}): {why}. The hermetic build never uses "
-                          "the network; sign the built files afterwards with `python -m sigstore sign` "
-                          "or `cosign sign-blob` (docs/signing.md, 'Keyless')", field=field)
+    from .keyless import require_keyless_ready
+
+    require_keyless_ready(str(ctx.label), out_dir(ctx.workspace.root, ctx.label), source=source, field=field)
 
 
 def resolve_signer(ctx: AnalysisContext, sign: SignParams | None) -> Signer | None:
@@ -131,12 +128,13 @@ def resolve_signer(ctx: AnalysisContext, sign: SignParams | None) -> Signer | No
     env_key = os.environ.get(KEY_ENV, "").strip()
     password_env = sign.password_env if sign else DEFAULT_PASSWORD_ENV
     if cli == "keyless":
-        _keyless(None, "--sign keyless")
+        _keyless(ctx, None, "--sign keyless")
+        return None  # signed after the build by the CLI (sign_requested_keyless)
     if cli:
         path, source, field = Path(cli).expanduser(), f"--sign {cli}", None
     elif sign is not None and sign.keyless:
-        _keyless("sign.keyless", "sign.keyless = true")
-        return None  # unreachable: _keyless always raises
+        _keyless(ctx, "sign.keyless", "sign.keyless = true")
+        return None  # signed after the build by the CLI (sign_requested_keyless)
     elif sign is not None and sign.key:
         path, source, field = Path(sign.key).expanduser(), f"sign.key = {sign.key!r}", "sign.key"
         if not path.is_absolute():
@@ -181,14 +179,16 @@ def sign_outputs(manifest_path: str, archive_name: str, sig_names: dict[str, str
 def add_signing(ctx: AnalysisContext, signer: Signer | None, *, manifest: ArtifactRef, archive: ArtifactRef,
                 provenance: ArtifactRef, manifest_path: str = "manifests/export.json",
                 archive_name: str = "bundle.tar.gz",
-                sig_names: dict[str, str] | None = None) -> dict[str, Artifact]:
+                sig_names: dict[str, str] | None = None,
+                names: dict[str, str] | None = None) -> dict[str, Artifact]:
     """Declare the one `Sign` action of a bundle; returns {bundle-relative path: artifact} to merge
     into the target's outputs (empty when `signer` is None, so unsigned outputs are unchanged).
 
-    `manifest`, `archive`, `provenance` are file artifacts or (tree artifact, path inside the tree)."""
+    `manifest`, `archive`, `provenance` are file artifacts or (tree artifact, path inside the tree).
+    `names` overrides output names per role (see `sign_outputs`), e.g. to keep them in one folder."""
     if signer is None:
         return {}
-    names = sign_outputs(manifest_path, archive_name, sig_names)
+    names = {**sign_outputs(manifest_path, archive_name, sig_names), **(names or {})}
     inputs: dict[str, Artifact] = {}
     roles: dict[str, dict] = {}
     for role, ref in (("manifest", manifest), ("archive", archive), ("provenance", provenance)):

@@ -38,6 +38,7 @@ from stella_build.engine.rule_api import (
 )
 
 from .providers import AdvisorySet, NormalizedAdvisorySet
+from .sign_rule import SignParams, resolve_signer
 from .trivy.java_db import sqlite_library_version
 
 _SHARD_FN = "stella_build.rules.trivy_rules:map_shard"
@@ -78,6 +79,7 @@ class TrivyDbParams(TargetParams):
     update_interval: str = Field("24h", description="NextUpdate = SOURCE_DATE_EPOCH + this ('24h', '7d')")
     data_sources: dict[str, DataSourceParams] = Field(default_factory=dict, description=(
         "per dep label (as written in deps): the Trivy data source of its language buckets"))
+    sign: SignParams | None = Field(None, description="sign db.tar.gz (docs/signing.md); also enabled by STELLA_SIGNING_KEY")
 
     @field_validator("update_interval")
     @classmethod
@@ -91,6 +93,7 @@ class TrivyJavaDbParams(TargetParams):
         "globs of '*.jar.sha1' files under maven_root and/or '*.jsonl' GAV+sha1 lists"))
     maven_root: str | None = Field(None, description="package-relative root of the Maven repository tree")
     update_interval: str = Field("24h", description="NextUpdate = SOURCE_DATE_EPOCH + this")
+    sign: SignParams | None = Field(None, description="sign javadb.tar.gz (docs/signing.md); also enabled by STELLA_SIGNING_KEY")
 
     @field_validator("update_interval")
     @classmethod
@@ -161,11 +164,16 @@ class TrivyDb(Rule):
         if not shard_outputs:
             raise UsageError("trivy_db needs at least one advisory dep (osv_source, rustsec_source, "
                              "alpine_secdb_source, osv_normalize)", field="deps")
+        signer = resolve_signer(ctx, params.sign)  # exit 4 here on a missing key or password
         db = ctx.action(mnemonic="TrivyDb", fn=_DB_FN, inputs=shard_outputs,
                         outputs=["trivy.db", "metadata.json", "db.tar.gz", "oci/"],
                         params={"update_interval": params.update_interval})
         files = {name: db.out(name) for name in ("trivy.db", "metadata.json", "db.tar.gz")}
-        return [DefaultOutputs(files=files, trees={"oci": db.out("oci/")}, primary=("db.tar.gz",))]
+        oci = db.out("oci/")
+        if signer is not None:  # only adds actions: the unsigned outputs keep their bytes
+            added, oci = _sign(ctx, signer, False, files, shard_outputs, self.version)
+            files.update(added)
+        return [DefaultOutputs(files=files, trees={"oci": oci}, primary=("db.tar.gz",))]
 
 
 class TrivyJavaDb(Rule):
@@ -195,11 +203,25 @@ class TrivyJavaDb(Rule):
             else:
                 raise UsageError(f"{art.logical}: expected *.jar.sha1 or *.jsonl", field="srcs")
             inputs[name] = art
+        signer = resolve_signer(ctx, params.sign)
         spec = ctx.action(mnemonic="TrivyJavaDb", fn=_JAVA_FN, inputs=inputs,
                           outputs=["trivy-java.db", "metadata.json", "javadb.tar.gz", "oci/"],
                           params={"kinds": kinds, "update_interval": params.update_interval})
         out = {name: spec.out(name) for name in ("trivy-java.db", "metadata.json", "javadb.tar.gz")}
-        return [DefaultOutputs(files=out, trees={"oci": spec.out("oci/")}, primary=("javadb.tar.gz",))]
+        oci = spec.out("oci/")
+        if signer is not None:
+            added, oci = _sign(ctx, signer, True, out, inputs, self.version)
+            out.update(added)
+        return [DefaultOutputs(files=out, trees={"oci": oci}, primary=("javadb.tar.gz",))]
+
+
+def _sign(ctx: AnalysisContext, signer, java: bool, files: dict, materials: dict, version: str):
+    from .json_bundle import builder_version
+    from .trivy.signed import add_trivy_signing
+
+    rule = "trivy_java_db" if java else "trivy_db"
+    return add_trivy_signing(ctx, signer, java=java, files=files, materials=materials,
+                             rules={rule: version}, builder_version=builder_version())
 
 
 RULES: tuple[type[Rule], ...] = (TrivyDb, TrivyJavaDb)

@@ -21,6 +21,9 @@ speaks about a `subject` file on the strength of an `evidence` file; when a chec
 blamed is whichever of the two other checks did not vouch for (see `_assign_blame`), so a report
 names the file that was actually changed.
 
+Output directories of other profiles (signed trivy DBs, mirrors) are views registered by
+rules/verify_profiles.py; their extra files (an OCI layout, mirror.json) go through `extra_checks`.
+
 Trust comes from the caller: a public key (`--key`), or explicitly the bundle's own `cosign.pub`.
 Cryptography is delegated to rules/signing.py; this module decides what must be checked.
 """
@@ -43,6 +46,7 @@ from typing import Callable, Iterable
 from stella_build.engine.errors import NetworkRequired, TrustMaterialMissing, UsageError
 
 from . import signing
+from .keyless import KEYLESS_SUFFIX
 from .sign_rule import PROVENANCE_DSSE, PROVENANCE_SIGSTORE, PUBLIC_KEY_FILE, SIGSTORE_SUFFIX
 from .signing_keys import PublicKey, SigningKeyError, encode_public_key, load_public_key, public_key_digest, public_key_hint
 
@@ -136,6 +140,22 @@ class BundleView:
     def show(self, name: str) -> str:
         """How to name `name` in messages."""
         return name
+
+    # Hooks for profile-specific views (rules/verify_profiles.py).
+    def metadata_names(self) -> set[str]:
+        """More files that need not be listed in contents[] (checked otherwise)."""
+        return set()
+
+    def provenance_required(self) -> list[str]:
+        """Files the provenance must name as subjects."""
+        return ([MANIFEST] if self.has(MANIFEST) else []) + list(self.archives)
+
+    def subject_name(self, name: str) -> str:
+        """The bundle name of a provenance subject (views may rename files)."""
+        return name
+
+    def extra_checks(self, verifier: "_Verifier") -> None:
+        """Checks of files the generic steps do not cover (an OCI layout, a summary)."""
 
 
 def _stream_sha256(path: Path) -> tuple[str, int]:
@@ -592,11 +612,15 @@ class _Verifier:
 
     def _metadata_names(self) -> set[str]:
         names = {MANIFEST, PROVENANCE, PROVENANCE_DSSE, PROVENANCE_SIGSTORE, PUBLIC_KEY_FILE,
-                 MANIFEST + SIGSTORE_SUFFIX}
+                 MANIFEST + SIGSTORE_SUFFIX} | self.view.metadata_names()
         for a in self.view.archives:
             names |= {a, a + ".sha256", a + SIGSTORE_SUFFIX}
         names |= {n for n in self.view.names() if n.startswith("signatures/") and n.endswith(".sig")
                   and n.count("/") == 1}
+        # keyless (Fulcio/Rekor) bundles written next to a file after the build: they are checked
+        # by identity with cosign/sigstore, not with --key, and are never part of contents[]
+        present = set(self.view.names())
+        names |= {n for n in present if n.endswith(KEYLESS_SUFFIX) and n[:-len(KEYLESS_SUFFIX)] in present}
         return names
 
     # 5
@@ -610,12 +634,12 @@ class _Verifier:
             return
         try:
             statement = json.loads(view.read(PROVENANCE))
-            subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
+            subjects = {view.subject_name(s["name"]): s["digest"]["sha256"] for s in statement["subject"]}
         except (ValueError, KeyError, TypeError) as exc:
             self.add("provenance-subjects", False, f"{PROVENANCE} is not an in-toto Statement: {exc}",
                      file=PROVENANCE)
             return
-        required = ([MANIFEST] if view.has(MANIFEST) else []) + list(view.archives)
+        required = view.provenance_required()
         for name in sorted(set(subjects) | set(required)):
             if name not in subjects:
                 self.add("provenance-subjects", False, f"{PROVENANCE} has no subject {name}", file=PROVENANCE)
@@ -728,6 +752,7 @@ def verify_view(view: BundleView, key: PublicKey | None) -> list[Check]:
     v.provenance_subjects()
     if key is not None:
         v.provenance_signatures()
+    view.extra_checks(v)
     _assign_blame(v.checks)
     if isinstance(view, TarballView):
         _blame_archive(view, v.checks)
@@ -772,3 +797,6 @@ def verify_bundle(location: str | Path, *, key: str | None = None, trust_bundle_
                                    "--trust-bundle-key to trust the bundle's own cosign.pub, or "
                                    "--allow-unsigned to check digests only", field="--key")
     return Report(str(location), view.kind, key_info, verify_view(view, pub))
+
+
+from . import verify_profiles  # noqa: E402,F401  (registers the trivy and mirror views)

@@ -287,3 +287,22 @@ def test_tarball_member_outside_bundle_is_rejected(keys, tmp_path, capsys):
     (tmp_path / "bundle.tar.gz").write_bytes(buf.getvalue())
     code, report = verify(capsys, str(tmp_path / "bundle.tar.gz"), "--key", str(keys / "cosign.pub"))
     assert code == 3 and "bundle.tar.gz" in report["failed_files"]
+
+
+
+def test_keyless_bundles_next_to_files_do_not_break_key_verification(tmp_path):
+    """A `*.keyless.sigstore.json` written by the post-build keyless step sits beside key-signed
+    files; `verify --key` leaves it to identity-based verifiers, but a stray one is still refused."""
+    from tests.signed_bundle import build_signed, make_keys, signed_out, signed_workspace
+
+    key_dir = tmp_path / "keys"
+    _, pub = make_keys(key_dir)
+    ws = signed_workspace(tmp_path / "w", key_dir)
+    build_signed(ws, tmp_path / "c")
+    out = signed_out(ws)
+    (out / "manifests/export.json.keyless.sigstore.json").write_text("{}")
+    ok = run_cli(["verify", str(out), "--key", str(pub)], cwd=tmp_path)
+    assert ok.code == 0, ok.stdout + ok.stderr
+    (out / "data/unlisted.keyless.sigstore.json").write_text("{}")
+    bad = run_cli(["verify", str(out), "--key", str(pub)], cwd=tmp_path)
+    assert bad.code == 3 and "unlisted.keyless.sigstore.json" in bad.stdout + bad.stderr

@@ -39,12 +39,15 @@ def mirror():
 
 @mirror.command("verify", context_settings=CTX)
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--key", "key", default=None, metavar="COSIGN_PUB",
+              help="Also verify the signatures in mirror/signatures/ with this public key.")
 @click.pass_obj
-def mirror_verify(settings, path):
-    """Verify a mirror directory: contents, rerunHash, provenance subject, TUF, OCI layout."""
+def mirror_verify(settings, path, key):
+    """Verify a mirror directory: contents, rerunHash, provenance subject, TUF, OCI layout, and with
+    --key its signatures (signatures/export.sig over mirror.tar.zst, signatures/manifest.sig, …)."""
     from stella_build.rules.mirror_apply import verify_mirror
 
-    data = _run(verify_mirror, path)
+    data = _run(verify_mirror, path, key)
     emit(settings, f"OK: mirror {data['exportId']} ({data['files']} files"
                    + (", TUF verified" if data["tuf"] else "") + ")", {"ok": True, **data})
 

@@ -71,12 +71,14 @@ def keys_generate(settings, output_dir, output):
 @click.option("--output", type=click.Choice(["text", "json"]), default=None)
 @click.pass_obj
 def verify(settings, bundle, key, trust_bundle_key, allow_unsigned, offline, output):
-    """Verify a bundle offline: a bundle directory, or a bundle.tar.gz with its sidecar files.
+    """Verify a bundle offline: a bundle directory (any signed profile's output directory:
+    json-raw, json-policy, trivy-db, trivy-java-db, mirror-full), or a bundle.tar.gz with its sidecar files.
 
     \b
     Checks, in order: archive vs .sha256 sidecar; signatures over manifests/export.json and the
     archive (Sigstore bundles and .sig files) with --key; every file's sha256 against contents[]
-    and no unlisted files; rerunHash; provenance subjects; the provenance DSSE signatures.
+    and no unlisted files; rerunHash; provenance subjects; the provenance DSSE signatures; for
+    trivy DBs and mirrors also oci/ (and mirror.json) file by file.
       stella-build verify stella-out/profiles/json-raw --key cosign.pub
       stella-build verify stella-out/profiles/json-raw/bundle.tar.gz --key cosign.pub --output json
     Exit 0 verified, 3 a check failed (the file is named), 4 no key / trust root, 5 a URL was given.
@@ -114,19 +116,38 @@ def _text_report(report) -> str:
 _build_command.params.append(click.Option(
     ["--sign"], metavar="KEY|keyless", default=None,
     help="Sign every signable target with this cosign.key (password in $COSIGN_PASSWORD), or "
-         "'keyless' (needs the network; fails offline with exit 4). Same as env STELLA_SIGN."))
+         "'keyless' (Sigstore: OIDC identity from the CI, Fulcio + Rekor, after the build; exit 4 "
+         "without an identity). Same as env STELLA_SIGN."))
 _build_callback = _build_command.callback
+
+
+def _build_then_sign_keyless(*args, **kwargs):
+    """Run the build; if it succeeded and analysis asked for keyless signing (`--sign keyless` or
+    `sign = { keyless = true }`), sign the materialized files online now (stella_build.rules.keyless)."""
+    try:
+        return _build_callback(*args, **kwargs)
+    except SystemExit as done:
+        keyless = sys.modules.get("stella_build.rules.keyless")  # imported only if a target asked
+        requested = keyless.take_requested() if keyless else {}
+        if done.code not in (0, None) or not requested:
+            raise
+        written = keyless.sign_requested_keyless(requested)  # StellaError → exit 4/5/1/3, no traceback
+        settings = click.get_current_context().obj
+        if not getattr(settings, "quiet", False):
+            for path in written:
+                click.echo(f"signed keyless: {path}", err=True)
+        raise
 
 
 @functools.wraps(_build_callback)
 def _build_with_sign(*args, sign=None, **kwargs):
     if sign is None:
-        return _build_callback(*args, **kwargs)
+        return _build_then_sign_keyless(*args, **kwargs)
     value = sign if sign == "keyless" else str(Path(sign).expanduser().resolve())
     previous = os.environ.get(SIGN_ENV)
     os.environ[SIGN_ENV] = value  # analysis runs in this process and reads it
     try:
-        return _build_callback(*args, **kwargs)
+        return _build_then_sign_keyless(*args, **kwargs)
     finally:
         if previous is None:
             os.environ.pop(SIGN_ENV, None)
