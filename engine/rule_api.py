@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ActionError, UsageError  # noqa: F401  (re-exported for rules)
+from .fsutil import atomic_file, write_atomic  # noqa: F401  (re-exported for rules)
 from .labels import Label
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,6 +35,8 @@ from typing import Any, Mapping, Sequence
 import pyrage
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from stella_build.engine.rule_api import atomic_file
 
 MODE = "age"
 CIPHER = "AES-256-GCM"
@@ -188,30 +189,17 @@ def unwrap_dek(record: EncryptionRecord, identities: Sequence[Any], *, source: s
                           f"{record.run_id!r} ({names})")
 
 
-def _write_tmp(dest: Path) -> tuple[int, str]:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-
-
 def encrypt_file(src: Path, dest: Path, dek: bytes | bytearray, aad: bytes) -> None:
     """Stream `src` to `dest` as nonce || ciphertext || tag."""
     nonce = os.urandom(NONCE_LEN)
     enc = Cipher(algorithms.AES(bytes(dek)), modes.GCM(nonce)).encryptor()
     enc.authenticate_additional_data(aad)
-    fd, tmp = _write_tmp(dest)
-    try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            fout.write(nonce)
-            while chunk := fin.read(_CHUNK):
-                fout.write(enc.update(chunk))
-            fout.write(enc.finalize())
-            fout.write(enc.tag)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open(src, "rb") as fin, atomic_file(dest) as fout:
+        fout.write(nonce)
+        while chunk := fin.read(_CHUNK):
+            fout.write(enc.update(chunk))
+        fout.write(enc.finalize())
+        fout.write(enc.tag)
 
 
 def decrypt_file(src: Path, dest: Path, dek: bytes | bytearray, aad: bytes) -> None:
@@ -219,31 +207,23 @@ def decrypt_file(src: Path, dest: Path, dek: bytes | bytearray, aad: bytes) -> N
     size = src.stat().st_size
     if size < NONCE_LEN + TAG_LEN:
         raise DecryptionError(f"{src}: {size} bytes is too short for nonce + tag")
-    fd, tmp = _write_tmp(dest)
-    try:
-        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-            nonce = fin.read(NONCE_LEN)
-            fin.seek(size - TAG_LEN)
-            tag = fin.read(TAG_LEN)
-            fin.seek(NONCE_LEN)
-            dec = Cipher(algorithms.AES(bytes(dek)), modes.GCM(nonce, tag)).decryptor()
-            dec.authenticate_additional_data(aad)
-            remaining = size - NONCE_LEN - TAG_LEN
-            while remaining:
-                chunk = fin.read(min(_CHUNK, remaining))
-                remaining -= len(chunk)
-                fout.write(dec.update(chunk))
-            try:
-                fout.write(dec.finalize())
-            except InvalidTag:
-                raise DecryptionError(f"{src}: authentication failed (tampered ciphertext, wrong run id, "
-                                      "moved/renamed file, or wrong key)") from None
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open(src, "rb") as fin, atomic_file(dest) as fout:
+        nonce = fin.read(NONCE_LEN)
+        fin.seek(size - TAG_LEN)
+        tag = fin.read(TAG_LEN)
+        fin.seek(NONCE_LEN)
+        dec = Cipher(algorithms.AES(bytes(dek)), modes.GCM(nonce, tag)).decryptor()
+        dec.authenticate_additional_data(aad)
+        remaining = size - NONCE_LEN - TAG_LEN
+        while remaining:
+            chunk = fin.read(min(_CHUNK, remaining))
+            remaining -= len(chunk)
+            fout.write(dec.update(chunk))
+        try:
+            fout.write(dec.finalize())
+        except InvalidTag:
+            raise DecryptionError(f"{src}: authentication failed (tampered ciphertext, wrong run id, "
+                                  "moved/renamed file, or wrong key)") from None
 
 
 def _data_files(root: Path, subtree: str) -> list[str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from stella_build.engine.encode import canonical_json
+from stella_build.engine.rule_api import write_atomic
 
 MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -110,21 +111,6 @@ def _check_annotations(annotations: Mapping[str, str], where: str) -> dict[str, 
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file + rename; mode 0644 whatever the umask (modes end up in tarballs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class OciLayoutWriter:
     """Builds an OCI image layout under `root` (created if missing).
 
@@ -147,7 +133,7 @@ class OciLayoutWriter:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not (path.is_file() and path.stat().st_size == len(data)):
-            _write_atomic(path, data)
+            write_atomic(path, data)
         return Descriptor(media_type, digest, len(data), _check_annotations(annotations or {}, media_type))
 
     def add_blob_file(self, src: Path, media_type: str, annotations: Mapping[str, str] | None = None) -> Descriptor:
@@ -277,9 +263,9 @@ class OciLayoutWriter:
 
     def write_index(self) -> Path:
         """Write `oci-layout` and `index.json` (entries sorted by ref name); return index.json's path."""
-        _write_atomic(self.root / "oci-layout", canonical_json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
+        write_atomic(self.root / "oci-layout", canonical_json.dumps({"imageLayoutVersion": LAYOUT_VERSION}))
         path = self.root / "index.json"
-        _write_atomic(path, self.index_bytes())
+        write_atomic(path, self.index_bytes())
         return path
 
 

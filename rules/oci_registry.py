@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from urllib.parse import urljoin, urlsplit
 import urllib3
 
 from stella_build.engine.encode import canonical_json
+from stella_build.engine.rule_api import atomic_file
 from stella_build.rules.oci import (
     MEDIA_TYPE_INDEX,
     MEDIA_TYPE_MANIFEST,
@@ -177,26 +176,17 @@ class RegistryClient:
         resp = self._request("GET", url, what=what, preload=False)
         if resp.status != 200:
             raise self._fail(resp, "GET", url, what)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         h, size = hashlib.sha256(), 0
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in resp.stream(_CHUNK):
-                    h.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
+        with atomic_file(dest) as out:  # renamed into place only if the checks below pass
+            for chunk in resp.stream(_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
             resp.release_conn()
             got = "sha256:" + h.hexdigest()
             if size != desc.size or got != desc.digest:
                 raise RegistryError(f"GET {url} ({what}): received {size} bytes with digest {got}, "
                                     f"expected {desc.size} bytes {desc.digest}")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     # -- manifests ------------------------------------------------------------------------------
     def put_manifest(self, data: bytes, media_type: str, reference: str) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -43,6 +42,7 @@ from tuf.api.metadata import (
 from tuf.ngclient import FetcherInterface, Updater
 
 from stella_build.engine.encode import canonical_json
+from stella_build.engine.rule_api import write_atomic
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 DAY = 86400
@@ -280,7 +280,7 @@ def build_tuf_repo(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in sorted(files):
-        _write_atomic(out_dir / name, files[name])
+        write_atomic(out_dir / name, files[name])
     return TufRepo(out_dir, files)
 
 
@@ -291,17 +291,6 @@ def _self_check(files: Mapping[str, bytes]) -> None:
         root.verify_delegate(role, Metadata.from_bytes(files[f"{role}.json"]))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # -- offline client helpers ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ Exit codes: 0 ok · 1 build failed · 2 usage/Exportfile error · 3 verification
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -70,6 +71,21 @@ class Settings:
     def cache_dir(self) -> Path:
         from ..cache import default_cache_dir
         return Path(self.cache_dir_arg).resolve() if self.cache_dir_arg else default_cache_dir()
+
+
+@contextlib.contextmanager
+def env_override(name: str, value: str):
+    """Set an environment variable for the duration of a command: options such as
+    `build --sign` / `--base` reach the rules this way, since analysis runs in this process."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def emit(settings: Settings, text: str | None, data) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import StellaError, UsageError, VerificationFailed
-from .main import emit, main_group
+from .main import emit, env_override, main_group
 
 CTX = {"help_option_names": ["-h", "--help"]}
 
@@ -163,15 +163,8 @@ def _build_with_base(*args, base=None, **kwargs):
         return _callback_before_base(*args, **kwargs)
     from stella_build.rules.mirror import BASE_ENV
 
-    previous = os.environ.get(BASE_ENV)
-    os.environ[BASE_ENV] = str(base.resolve())  # analysis runs in this process and reads it
-    try:
+    with env_override(BASE_ENV, str(base.resolve())):
         return _callback_before_base(*args, **kwargs)
-    finally:
-        if previous is None:
-            os.environ.pop(BASE_ENV, None)
-        else:
-            os.environ[BASE_ENV] = previous
 
 
 _build_command.callback = _build_with_base

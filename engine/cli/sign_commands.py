@@ -16,7 +16,7 @@ import click
 
 from ..errors import TrustMaterialMissing, UsageError
 from .commands import build as _build_command
-from .main import emit, main_group
+from .main import emit, env_override, main_group
 
 _HELP = {"help_option_names": ["-h", "--help"]}
 PASSWORD_ENV = "COSIGN_PASSWORD"
@@ -144,15 +144,8 @@ def _build_with_sign(*args, sign=None, **kwargs):
     if sign is None:
         return _build_then_sign_keyless(*args, **kwargs)
     value = sign if sign == "keyless" else str(Path(sign).expanduser().resolve())
-    previous = os.environ.get(SIGN_ENV)
-    os.environ[SIGN_ENV] = value  # analysis runs in this process and reads it
-    try:
+    with env_override(SIGN_ENV, value):
         return _build_then_sign_keyless(*args, **kwargs)
-    finally:
-        if previous is None:
-            os.environ.pop(SIGN_ENV, None)
-        else:
-            os.environ[SIGN_ENV] = previous
 
 
 _build_command.callback = _build_with_sign
