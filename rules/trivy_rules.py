@@ -135,6 +135,7 @@ class TrivyDb(Rule):
     def analyze(self, ctx: AnalysisContext, params: TrivyDbParams) -> list:
         overrides = _resolve_data_sources(ctx, params.data_sources)
         shard_outputs = {}
+        evidence = {}  # what the provenance lists as materials: the records naming every source file
         index = 0
         names = [lbl.name for lbl, _ in ctx.deps]
         for dep_label, providers in ctx.deps:
@@ -153,7 +154,12 @@ class TrivyDb(Rule):
                     continue
                 ds = _data_source(dep_label, prov, override)
                 os_ds = ds if override is not None else ALPINE_DS
+                stats = dict(getattr(prov, "stats", ()))
                 for shard, art in prov.shards:
+                    if fmt == "osv-raw":  # raw records carry each file's logical path and sha256
+                        evidence[f"records/{index:04d}-{dep_id}-{shard}.jsonl"] = art
+                    elif shard in stats:  # normalized shards list their files in stats.json
+                        evidence[f"stats/{index:04d}-{dep_id}-{shard}.json"] = stats[shard]
                     spec = ctx.action(
                         mnemonic="TrivyShard", id=f"{dep_id}-{shard}", fn=_SHARD_FN,
                         inputs={"records.jsonl": art}, outputs=["kv.jsonl"],
@@ -171,7 +177,7 @@ class TrivyDb(Rule):
         files = {name: db.out(name) for name in ("trivy.db", "metadata.json", "db.tar.gz")}
         oci = db.out("oci/")
         if signer is not None:  # only adds actions: the unsigned outputs keep their bytes
-            added, oci = _sign(ctx, signer, False, files, shard_outputs, self.version)
+            added, oci = _sign(ctx, signer, False, files, evidence, self.version)
             files.update(added)
         return [DefaultOutputs(files=files, trees={"oci": oci}, primary=("db.tar.gz",))]
 
@@ -210,7 +216,8 @@ class TrivyJavaDb(Rule):
         out = {name: spec.out(name) for name in ("trivy-java.db", "metadata.json", "javadb.tar.gz")}
         oci = spec.out("oci/")
         if signer is not None:
-            added, oci = _sign(ctx, signer, True, out, inputs, self.version)
+            added, oci = _sign(ctx, signer, True, out, {f"files/{n}": a for n, a in inputs.items()},
+                               self.version)
             out.update(added)
         return [DefaultOutputs(files=out, trees={"oci": oci}, primary=("javadb.tar.gz",))]
 

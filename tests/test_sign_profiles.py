@@ -169,3 +169,17 @@ def test_mirror_verify_checks_signatures_with_key(signed, tmp_path):
     shutil.rmtree(work / "mirror/signatures")
     unsigned = run_cli(["mirror", "verify", str(work), "--key", str(signed["pub"])], cwd=signed["root"])
     assert unsigned.code == 4, unsigned.stdout + unsigned.stderr
+
+
+@pytest.mark.parametrize("profile,prefix,count", [("trivy-db", "profiles/evidence/osv/", 30),
+                                                  ("trivy-java-db", "profiles/evidence/maven/", 5)])
+def test_trivy_provenance_lists_the_source_evidence(signed, profile, prefix, count):
+    """Materials are the evidence files (with sha256), not intermediate shard files."""
+    import hashlib
+
+    out = signed["ws"] / "stella-out" / "profiles" / profile
+    prov = json.loads((out / "manifests/provenance.json").read_bytes())
+    deps = prov["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert len(deps) == count and all(d["name"].startswith(prefix) for d in deps)
+    for d in deps:
+        assert d["digest"]["sha256"] == hashlib.sha256((signed["ws"] / d["name"]).read_bytes()).hexdigest()

@@ -107,6 +107,25 @@ def _entry(path: str, src: Path, content_type: str) -> dict:
             "contentType": content_type}
 
 
+def _materials(actx: ActionContext) -> list[tuple[str, str]]:
+    """Every source file behind the DB with its sha256: source files given directly
+    (`materials/files/…`), raw OSV record shards (`materials/records/…`: each record names its file)
+    and normalized shards' stats (`materials/stats/…`: their `materials` list)."""
+    found: set[tuple[str, str]] = set()
+    for name in sorted(actx.inputs):
+        if name.startswith("materials/files/"):
+            found.add((name[len("materials/files/"):], file_sha256(actx.input(name))))
+        elif name.startswith("materials/records/"):
+            with open(actx.input(name), "rb") as f:
+                for line in f:
+                    rec = json.loads(line)
+                    found.add((rec["path"], rec["sha256"]))
+        elif name.startswith("materials/stats/"):
+            stats = json.loads(actx.input(name).read_bytes())
+            found.update((path, sha) for path, sha in stats.get("materials", []))
+    return sorted(found)
+
+
 def trivy_manifest(actx: ActionContext) -> dict:
     """manifests/export.json and manifests/provenance.json of a signed Trivy DB."""
     from ..json_bundle import BUILDER_ID, rerun_hash
@@ -127,8 +146,7 @@ def trivy_manifest(actx: ActionContext) -> dict:
         "contents": contents, "rerunHash": rerun, "counts": {"files": len(contents)}, "sources": [],
     })
     archive_entry = next(e for e in contents if e["path"] == names["archive"])
-    materials = sorted((name[len("materials/"):], file_sha256(actx.input(name)))
-                       for name in actx.inputs if name.startswith("materials/"))
+    materials = _materials(actx)
     provenance = {
         "_type": "https://in-toto.io/Statement/v1",
         "subject": [{"name": "manifests/export.json", "digest": {"sha256": sha256_hex(manifest)}},
