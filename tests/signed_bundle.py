@@ -38,3 +38,24 @@ def build_signed(ws: Path, cache: Path, *, password: str = PASSWORD, extra_env: 
 
 def signed_out(ws: Path) -> Path:
     return ws / "stella-out" / "profiles" / SIGNED_TARGET
+
+
+# A *public* test key, derived from a fixed phrase so signed outputs can be locked by golden digests
+# (RFC 6979 signatures are deterministic). Anyone can derive it: it proves reproducibility, nothing
+# else, and must never sign anything real. No key file is committed; it is written at test time.
+PUBLIC_TEST_KEY_PHRASE = b"stella-build public golden test key - never trust signatures made with it"
+
+
+def write_public_test_keys(directory: Path, password: str = PASSWORD) -> tuple[Path, Path]:
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551  # P-256 group order
+    scalar = int.from_bytes(hashlib.sha256(PUBLIC_TEST_KEY_PHRASE).digest(), "big") % (order - 1) + 1
+    key = ec.derive_private_key(scalar, ec.SECP256R1())
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, pub_path = directory / "cosign.key", directory / "cosign.pub"
+    key_path.write_bytes(signing_keys.encode_private_key(key, password.encode()))
+    pub_path.write_bytes(signing_keys.encode_public_key(key.public_key()))
+    return key_path, pub_path

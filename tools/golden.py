@@ -23,10 +23,21 @@ CORPORA = ROOT / "golden" / "corpora.json"
 CORPORA_TARGETS = ["//corpora:json-raw", "//corpora:trivy-db"]
 
 
-def compute(targets: list[str], packages: tuple[str, ...], shared: bool) -> dict:
+# The default targets again, signed with the public test key (tests/signed_bundle.py): locks the
+# signature bytes too (deterministic RFC 6979 ECDSA).
+SIGNED = ROOT / "golden" / "signed.json"
+
+
+def compute(targets: list[str], packages: tuple[str, ...], shared: bool, signed: bool = False) -> dict:
+    from tests.signed_bundle import PASSWORD, write_public_test_keys
+
     with tempfile.TemporaryDirectory() as tmp:
         ws = make_workspace(Path(tmp) / "ws", packages=packages, shared=shared)
-        run_cli(["-q", "build", *targets], cwd=ws, cache=Path(tmp) / "cache", check=True)
+        env = None
+        if signed:
+            key, _ = write_public_test_keys(Path(tmp) / "keys")
+            env = {"STELLA_SIGNING_KEY": str(key), "COSIGN_PASSWORD": PASSWORD}
+        run_cli(["-q", "build", *targets], cwd=ws, cache=Path(tmp) / "cache", check=True, env=env)
         out = {}
         for label in targets:
             pkg, name = label[2:].split(":")
@@ -38,9 +49,15 @@ def main() -> int:
     update = "--update" in sys.argv[1:]
     check = "--check" in sys.argv[1:]
     bad = 0
-    for path, targets, packages, shared in ((GOLDEN, DEFAULT_TARGETS, ("profiles",), False),
-                                            (CORPORA, CORPORA_TARGETS, ("corpora",), True)):
-        text = json.dumps(compute(targets, packages, shared), indent=2, sort_keys=True) + "\n"
+    for path, targets, packages, shared, signed in (
+            (GOLDEN, DEFAULT_TARGETS, ("profiles",), False, False),
+            (CORPORA, CORPORA_TARGETS, ("corpora",), True, False),
+            (SIGNED, DEFAULT_TARGETS, ("profiles",), False, True)):
+        if check and not path.exists():
+            print(f"{path} missing")
+            bad += 1
+            continue
+        text = json.dumps(compute(targets, packages, shared, signed), indent=2, sort_keys=True) + "\n"
         if update:
             path.write_text(text)
             print(f"wrote {path}")
