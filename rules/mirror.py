@@ -9,6 +9,7 @@ A full mirror (target outputs under stella-out/<pkg>/<target>/):
       data/raw/advisories/<ecosystem>/<chunk>.jsonl.zst     raw OSV records
       data/normalized/{advisories,vex,sboms}/<group>/<chunk>.jsonl.zst (normalized evidence deps)
       data/policy/…              copied from json:policy bundles in deps
+      trivy/<target>/{db.tar.gz|javadb.tar.gz, metadata.json}   Trivy DBs in deps, as built
       tuf/{root,1.root,targets,snapshot,timestamp}.json  when `tuf` is configured
     oci/                         OCI image layout: one artifact manifest (tag "mirror") whose layers
                                  are every mirror/ file, titled by path
@@ -50,7 +51,7 @@ from stella_build.engine.rule_api import (
 )
 
 from .json_bundle import BUILDER_ID, _selected, _since, builder_version, manifest_contents, rerun_hash
-from .providers import AdvisorySet, Bundle, NormalizedAdvisorySet, SbomSet, VexSet
+from .providers import AdvisorySet, Bundle, NormalizedAdvisorySet, SbomSet, TrivyArtifacts, VexSet
 from .sign_rule import SignParams, add_signing, resolve_signer
 
 MANIFEST_SCHEMA = "https://stella-build.dev/schemas/export-manifest/v1"
@@ -204,7 +205,7 @@ class MirrorFull(Rule):
     version = "1"
     doc = "mirror:full profile: content-chunked evidence mirror as a tree, OCI layout and tar.zst, with TUF"
     Params = MirrorFullParams
-    accepts = (AdvisorySet, NormalizedAdvisorySet, VexSet, SbomSet, Bundle)
+    accepts = (AdvisorySet, NormalizedAdvisorySet, VexSet, SbomSet, Bundle, TrivyArtifacts)
 
     def analyze(self, ctx: AnalysisContext, params: MirrorFullParams) -> list:
         selectors = params.selectors.merged_over(ctx.selectors) if params.selectors else ctx.selectors
@@ -226,6 +227,9 @@ class MirrorFull(Rule):
                     inputs[f"shards/{sid}/meta.json"] = spec.out("meta.json")
         for dep, bundle in ctx.providers(Bundle):
             inputs[f"bundles/{_slug(dep.name)}"] = bundle.manifest
+        for dep, trivy in ctx.providers(TrivyArtifacts):  # shipped as-is under trivy/<target>/
+            for name, art in sorted(trivy.files.items()):
+                inputs[f"trivy/{_slug(dep.name)}/{name}"] = art
         if not inputs:
             raise UsageError("mirror_full needs evidence in deps (osv_source, vex_source, sbom_source, "
                              "osv_normalize or json_policy targets)", field="deps")
@@ -364,6 +368,10 @@ def _media_type(rel: str) -> str:
         return "application/json"
     if rel.endswith(".md"):
         return "text/markdown"
+    if rel.endswith("javadb.tar.gz"):
+        return "application/vnd.aquasec.trivy.javadb.layer.v1.tar+gzip"
+    if rel.endswith("db.tar.gz"):
+        return "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip"
     return "application/octet-stream"
 
 
@@ -403,6 +411,8 @@ def mirror_assemble(actx: ActionContext) -> dict:
             for rel, path in actx.tree_files(name):
                 if rel.startswith("data/policy/"):
                     files[rel] = path.read_bytes()
+        elif name.startswith("trivy/"):
+            files[name] = actx.input(name).read_bytes()
     epoch = actx.source_date_epoch
     if epoch is None:
         epoch = parse_rfc3339(newest) if newest else 0

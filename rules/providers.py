@@ -33,6 +33,15 @@ class AdvisorySet(Provider):
 
 
 @dataclass(frozen=True)
+class TrivyArtifacts(Provider):
+    """A Trivy DB's distributable files (`db.tar.gz` or `javadb.tar.gz`, and `metadata.json`), for
+    rules that ship it further (mirrors)."""
+
+    kind: str  # "trivy-db" | "trivy-java-db"
+    files: dict[str, Artifact]
+
+
+@dataclass(frozen=True)
 class Bundle(Provider):
     """A finished export bundle: its directory files, manifest and archive."""
 

@@ -37,7 +37,7 @@ from stella_build.engine.rule_api import (
     input_name,
 )
 
-from .providers import AdvisorySet, NormalizedAdvisorySet
+from .providers import AdvisorySet, NormalizedAdvisorySet, TrivyArtifacts
 from .sign_rule import SignParams, resolve_signer
 from .trivy.java_db import sqlite_library_version
 
@@ -179,7 +179,8 @@ class TrivyDb(Rule):
         if signer is not None:  # only adds actions: the unsigned outputs keep their bytes
             added, oci = _sign(ctx, signer, False, files, evidence, self.version)
             files.update(added)
-        return [DefaultOutputs(files=files, trees={"oci": oci}, primary=("db.tar.gz",))]
+        return [DefaultOutputs(files=files, trees={"oci": oci}, primary=("db.tar.gz",)),
+                TrivyArtifacts("trivy-db", {n: files[n] for n in ("db.tar.gz", "metadata.json")})]
 
 
 class TrivyJavaDb(Rule):
@@ -219,7 +220,8 @@ class TrivyJavaDb(Rule):
             added, oci = _sign(ctx, signer, True, out, {f"files/{n}": a for n, a in inputs.items()},
                                self.version)
             out.update(added)
-        return [DefaultOutputs(files=out, trees={"oci": oci}, primary=("javadb.tar.gz",))]
+        return [DefaultOutputs(files=out, trees={"oci": oci}, primary=("javadb.tar.gz",)),
+                TrivyArtifacts("trivy-java-db", {n: out[n] for n in ("javadb.tar.gz", "metadata.json")})]
 
 
 def _sign(ctx: AnalysisContext, signer, java: bool, files: dict, materials: dict, version: str):
