@@ -20,7 +20,6 @@ trust root unreachable · 1 a Sigstore service answered with an error · 3 a fil
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.resources
 import json
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import quote
 
+from stella_build.engine.encode.digest import file_sha256
 from stella_build.engine.errors import (BuildFailed, NetworkRequired, TrustMaterialMissing,
                                         VerificationFailed)
 
@@ -177,11 +177,7 @@ def _sigstore_errors(what: str, file: str | None = None) -> Iterator[None]:
 
 
 def _file_sha256(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.digest()
+    return bytes.fromhex(file_sha256(path))
 
 
 def _is_statement(data: bytes) -> bool:

@@ -24,7 +24,6 @@ Every signature is RFC 6979 deterministic, so a signed bundle is byte-reproducib
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stella_build.engine.encode import canonical_json
+from stella_build.engine.encode.digest import file_sha256
 from stella_build.engine.errors import TrustMaterialMissing
 from stella_build.engine.rule_api import ActionContext, ActionError, AnalysisContext, Artifact
 
@@ -215,11 +215,7 @@ def _role_path(actx: ActionContext, role: dict) -> Path:
 
 
 def _file_sha256(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.digest()
+    return bytes.fromhex(file_sha256(path))
 
 
 def sign_bundle(actx: ActionContext) -> dict:

@@ -43,3 +43,28 @@ def require_tool(name: str) -> str:
 def tool():
     """Usage: def test_x(tool): trivy = tool("trivy")"""
     return require_tool
+
+
+@pytest.fixture(scope="module")
+def verify_js():
+    """Run sigstore-js (`@sigstore/verify`, installed by tools/interop/install-node-tools.sh) on a
+    bundle: verify_js(bundle, cosign.pub, artifact) -> (exit code, the script's JSON line)."""
+    import json
+    import subprocess
+
+    node = require_tool("node")
+    modules = tools_dir() / "node" / "node_modules"
+    if not (modules / "@sigstore" / "verify" / "package.json").is_file():
+        msg = f"@sigstore/verify not installed in {modules} (run tools/interop/install-node-tools.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NODE_PATH": str(modules)}
+    script = Path(__file__).parent / "js" / "verify_bundle.js"
+
+    def run(bundle: Path, pub: Path, artifact: Path) -> tuple[int, dict]:
+        proc = subprocess.run([node, str(script), str(bundle), str(pub), str(artifact)], env=env,
+                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert proc.stdout.strip(), f"verifier printed nothing; stderr:\n{proc.stderr}"
+        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+    return run

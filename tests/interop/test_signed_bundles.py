@@ -18,11 +18,10 @@ from stella_build.engine.cli.main import main as cli_main
 from tests.conftest import run_cli
 from tests.signed_bundle import PASSWORD, build_signed, signed_out, signed_workspace
 
-from .conftest import require_tool, tools_dir
+from .conftest import require_tool
 
 pytestmark = pytest.mark.interop
 
-VERIFY_JS = Path(__file__).parent / "js" / "verify_bundle.js"
 ARTIFACTS = {"manifests/export.json": "manifests/export.json.sigstore.json",
              "bundle.tar.gz": "bundle.tar.gz.sigstore.json"}
 LEGACY = {"manifests/export.json": "signatures/manifest.sig", "bundle.tar.gz": "signatures/export.sig"}
@@ -119,25 +118,6 @@ def test_cosign_signs_with_our_key_and_stella_verify_accepts_it(cosign, bundle, 
     data[100] ^= 0x10
     (lone / "bundle.tar.gz").write_bytes(bytes(data))
     assert cli_main(["verify", str(lone / "bundle.tar.gz"), "--key", str(keys / "cosign.pub")]) == 3
-
-
-@pytest.fixture(scope="module")
-def verify_js():
-    node = require_tool("node")
-    modules = tools_dir() / "node" / "node_modules"
-    if not (modules / "@sigstore" / "verify" / "package.json").is_file():
-        msg = f"@sigstore/verify not installed in {modules} (run tools/interop/install-node-tools.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NODE_PATH": str(modules)}
-
-    def run(bundle_file: Path, pub: Path, artifact: Path) -> tuple[int, dict]:
-        proc = subprocess.run([node, str(VERIFY_JS), str(bundle_file), str(pub), str(artifact)], env=env,
-                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        assert proc.stdout.strip(), proc.stderr
-        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
-    return run
 
 
 @pytest.mark.parametrize("artifact", sorted(ARTIFACTS))

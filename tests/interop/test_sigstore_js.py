@@ -7,40 +7,14 @@ tlog, CT log or timestamp. Missing node or packages skip locally and FAIL under 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from stella_build.rules import signing, signing_keys
 
-from .conftest import require_tool, tools_dir
-
 pytestmark = pytest.mark.interop
 
-SCRIPT = Path(__file__).parent / "js" / "verify_bundle.js"
 ARTIFACT = b'{"vulnerabilities": []}\n' * 50
-
-
-@pytest.fixture(scope="module")
-def verify_js():
-    node = require_tool("node")
-    modules = tools_dir() / "node" / "node_modules"
-    if not (modules / "@sigstore" / "verify" / "package.json").is_file():
-        msg = f"@sigstore/verify not installed in {modules} (run tools/interop/install-node-tools.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NODE_PATH": str(modules)}
-
-    def run(bundle: Path, pub: Path, artifact: Path) -> tuple[int, dict]:
-        proc = subprocess.run([node, str(SCRIPT), str(bundle), str(pub), str(artifact)], env=env,
-                              capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        assert proc.stdout.strip(), f"verifier printed nothing; stderr:\n{proc.stderr}"
-        return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
-    return run
 
 
 @pytest.fixture
