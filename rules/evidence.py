@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
+import json
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -210,6 +211,17 @@ class SbomComponent(BaseModel):
 # --------------------------------------------------------------------------- helpers
 
 _PEP503 = re.compile(r"[-_.]+")
+
+
+def load_json_document(data: bytes, path: str) -> Any:
+    """Parse a JSON evidence file; bad UTF-8 or JSON is an EvidenceError naming file and position."""
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise EvidenceError(path, "<document>", f"not UTF-8: {exc.reason}") from None
+    except json.JSONDecodeError as exc:
+        raise EvidenceError(path, "<document>",
+                            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
 def normalize_package_name(ecosystem: str, name: str) -> str:

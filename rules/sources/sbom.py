@@ -8,23 +8,13 @@ when it has one, else ``name@version``. Purls are parsed with ``packageurl-pytho
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Iterator, Optional
 
 from packageurl import PackageURL
 
-from stella_build.rules.evidence import EvidenceError, SbomComponent, ecosystem_from_purl_type
+from stella_build.rules.evidence import EvidenceError, SbomComponent, ecosystem_from_purl_type, load_json_document
 
 __all__ = ["load_sbom", "parse_cyclonedx", "parse_spdx", "detect_sbom_format"]
-
-
-def _json(data: bytes, path: str) -> Any:
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise EvidenceError(path, "<document>", f"not UTF-8: {exc.reason}") from None
-    except json.JSONDecodeError as exc:
-        raise EvidenceError(path, "<document>", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
 def detect_sbom_format(doc: Any) -> Optional[str]:
@@ -38,7 +28,7 @@ def detect_sbom_format(doc: Any) -> Optional[str]:
 
 def load_sbom(data: bytes, path: str) -> list[SbomComponent]:
     """Parse a CycloneDX or SPDX JSON SBOM (detected from its content)."""
-    doc = _json(data, path)
+    doc = load_json_document(data, path)
     fmt = detect_sbom_format(doc)
     if fmt == "cyclonedx":
         return parse_cyclonedx(doc, path)

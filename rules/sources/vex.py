@@ -8,10 +8,9 @@ product = Y and component = X; OpenVEX subcomponents give one statement per subc
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, Optional
 
-from stella_build.rules.evidence import EvidenceError, VexStatement, rfc3339
+from stella_build.rules.evidence import EvidenceError, VexStatement, load_json_document, rfc3339
 
 __all__ = ["load_vex", "parse_openvex", "parse_csaf_vex", "detect_vex_format"]
 
@@ -32,15 +31,6 @@ _CSAF_STATUS = {
 }
 
 
-def _json(data: bytes, path: str) -> Any:
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise EvidenceError(path, "<document>", f"not UTF-8: {exc.reason}") from None
-    except json.JSONDecodeError as exc:
-        raise EvidenceError(path, "<document>", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-
-
 def detect_vex_format(doc: Any) -> Optional[str]:
     if isinstance(doc, dict):
         if str(doc.get("@context", "")).startswith("https://openvex.dev/ns"):
@@ -52,7 +42,7 @@ def detect_vex_format(doc: Any) -> Optional[str]:
 
 def load_vex(data: bytes, path: str) -> list[VexStatement]:
     """Parse an OpenVEX or CSAF VEX file (detected from its content)."""
-    doc = _json(data, path)
+    doc = load_json_document(data, path)
     fmt = detect_vex_format(doc)
     if fmt == "openvex":
         return parse_openvex(doc, path)
