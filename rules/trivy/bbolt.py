@@ -207,7 +207,7 @@ class BboltWriter:
         if vlen > MAX_VALUE_SIZE:
             raise BboltError(f"key {key!r}: value larger than {MAX_VALUE_SIZE} bytes")
         top.last_key = key
-        # Inlined copy of _push_inode's leaf case: this runs once per key (~1M times for a real
+        # Inlined copy of _append's leaf case: this runs once per key (~1M times for a real
         # DB) and the call overhead is measurable; keep the two in step.
         lv = top.levels[0]
         size = ELEMENT_SIZE + klen + vlen
