@@ -21,6 +21,7 @@ def register(registry) -> None:
         registry.add(rule)
 
     from .mirror import RULES as MIRROR_RULES
+    from .mirror_delta import RULES as DELTA_RULES
 
-    for rule in MIRROR_RULES:
+    for rule in (*MIRROR_RULES, *DELTA_RULES):
         registry.add(rule)

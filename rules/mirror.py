@@ -1,4 +1,4 @@
-"""mirror:full and mirror:delta: evidence mirrors for air-gapped sites, and cheap deltas to keep them current.
+"""mirror:full: evidence mirrors for air-gapped sites (deltas: rules/mirror_delta.py).
 
 A full mirror (target outputs under stella-out/<pkg>/<target>/):
     mirror/                      the plain-directory view (StellaOps layout)
@@ -11,8 +11,11 @@ A full mirror (target outputs under stella-out/<pkg>/<target>/):
       data/policy/…              copied from json:policy bundles in deps
       trivy/<target>/{db.tar.gz|javadb.tar.gz, metadata.json}   Trivy DBs in deps, as built
       tuf/{root,1.root,targets,snapshot,timestamp}.json  when `tuf` is configured
+      signatures/                when signed (SIGNATURE_FILES): over export.json, mirror.tar.zst and
+                                 the provenance; never packaged into the tar or the OCI artifact
     oci/                         OCI image layout: one artifact manifest (tag "mirror") whose layers
-                                 are every mirror/ file, titled by path
+                                 are every other mirror/ file, titled by path; when signed, the
+                                 export.json Sigstore bundle is its referrer (+ fallback tag)
     mirror.tar.zst(.sha256)      deterministic PAX tar of mirror/ (zstd)
     mirror.json                  summary: exportId, manifest/archive/OCI digests (used by deltas)
 
@@ -27,7 +30,6 @@ the deterministic assembly; rerunHash, TUF targets and golden digests cover the 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,7 +39,6 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import blake3
-import zstandard
 from pydantic import BaseModel, ConfigDict, Field
 
 from stella_build.engine.encode import canonical_json
@@ -56,14 +57,11 @@ from .sign_rule import SignParams, add_signing, resolve_signer
 
 MANIFEST_SCHEMA = "https://stella-build.dev/schemas/export-manifest/v1"
 MANIFEST_VERSION = "1.1.0"
-DIFF_SCHEMA = "https://stella-build.dev/schemas/mirror-diff/v1"
 INDEX_SCHEMA = "https://stella-build.dev/schemas/mirror-index/v1"
 BUILD_TYPE = "https://stella-build.dev/buildtypes/mirror/v1"
 ARTIFACT_TYPE = "application/vnd.stella-build.mirror.v1+json"
 MIRROR_TAG = "mirror"
 MANIFEST_DIGEST_ANNOTATION = "io.stellaops.export.manifest-digest"
-BASE_ENV = "STELLA_MIRROR_BASE"  # `stella-build mirror delta --base PATH` sets it
-BASE_MISSING = "ERR_EXPORT_BASE_MISSING"
 ENCRYPTION_FILE = "encryption.json"
 # Files of mirror/ that are not content (not in export.json contents[]): replaced as a whole by deltas.
 METADATA_PREFIXES = ("tuf/", "signatures/")
@@ -93,8 +91,19 @@ SIGNATURE_FILES = {
 }
 
 
+# The export.json bundle is also the OCI artifact's signature referrer (mirror_layout).
+MANIFEST_BUNDLE = SIGNATURE_FILES["manifest_bundle"].removeprefix("mirror/")
+SIGNATURES_DIR = "signatures/"
+
+
 def is_metadata(rel: str) -> bool:
     return rel in METADATA_FILES or rel.startswith(METADATA_PREFIXES)
+
+
+def packaged(files: Mapping[str, Any]) -> dict[str, Any]:
+    """The files of a mirror tree that go into mirror.tar.zst and the OCI artifact: all but
+    signatures/, which sign those packages (or sit beside them as their referrer)."""
+    return {rel: v for rel, v in files.items() if not rel.startswith(SIGNATURES_DIR)}
 
 
 # -- parameters ------------------------------------------------------------------------------------
@@ -134,25 +143,15 @@ class MirrorFullParams(TargetParams):
         "also enabled by STELLA_SIGNING_KEY"))
 
 
-class BaseParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    export: str = Field(..., description="the base mirror's export.json (workspace-relative or absolute)")
-    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="pinned sha256 of that export.json")
-
-
-class MirrorDeltaParams(TargetParams):
-    rule: Literal["mirror_delta"]
-    base: BaseParams | None = Field(None, description=f"the base mirror (or ${BASE_ENV} / `mirror delta --base`)")
-    compression_level: int = Field(19, ge=1, le=22)
-
-
 @dataclass(frozen=True)
 class MirrorTree(Provider):
-    """A built mirror: the plaintext mirror/ tree and its summary (mirror.json)."""
+    """A built mirror: the plaintext mirror/ tree, its summary (mirror.json, describing the layout
+    actually shipped) and, when signed, the signature files as (path under mirror/, artifact)."""
 
     tree: Artifact
     summary: Artifact
+    signatures: tuple[tuple[str, Artifact], ...] = ()
+    encrypted: bool = False
 
 
 # -- mirror:full -------------------------------------------------------------------------------------
@@ -259,7 +258,6 @@ class MirrorFull(Rule):
             outputs=["mirror/", "oci/", "mirror.tar.zst", "mirror.tar.zst.sha256", "mirror.json"],
             params=params_out, secrets=secrets)
         tree, summary = assemble.out("mirror/"), assemble.out("mirror.json")
-        provider = MirrorTree(tree=tree, summary=summary)
         if params.encryption is None:
             files = {n: assemble.out(n) for n in ("mirror.tar.zst", "mirror.tar.zst.sha256", "mirror.json")}
             trees = {"mirror": tree, "oci": assemble.out("oci/")}
@@ -272,8 +270,22 @@ class MirrorFull(Rule):
             files = {n: enc.out(n) for n in ("mirror.tar.zst", "mirror.tar.zst.sha256")}
             files["mirror.json"] = summary
             trees = {"mirror": enc.out("mirror/"), "oci": enc.out("oci/")}
-        files.update(add_signing(ctx, signer, manifest=(tree, "export.json"), archive=files["mirror.tar.zst"],
-                                 provenance=(tree, "provenance.json"), names=SIGNATURE_FILES))
+        signatures = add_signing(ctx, signer, manifest=(tree, "export.json"), archive=files["mirror.tar.zst"],
+                                 provenance=(tree, "provenance.json"), names=SIGNATURE_FILES)
+        files.update(signatures)
+        if signatures:  # the OCI layout gains the export.json bundle as the artifact's referrer
+            plain = params.encryption is None
+            layout = ctx.action(
+                mnemonic="MirrorSignedLayout", fn="stella_build.rules.mirror:mirror_signed_layout",
+                inputs={"tree": trees["mirror"], "bundle": signatures[SIGNATURE_FILES["manifest_bundle"]],
+                        **({"summary": summary} if plain else {})},
+                outputs=["oci/", *(["mirror.json"] if plain else [])], params={})
+            trees["oci"] = layout.out("oci/")
+            if plain:  # encrypted mirrors keep the plaintext summary (what decrypt rebuilds)
+                files["mirror.json"] = summary = layout.out("mirror.json")
+        provider = MirrorTree(tree=tree, summary=summary, encrypted=params.encryption is not None,
+                              signatures=tuple(sorted((rel.removeprefix("mirror/"), art)
+                                                      for rel, art in signatures.items())))
         return [provider, DefaultOutputs(files=files, trees=trees,
                                          primary=("mirror.tar.zst", "mirror/export.json"))]
 
@@ -520,31 +532,65 @@ def _provenance(p: dict, manifest: bytes, materials: list, epoch: int) -> dict:
     }
 
 
+def _data(v: bytes | Path) -> bytes:
+    return v if isinstance(v, (bytes, bytearray)) else Path(v).read_bytes()
+
+
+def files_layout(files: Mapping[str, bytes | Path], oci_root: Path, *, artifact_type: str, tag: str,
+                 created: str, media_types: Mapping[str, str], annotations: Mapping[str, str],
+                 bundle: bytes | None = None) -> dict:
+    """An OCI layout holding one artifact whose layers are `files` (titled by path), tagged `tag`;
+    with `bundle`, that Sigstore bundle is the artifact's referrer (+ the referrers fallback tag).
+    Returns the manifest digest and the sha256 of index.json."""
+    from .oci import OciLayoutWriter, add_bundle_referrer, files_artifact
+
+    writer = OciLayoutWriter(oci_root)
+    desc = files_artifact(writer, files, artifact_type, created, media_types=media_types, annotations=annotations)
+    writer.tag(desc, tag)
+    if bundle is not None:
+        add_bundle_referrer(writer, desc, bundle, created)
+    writer.write_index()
+    return {"ociManifestDigest": desc.digest, "ociIndexSha256": sha256_hex((oci_root / "index.json").read_bytes())}
+
+
+def mirror_layout(files: Mapping[str, bytes | Path], oci_root: Path, epoch: int) -> dict:
+    """The mirror's OCI layout: packaged files as layers; signed when the tree holds the export.json
+    bundle (MANIFEST_BUNDLE), which then becomes the artifact's referrer."""
+    blobs = {rel: _data(v) for rel, v in packaged(files).items()}
+    bundle = _data(files[MANIFEST_BUNDLE]) if MANIFEST_BUNDLE in files else None
+    notes = {MANIFEST_DIGEST_ANNOTATION: "sha256:" + sha256_hex(blobs["export.json"])} if "export.json" in blobs else {}
+    return files_layout(blobs, oci_root, artifact_type=ARTIFACT_TYPE, tag=MIRROR_TAG, created=rfc3339(epoch),
+                        media_types={rel: _media_type(rel) for rel in blobs}, annotations=notes, bundle=bundle)
+
+
 def package_tree(files: Mapping[str, bytes | Path], oci_root: Path, archive: Path, epoch: int) -> dict:
     """Write the OCI layout and mirror.tar.zst(+.sha256) of a mirror tree; return their digests.
 
-    Used by the build and by `mirror apply|decrypt`, so a reconstructed mirror is byte-identical."""
-    from .oci import OciLayoutWriter, files_artifact
-
-    def data(v: bytes | Path) -> bytes:
-        return v if isinstance(v, (bytes, bytearray)) else Path(v).read_bytes()
-
-    blobs = {rel: data(v) for rel, v in files.items()}
-    writer = OciLayoutWriter(oci_root)
-    notes = {}
-    if "export.json" in blobs:
-        notes[MANIFEST_DIGEST_ANNOTATION] = "sha256:" + sha256_hex(blobs["export.json"])
-    desc = files_artifact(writer, blobs, ARTIFACT_TYPE, rfc3339(epoch),
-                          media_types={rel: _media_type(rel) for rel in blobs}, annotations=notes)
-    writer.tag(desc, MIRROR_TAG)
-    writer.write_index()
-    tar = zstd_bytes(tar_bytes([TarEntry(f"mirror/{rel}", d) for rel, d in blobs.items()], mtime=epoch), 19)
+    Used by the build and by `mirror apply|decrypt`, so a reconstructed mirror is byte-identical.
+    signatures/ is never packaged; its export.json bundle makes the layout a signed one."""
+    summary = mirror_layout(files, oci_root, epoch)
+    entries = [TarEntry(f"mirror/{rel}", _data(d)) for rel, d in packaged(files).items()]
+    tar = zstd_bytes(tar_bytes(entries, mtime=epoch), 19)
     archive.parent.mkdir(parents=True, exist_ok=True)
     archive.write_bytes(tar)
     sha = sha256_hex(tar)
     Path(str(archive) + ".sha256").write_bytes(f"{sha}  {archive.name}\n".encode())
-    return {"archiveSha256": sha, "ociManifestDigest": desc.digest,
-            "ociIndexSha256": sha256_hex((oci_root / "index.json").read_bytes())}
+    return {"archiveSha256": sha, **summary}
+
+
+def mirror_signed_layout(actx: ActionContext) -> dict:
+    """The OCI layout of a signed mirror (the shipped tree + the export.json bundle as referrer) and,
+    for an unencrypted mirror, mirror.json updated to describe it."""
+    files = dict(actx.tree_files("tree"))
+    files[MANIFEST_BUNDLE] = actx.input("bundle")
+    export = json.loads(files["export.json"].read_bytes())
+    got = mirror_layout(files, actx.out_dir / "oci", parse_rfc3339(export["generatedAt"]))
+    if "summary" in actx.inputs:
+        summary = json.loads(actx.input("summary").read_bytes())
+        if summary["ociManifestDigest"] != got["ociManifestDigest"]:
+            raise ActionError("the signed layout's mirror manifest differs from the unsigned one")
+        actx.write_output("mirror.json", canonical_json.dumps({**summary, **got}))
+    return got
 
 
 def mirror_encrypt(actx: ActionContext) -> dict:
@@ -565,133 +611,4 @@ def mirror_encrypt(actx: ActionContext) -> dict:
     return {"encrypted_files": len(record.files)}
 
 
-# -- mirror:delta ------------------------------------------------------------------------------------
-
-class MirrorDelta(Rule):
-    name = "mirror_delta"
-    version = "1"
-    doc = "mirror:delta profile: blobs absent from a named base mirror, manifest.diff.json with tombstones"
-    Params = MirrorDeltaParams
-    accepts = (MirrorTree,)
-
-    def analyze(self, ctx: AnalysisContext, params: MirrorDeltaParams) -> list:
-        trees = ctx.providers(MirrorTree)
-        if len(trees) != 1:
-            raise UsageError("mirror_delta needs exactly one mirror_full target in deps", field="deps")
-        _, new = trees[0]
-        export_path, pinned, field = _resolve_base(ctx, params)
-        inputs: dict[str, Artifact] = {"new": new.tree, "new-summary.json": new.summary,
-                                       "base/export.json": Artifact(logical="mirror-base/export.json", path=export_path)}
-        base_dir = export_path.parent
-        for rel in ("provenance.json", "tuf/root.json", "tuf/1.root.json", "tuf/targets.json",
-                    "tuf/snapshot.json", "tuf/timestamp.json"):
-            if (base_dir / rel).is_file():  # dictionaries for the metadata patches (optional)
-                inputs[f"base/{rel}"] = Artifact(logical=f"mirror-base/{rel}", path=(base_dir / rel).resolve())
-        spec = ctx.action(mnemonic="MirrorDelta", fn="stella_build.rules.mirror:mirror_delta", inputs=inputs,
-                          outputs=["delta/"], params={"base_sha256": pinned, "level": params.compression_level})
-        return [DefaultOutputs(files={}, trees={"delta": spec.out("delta/")}, primary=("delta/manifest.diff.json",))]
-
-
-def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path, str, str]:
-    advice = ("Republish the base mirror there (its mirror/export.json), point the target at an "
-              "available base (base = { export = ..., sha256 = ... } or `stella-build mirror delta --base "
-              "PATH`), or build a full export (rule mirror_full) instead.")
-    env = os.environ.get(BASE_ENV, "").strip()
-    if env:
-        path, field = Path(env).expanduser(), None
-        for candidate in (path, path / "export.json", path / "mirror" / "export.json"):
-            if candidate.is_file():
-                path = candidate
-                break
-        if not path.is_file():
-            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base/{BASE_ENV}) not found. {advice}")
-        return path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest(), "base"
-    if params.base is None:
-        raise UsageError(f"{BASE_MISSING}: no base mirror named (set base = {{ export = ..., sha256 = ... }} "
-                         f"or pass --base). {advice}", field="base")
-    path = Path(params.base.export).expanduser()
-    if not path.is_absolute():
-        path = ctx.workspace.root / path
-    if not path.is_file():
-        raise UsageError(f"{BASE_MISSING}: base export {path} not found. {advice}", field="base.export")
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    if actual != params.base.sha256:
-        raise UsageError(f"{BASE_MISSING}: base export {path} has sha256 {actual}, but the target pins "
-                         f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256")
-    return path.resolve(), actual, "base"
-
-
-def _patch(data: bytes, base: bytes | None, level: int) -> bytes:
-    """zstd frame of `data`, using `base` (the same file in the base mirror) as a raw dictionary."""
-    if base is None:
-        return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
-    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=True).compress(data)
-
-
-def unpatch(patch: bytes, base: bytes | None) -> bytes:
-    if base is None:
-        return zstandard.ZstdDecompressor().decompress(patch)
-    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return zstandard.ZstdDecompressor(dict_data=d).decompress(patch)
-
-
-def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: dict,
-                  base_meta: Mapping[str, bytes], level: int) -> tuple[dict, dict[str, bytes], dict[str, Path]]:
-    """(manifest.diff.json, {patches/<path>.zst: bytes}, {blobs/sha256/<hex>: source file})."""
-    base = json.loads(base_export)
-    new = json.loads(new_files["export.json"].read_bytes())
-    old = {c["path"]: c for c in base["contents"]}
-    cur = {c["path"]: c for c in new["contents"]}
-    base_digests = {c["digest"] for c in base["contents"]}
-    added = [{"path": p, "digest": cur[p]["digest"], "bytes": cur[p]["bytes"]} for p in sorted(cur) if p not in old]
-    changed = [{"path": p, "digest": cur[p]["digest"], "bytes": cur[p]["bytes"], "baseDigest": old[p]["digest"]}
-               for p in sorted(cur) if p in old and old[p]["digest"] != cur[p]["digest"]]
-    removed = sorted(p for p in old if p not in cur)
-    blobs: dict[str, Path] = {}
-    for e in added + changed:
-        if e["digest"] not in base_digests:
-            blobs[f"blobs/sha256/{e['digest'].split(':', 1)[1]}"] = new_files[e["path"]]
-    patches, metadata = {}, []
-    for rel in sorted(r for r in new_files if is_metadata(r)):
-        data = new_files[rel].read_bytes()
-        dictionary = base_export if rel == "export.json" else base_meta.get(rel)
-        patches[f"patches/{rel}.zst"] = _patch(data, dictionary, level)
-        metadata.append({"path": rel, "digest": "sha256:" + sha256_hex(data), "bytes": len(data),
-                         "patch": f"patches/{rel}.zst",
-                         "patchBase": ("sha256:" + sha256_hex(dictionary)) if dictionary is not None else None})
-    diff = {
-        "schema": DIFF_SCHEMA, "mode": "delta",
-        "baseExportId": base["exportId"], "baseManifestDigest": "sha256:" + sha256_hex(base_export),
-        "exportId": new["exportId"], "manifestDigest": "sha256:" + sha256_hex(new_files["export.json"].read_bytes()),
-        "profile": {**new["profile"], "variant": "delta"}, "generatedAt": new["generatedAt"],
-        "added": added, "changed": changed, "removed": removed,
-        "tombstones": [{"path": p, "baseDigest": old[p]["digest"], "removedIn": new["exportId"]} for p in removed],
-        "metadata": metadata, "blobs": sorted("sha256:" + b.rsplit("/", 1)[1] for b in blobs),
-        "archive": {"path": "mirror.tar.zst", "sha256": summary["archiveSha256"]},
-        "oci": {"tag": MIRROR_TAG, "manifestDigest": summary["ociManifestDigest"],
-                "indexSha256": summary["ociIndexSha256"]},
-        "resetBaseline": False,
-    }
-    return diff, patches, blobs
-
-
-def mirror_delta(actx: ActionContext) -> dict:
-    base_export = actx.input("base/export.json").read_bytes()
-    if sha256_hex(base_export) != actx.params["base_sha256"]:
-        raise ActionError(f"{BASE_MISSING}: base export.json changed since analysis", file="base/export.json")
-    base_meta = {name[len("base/"):]: actx.input(name).read_bytes() for name in actx.inputs
-                 if name.startswith("base/") and name != "base/export.json"}
-    new_files = dict(actx.tree_files("new"))
-    summary = json.loads(actx.input("new-summary.json").read_bytes())
-    diff, patches, blobs = compute_delta(base_export, new_files, summary, base_meta, actx.params["level"])
-    actx.write_output("delta/manifest.diff.json", canonical_json.dumps(diff))
-    for rel, data in patches.items():
-        actx.write_output(f"delta/{rel}", data)
-    for rel, src in blobs.items():
-        actx.write_output(f"delta/{rel}", src.read_bytes())
-    return {"added": len(diff["added"]), "changed": len(diff["changed"]), "removed": len(diff["removed"]),
-            "blobs": len(blobs)}
-
-
-RULES = (MirrorFull, MirrorDelta)
+RULES = (MirrorFull,)

@@ -21,7 +21,8 @@ from typing import Any
 from stella_build.engine.encode import canonical_json
 from stella_build.engine.encode.timefmt import parse_rfc3339
 
-from .mirror import ENCRYPTION_FILE, is_metadata, package_tree, unpatch
+from .mirror import ENCRYPTION_FILE, is_metadata, package_tree
+from .mirror_delta import unpatch
 
 APPLIED_LOG = "appliedExportIds.log"
 SUMMARY = "mirror.json"
@@ -131,7 +132,8 @@ def load_delta(path: Path) -> tuple[Path, dict]:
 
 
 def verify_delta(root: Path, diff: dict) -> None:
-    """Structure of a delta: sorted lists, one tombstone per removal, blobs that hash to their names."""
+    """Structure of a delta: sorted lists, one tombstone per removal, blobs that hash to their names,
+    and, when the delta has one, its OCI layout exactly as the producer writes it."""
     for key in ("baseExportId", "baseManifestDigest", "exportId", "manifestDigest", "added", "changed",
                 "removed", "tombstones", "metadata", "blobs"):
         if key not in diff:
@@ -151,6 +153,55 @@ def verify_delta(root: Path, diff: dict) -> None:
         path = root / "blobs" / "sha256" / digest.split(":", 1)[1]
         if not path.is_file() or _sha(path.read_bytes()) != digest:
             raise MirrorError(f"{root}: blob {digest} missing or corrupt")
+    oci = root.parent / "oci"
+    if root.name == "delta" and (oci / "index.json").is_file():
+        _verify_delta_layout(root, oci)
+
+
+def _verify_delta_layout(root: Path, oci: Path) -> None:
+    """The delta's oci/ must be exactly the layout rebuilt from delta/ (file by file)."""
+    import tempfile
+
+    from .mirror_delta import delta_layout
+
+    with tempfile.TemporaryDirectory() as tmp:
+        delta_layout(_files(root), Path(tmp))
+        expected = {rel: _sha(p.read_bytes()) for rel, p in _files(Path(tmp)).items()}
+    actual = {rel: _sha(p.read_bytes()) for rel, p in _files(oci).items()}
+    bad = sorted(r for r in set(expected) | set(actual) if expected.get(r) != actual.get(r))
+    if bad:
+        raise MirrorError(f"{oci}: the delta's OCI layout does not match delta/ ({', '.join(bad[:5])})")
+
+
+def verify_delta_signature(root: Path, key: str) -> None:
+    """manifest.diff.json against delta/signatures/ with the trusted public key (cosign.pub)."""
+    from . import signing
+    from .mirror_delta import DELTA_SIGNATURE_FILES
+    from .signing_keys import SigningKeyError, load_public_key, public_key_digest
+
+    names = {role: root / path.removeprefix("delta/") for role, path in DELTA_SIGNATURE_FILES.items()}
+    if not names["manifest_bundle"].is_file():  # the legacy .sig and cosign.pub are checked when present
+        raise MirrorError(f"{root}: --key given but the delta is not signed (missing {names['manifest_bundle']})", 4)
+    try:
+        pub = load_public_key(Path(key).read_bytes(), what=key)
+    except (OSError, SigningKeyError) as exc:
+        raise MirrorError(f"cannot use the public key {key}: {exc}", 4) from None
+    if names["public_key"].is_file():
+        try:
+            shipped = load_public_key(names["public_key"].read_bytes(), what=str(names["public_key"]))
+        except SigningKeyError as exc:
+            raise MirrorError(str(exc)) from None
+        if public_key_digest(shipped) != public_key_digest(pub):
+            raise MirrorError(f"{names['public_key']} is not the trusted key {key}")
+    diff = (root / "manifest.diff.json").read_bytes()
+    try:
+        signing.verify_sigstore_bundle(names["manifest_bundle"].read_bytes(), diff, pub,
+                                       name=names["manifest_bundle"].name)
+        if names["manifest_sig"].is_file():
+            signing.verify_legacy_signature(names["manifest_sig"].read_bytes(), diff, pub,
+                                            name=names["manifest_sig"].name)
+    except signing.SignatureInvalid as exc:
+        raise MirrorError(f"{root}: delta signature does not verify: {exc}") from None
 
 
 # -- apply -----------------------------------------------------------------------------------------
@@ -162,14 +213,18 @@ def applied_ids(mirror_dir: Path, export: dict) -> list[str]:
     return [export["exportId"]]
 
 
-def apply_delta(base_dir: Path, delta: Path, out: Path) -> dict:
-    """Apply one delta to the mirror in `base_dir`, writing the new mirror to `out` atomically."""
+def apply_delta(base_dir: Path, delta: Path, out: Path, key: str | None = None) -> dict:
+    """Apply one delta to the mirror in `base_dir`, writing the new mirror to `out` atomically.
+    With `key` (a cosign.pub), the delta's signature is checked first and the new mirror's
+    signatures before it replaces anything (exit 4 when either is unsigned)."""
     base_dir, out = Path(base_dir), Path(out)
     base_tree = mirror_root(base_dir)
     base_export = verify_tree(base_tree)
     base_export_bytes = (base_tree / "export.json").read_bytes()
     history = applied_ids(base_tree.parent, base_export)
     root, diff = load_delta(delta)
+    if key is not None:
+        verify_delta_signature(root, key)
     if diff["exportId"] in history and diff["baseExportId"] != base_export["exportId"]:
         raise MirrorError(f"delta {diff['exportId']} was already applied to {base_dir} (applied: {history})")
     if diff["baseExportId"] != base_export["exportId"]:
@@ -227,6 +282,8 @@ def apply_delta(base_dir: Path, delta: Path, out: Path) -> dict:
             verify_tuf(tree, root_bytes=base_files["tuf/root.json"].read_bytes())
         verify_tree(tree, check_tuf="tuf/root.json" not in meta or "tuf/root.json" not in base_files)
         _finish(tree, tmp, diff, history + [diff["exportId"]])
+        if key is not None:
+            _verify_signatures(tmp, key)
         _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -261,6 +318,9 @@ def _finish(tree: Path, out: Path, summary_src: dict, history: list[str] | None)
                               f"recorded {summary_src['archive']['sha256']} (different zstd version?)")
         if got["ociManifestDigest"] != summary_src["oci"]["manifestDigest"]:
             raise MirrorError("rebuilt OCI manifest differs from the one the producer recorded")
+        if got["ociIndexSha256"] != summary_src["oci"]["indexSha256"]:
+            raise MirrorError("rebuilt OCI index.json differs from the one the producer recorded "
+                              "(signature referrer missing or different?)")
     got.update({"exportId": export["exportId"], "manifestDigest": _sha((tree / "export.json").read_bytes()),
                 "rerunHash": export["rerunHash"], "sourceDateEpoch": epoch})
     (out / SUMMARY).write_bytes(canonical_json.dumps(got))
@@ -278,8 +338,28 @@ def _swap(tmp: Path, out: Path) -> None:
 
 # -- decrypt -----------------------------------------------------------------------------------------
 
-def decrypt_mirror(src: Path, identity: Path, out: Path) -> dict:
-    """Decrypt an encrypted mirror directory into `out` (plaintext tree, OCI layout, tar), verified."""
+def _archive_signatures() -> set[str]:
+    """signatures/ files over mirror.tar.zst: they cover an encrypted mirror's encrypted archive,
+    so a decrypted copy (whose archive is the plaintext one) leaves them out."""
+    from .mirror import SIGNATURE_FILES
+
+    return {SIGNATURE_FILES[r].removeprefix("mirror/") for r in ("archive_bundle", "archive_sig")}
+
+
+def _decrypted_copy(tree: Path) -> bool:
+    """A plaintext mirror whose (signed) provenance says it was shipped encrypted."""
+    try:
+        prov = json.loads((tree / "provenance.json").read_bytes())
+        encrypted = "encryption" in prov["predicate"]["buildDefinition"]["externalParameters"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return encrypted and not (tree / ENCRYPTION_FILE).is_file()
+
+
+def decrypt_mirror(src: Path, identity: Path, out: Path, key: str | None = None) -> dict:
+    """Decrypt an encrypted mirror directory into `out` (plaintext tree, OCI layout, tar), verified.
+    With `key`, the encrypted mirror's signatures are checked first. The plaintext archive and OCI
+    manifest must hash to what the producer recorded in mirror.json before encrypting."""
     from .encryption import DecryptionError, EncryptionRecord, decrypt_tree
 
     tree = mirror_root(src)
@@ -287,14 +367,16 @@ def decrypt_mirror(src: Path, identity: Path, out: Path) -> dict:
         record = EncryptionRecord.from_json(json.loads((tree / ENCRYPTION_FILE).read_bytes()))
     except FileNotFoundError:
         raise MirrorError(f"{tree}: not encrypted (no {ENCRYPTION_FILE})", 2) from None
+    if key is not None:
+        _verify_signatures(tree.parent, key)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         plain = tmp / "mirror"
-        enc = {f.encrypted_path for f in record.files}
+        skip = {f.encrypted_path for f in record.files} | {ENCRYPTION_FILE} | _archive_signatures()
         for rel, path in _files(tree).items():
-            if rel not in enc and rel != ENCRYPTION_FILE:
+            if rel not in skip:
                 (plain / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, plain / rel)
         try:
@@ -303,6 +385,7 @@ def decrypt_mirror(src: Path, identity: Path, out: Path) -> dict:
             raise MirrorError(f"decryption failed: {exc}") from None
         export = verify_tree(plain)
         _finish(plain, tmp, {}, None)
+        _check_plaintext_summary(tree.parent / SUMMARY, tmp / SUMMARY)
         _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -310,12 +393,41 @@ def decrypt_mirror(src: Path, identity: Path, out: Path) -> dict:
     return {"exportId": export["exportId"], "files": len(record.files)}
 
 
+def is_delta(path: Path) -> bool:
+    path = Path(path)
+    return (path / "delta" / "manifest.diff.json").is_file() or (path / "manifest.diff.json").is_file()
+
+
+def verify_delta_dir(path: Path, key: str | None = None) -> dict[str, Any]:
+    """Verify a delta on its own (no base needed): structure, blobs, OCI layout, and with `key`
+    the signature over manifest.diff.json. Patches are checked when it is applied."""
+    root, diff = load_delta(path)
+    if key is not None:  # first: an unsigned delta is exit 4 whatever else is wrong with it
+        verify_delta_signature(root, key)
+    verify_delta(root, diff)
+    return {"kind": "delta", "exportId": diff["exportId"], "baseExportId": diff["baseExportId"],
+            "blobs": len(diff["blobs"]), "oci": (root.parent / "oci" / "index.json").is_file(),
+            "signed": key is not None}
+
+
+def _check_plaintext_summary(recorded: Path, rebuilt: Path) -> None:
+    """An encrypted mirror's mirror.json describes its plaintext packaging: the decrypted rebuild
+    must reproduce the archive and the OCI artifact manifest exactly."""
+    if not recorded.is_file():
+        return
+    want, got = json.loads(recorded.read_bytes()), json.loads(rebuilt.read_bytes())
+    for field in ("archiveSha256", "ociManifestDigest", "manifestDigest"):
+        if want.get(field) != got.get(field):
+            raise MirrorError(f"decrypted mirror: {field} is {got.get(field)}, the producer recorded "
+                              f"{want.get(field)} in {recorded}")
+
+
 def verify_mirror(path: Path, key: str | None = None) -> dict[str, Any]:
     """Verify a mirror directory; with `key` (a cosign.pub) also its signatures in mirror/signatures/
     (rules/verify.py, exit 4 when a signature file is missing, 3 when one does not verify)."""
     tree = mirror_root(path)
     export = verify_tree(tree)
-    out = {"exportId": export["exportId"], "files": len(export["contents"]),
+    out = {"kind": "mirror", "exportId": export["exportId"], "files": len(export["contents"]),
            "tuf": (tree / "tuf" / "root.json").is_file()}
     if key is not None:
         out["signatures"] = _verify_signatures(tree.parent, key)
@@ -334,8 +446,10 @@ def _verify_signatures(directory: Path, key: str) -> int:
     from .verify import verify_bundle
     from .verify_profiles import MIRROR_SIGNED_NAMES
 
-    missing = [f"mirror/{n}" for n in sorted(set(MIRROR_SIGNED_NAMES.values()))
-               if not (directory / "mirror" / n).is_file()]
+    needed = set(MIRROR_SIGNED_NAMES.values())
+    if _decrypted_copy(directory / "mirror"):
+        needed -= _archive_signatures()
+    missing = [f"mirror/{n}" for n in sorted(needed) if not (directory / "mirror" / n).is_file()]
     if missing:
         raise MirrorError(f"{directory}: --key given but the mirror is not signed (missing {', '.join(missing)})", 4)
     report = verify_bundle(directory, key=key)

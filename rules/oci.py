@@ -328,6 +328,25 @@ def trivy_db_artifact(layout: OciLayoutWriter, tar_gz_bytes: bytes, created_rfc3
     return desc
 
 
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+ANNOTATION_BUNDLE_CONTENT = "dev.sigstore.bundle.content"
+ANNOTATION_BUNDLE_PREDICATE = "dev.sigstore.bundle.predicateType"
+COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
+
+
+def add_bundle_referrer(layout: OciLayoutWriter, subject: Descriptor, bundle: bytes, created: str) -> Descriptor:
+    """A Sigstore bundle (message signature) as a referrer of `subject`, in cosign's shape (artifactType
+    and layer mediaType = the bundle type, empty config, dev.sigstore.bundle.* annotations), plus the
+    referrers tag-schema index `sha256-<hex>` for registries without the referrers API."""
+    blob = layout.add_blob(bundle, BUNDLE_MEDIA_TYPE)
+    referrer = layout.add_manifest(
+        BUNDLE_MEDIA_TYPE, None, [blob], subject=subject, created=created,
+        annotations={ANNOTATION_BUNDLE_CONTENT: "message-signature",
+                     ANNOTATION_BUNDLE_PREDICATE: COSIGN_SIGN_PREDICATE})
+    layout.add_referrers_fallback(subject, [referrer])
+    return referrer
+
+
 def files_artifact(
     layout: OciLayoutWriter,
     files: Mapping[str, Path | bytes],

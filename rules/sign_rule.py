@@ -166,6 +166,12 @@ def _ref(ref: ArtifactRef) -> tuple[Artifact, str]:
     return ref if isinstance(ref, tuple) else (ref, "")
 
 
+# Output roles per signed input role (the manifest is always signed, with the public key beside it).
+ROLE_OUTPUTS = {"manifest": ("manifest_bundle", "manifest_sig", "public_key"),
+                "archive": ("archive_bundle", "archive_sig"),
+                "provenance": ("provenance_dsse", "provenance_bundle")}
+
+
 def sign_outputs(manifest_path: str, archive_name: str, sig_names: dict[str, str] | None = None) -> dict[str, str]:
     """Role → bundle-relative file name of every file the Sign action writes."""
     sig_names = {**DEFAULT_SIG_NAMES, **(sig_names or {})}
@@ -176,22 +182,29 @@ def sign_outputs(manifest_path: str, archive_name: str, sig_names: dict[str, str
             "public_key": PUBLIC_KEY_FILE}
 
 
-def add_signing(ctx: AnalysisContext, signer: Signer | None, *, manifest: ArtifactRef, archive: ArtifactRef,
-                provenance: ArtifactRef, manifest_path: str = "manifests/export.json",
+def add_signing(ctx: AnalysisContext, signer: Signer | None, *, manifest: ArtifactRef,
+                archive: ArtifactRef | None, provenance: ArtifactRef | None,
+                manifest_path: str = "manifests/export.json",
                 archive_name: str = "bundle.tar.gz",
                 sig_names: dict[str, str] | None = None,
                 names: dict[str, str] | None = None) -> dict[str, Artifact]:
     """Declare the one `Sign` action of a bundle; returns {bundle-relative path: artifact} to merge
     into the target's outputs (empty when `signer` is None, so unsigned outputs are unchanged).
 
-    `manifest`, `archive`, `provenance` are file artifacts or (tree artifact, path inside the tree).
+    `manifest`, `archive`, `provenance` are file artifacts or (tree artifact, path inside the tree);
+    `archive`/`provenance` may be None (e.g. a mirror delta signs only its manifest.diff.json).
     `names` overrides output names per role (see `sign_outputs`), e.g. to keep them in one folder."""
     if signer is None:
         return {}
-    names = {**sign_outputs(manifest_path, archive_name, sig_names), **(names or {})}
+    refs = {"manifest": manifest, "archive": archive, "provenance": provenance}
+    wanted = {out for role, ref in refs.items() if ref is not None for out in ROLE_OUTPUTS[role]}
+    names = {role: name for role, name in {**sign_outputs(manifest_path, archive_name, sig_names),
+                                            **(names or {})}.items() if role in wanted}
     inputs: dict[str, Artifact] = {}
     roles: dict[str, dict] = {}
-    for role, ref in (("manifest", manifest), ("archive", archive), ("provenance", provenance)):
+    for role, ref in refs.items():
+        if ref is None:
+            continue
         art, inner = _ref(ref)
         if inner:  # stage just that file, not the whole tree
             art, inner = art.child(inner), ""
@@ -237,23 +250,22 @@ def sign_bundle(actx: ActionContext) -> dict:
         raise ActionError("the signing key changed between analysis and signing", file=key_path)
 
     manifest = _role_path(actx, p["roles"]["manifest"]).read_bytes()
-    archive_digest = _file_sha256(_role_path(actx, p["roles"]["archive"]))
-    provenance = _role_path(actx, p["roles"]["provenance"]).read_bytes()
-    statement = json.loads(provenance)
-    attestation = signing.sign_attestation_bundle(statement, key)
-    envelope = json.loads(attestation)["dsseEnvelope"]
-    if base64.b64decode(envelope["payload"]) != provenance:
-        raise ActionError("provenance is not canonical JSON, so its DSSE payload would differ from "
-                          "the file", file=p["roles"]["provenance"]["path"] or None)
-    out = {
-        "manifest_bundle": signing.sign_blob_sigstore_bundle(manifest, key),
-        "archive_bundle": signing.sign_digest_sigstore_bundle(archive_digest, key),
-        "provenance_dsse": canonical_json.dumps(envelope),
-        "provenance_bundle": attestation,
-        "manifest_sig": signing.legacy_signature(manifest, key),
-        "archive_sig": signing.legacy_signature_digest(archive_digest, key),
-        "public_key": encode_public_key(key.public_key()),
-    }
+    out = {"manifest_bundle": signing.sign_blob_sigstore_bundle(manifest, key),
+           "manifest_sig": signing.legacy_signature(manifest, key),
+           "public_key": encode_public_key(key.public_key())}
+    if "archive" in p["roles"]:
+        archive_digest = _file_sha256(_role_path(actx, p["roles"]["archive"]))
+        out["archive_bundle"] = signing.sign_digest_sigstore_bundle(archive_digest, key)
+        out["archive_sig"] = signing.legacy_signature_digest(archive_digest, key)
+    if "provenance" in p["roles"]:
+        provenance = _role_path(actx, p["roles"]["provenance"]).read_bytes()
+        attestation = signing.sign_attestation_bundle(json.loads(provenance), key)
+        envelope = json.loads(attestation)["dsseEnvelope"]
+        if base64.b64decode(envelope["payload"]) != provenance:
+            raise ActionError("provenance is not canonical JSON, so its DSSE payload would differ from "
+                              "the file", file=p["roles"]["provenance"]["path"] or None)
+        out["provenance_dsse"] = canonical_json.dumps(envelope)
+        out["provenance_bundle"] = attestation
     for role, data in out.items():
         actx.write_output(names[role], data)
     return {"signature_files": len(out)}

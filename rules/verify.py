@@ -146,6 +146,10 @@ class BundleView:
         """More files that need not be listed in contents[] (checked otherwise)."""
         return set()
 
+    def sealed_names(self) -> set[str]:
+        """Files listed in contents[] that are present only encrypted (checked by extra_checks)."""
+        return set()
+
     def provenance_required(self) -> list[str]:
         """Files the provenance must name as subjects."""
         return ([MANIFEST] if self.has(MANIFEST) else []) + list(self.archives)
@@ -580,10 +584,13 @@ class _Verifier:
             self.add("manifest", False, f"{MANIFEST} is not a valid manifest: {exc}", file=MANIFEST)
             return
         bad = 0
+        sealed = view.sealed_names()
         for path, entry in sorted(listed.items()):
             if not isinstance(path, str) or path.startswith("/") or ".." in path.split("/"):
                 self.add("contents", False, f"contents[] lists an unsafe path {path!r}", file=MANIFEST)
                 bad += 1
+            elif path in sealed:
+                continue
             elif not view.has(path):
                 self.add("contents", False, f"{view.show(path)} is listed in {MANIFEST} but missing",
                          subject=path, evidence=MANIFEST)
@@ -602,7 +609,8 @@ class _Verifier:
                          subject=name, evidence=MANIFEST)
                 bad += 1
         if not bad:
-            self.add("contents", True, f"{len(listed)} files match {MANIFEST} contents[]")
+            self.add("contents", True, f"{len(listed) - len(sealed & set(listed))} files match {MANIFEST} contents[]"
+                     + (f"; {len(sealed & set(listed))} are encrypted (checked after decryption)" if sealed else ""))
         digests = sorted(e.get("digest", "") for e in entries)
         want = "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest()
         ok = manifest.get("rerunHash") == want
@@ -775,6 +783,8 @@ def verify_bundle(location: str | Path, *, key: str | None = None, trust_bundle_
         raise UsageError("--allow-unsigned skips signatures: do not combine it with a key", field="--allow-unsigned")
     if key is not None:
         pub = load_trusted_key(key)  # before opening: a URL key must fail with 5, not read anything
+    if Path(location).is_dir() and (Path(location) / "delta" / "manifest.diff.json").is_file():
+        return _verify_delta(Path(location), key, trust_bundle_key, allow_unsigned)
     view = open_bundle(location)
     key_info = None
     if key is not None:
@@ -797,6 +807,22 @@ def verify_bundle(location: str | Path, *, key: str | None = None, trust_bundle_
                                    "--trust-bundle-key to trust the bundle's own cosign.pub, or "
                                    "--allow-unsigned to check digests only", field="--key")
     return Report(str(location), view.kind, key_info, verify_view(view, pub))
+
+
+def _verify_delta(path: Path, key: str | None, trust_bundle_key: bool, allow_unsigned: bool) -> Report:
+    from .verify_profiles import delta_report
+
+    if trust_bundle_key:
+        key = str(path / "delta" / "signatures" / PUBLIC_KEY_FILE)
+        if not Path(key).is_file():
+            raise TrustMaterialMissing(f"--trust-bundle-key: the delta has no {key}", field="--key")
+    elif key is None and not allow_unsigned:
+        raise TrustMaterialMissing("no trust root: pass --key cosign.pub, --trust-bundle-key or "
+                                   "--allow-unsigned", field="--key")
+    info = None
+    if key is not None:
+        info = {"source": key, "sha256": public_key_digest(load_trusted_key(key))}
+    return delta_report(path, key, info)
 
 
 from . import verify_profiles  # noqa: E402,F401  (registers the trivy and mirror views)

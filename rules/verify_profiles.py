@@ -16,14 +16,15 @@ import json
 from pathlib import Path
 
 from stella_build.engine.encode import canonical_json
+from stella_build.engine.errors import TrustMaterialMissing
 from stella_build.engine.encode.digest import sha256_hex
 from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339
 
 from . import signing
-from .oci import ANNOTATION_TITLE, LayoutDigests, fallback_tag
+from .oci import ANNOTATION_TITLE, LayoutDigests, add_bundle_referrer, fallback_tag
 from .sign_rule import PROVENANCE_DSSE, PROVENANCE_SIGSTORE, PUBLIC_KEY_FILE, SIGSTORE_SUFFIX
 from .verify import (
-    MANIFEST, PROVENANCE, BundleView, DirectoryView, _Bad, _strict_bundle, _Verifier, register_format,
+    MANIFEST, PROVENANCE, BundleView, Check, DirectoryView, _Bad, _strict_bundle, _Verifier, register_format,
 )
 
 OCI_DIR = "oci/"
@@ -150,6 +151,8 @@ def _open_trivy(path: Path) -> BundleView | None:
 MIRROR = "mirror/"
 MIRROR_ARCHIVE = "mirror.tar.zst"
 MIRROR_SUMMARY = "mirror.json"
+APPLIED_LOG = "appliedExportIds.log"  # rules/mirror_apply.py
+ENCRYPTION_FILE_NAME = "encryption.json"  # rules/mirror.py ENCRYPTION_FILE
 # bundle name → path in the mirror/ tree of the signature files (rules/mirror.py signs these).
 MIRROR_SIGNED_NAMES = {
     MANIFEST + SIGSTORE_SUFFIX: "signatures/export.json" + SIGSTORE_SUFFIX,
@@ -193,6 +196,31 @@ class MirrorView(BundleView):
             else:
                 self._other.append(rel)
         self.archives = [MIRROR_ARCHIVE] if MIRROR_ARCHIVE in self._real else []
+        self._sealed = self._read_encryption()  # plaintext path → encrypted path (encrypted mirrors)
+
+    def _read_encryption(self) -> dict[str, str]:
+        """An encrypted mirror: its encrypted files and encryption.json are metadata, the plaintext
+        paths they stand for are `sealed` (checked without decrypting in `_sealed_checks`)."""
+        from .encryption import DecryptionError, EncryptionRecord
+
+        if ENCRYPTION_FILE_NAME not in self._real:
+            return {}
+        try:
+            record = EncryptionRecord.from_json(json.loads(self.read(ENCRYPTION_FILE_NAME)))
+        except (ValueError, DecryptionError) as exc:
+            self.problems.append(Check("encryption", False, f"{ENCRYPTION_FILE_NAME} is unreadable: {exc}",
+                                       file=MIRROR + ENCRYPTION_FILE_NAME))
+            return {}
+        sealed = {f.path: f.encrypted_path for f in record.files}
+        self._sizes = {f.path: f.size for f in record.files}
+        for name in [ENCRYPTION_FILE_NAME, *sealed.values()]:
+            if name in self._content:
+                self._content.remove(name)
+                self._meta.add(name)
+        return sealed
+
+    def sealed_names(self) -> set[str]:
+        return set(self._sealed)
 
     def has(self, name: str) -> bool:
         return name in self._real
@@ -232,12 +260,16 @@ class MirrorView(BundleView):
         except (KeyError, ValueError, TypeError, AttributeError):
             v.add("oci-layout", None, f"skipped: {self.show(MANIFEST)} is not readable")
             return
-        if "tuf/root.json" in self._real:
+        if "tuf/root.json" in self._real and self._sealed:
+            v.add("tuf", None, "skipped: TUF targets describe the plaintext (`mirror decrypt` checks them)")
+        elif "tuf/root.json" in self._real:
             self._tuf(v)
+        if self._sealed:
+            self._sealed_checks(v, listed)
         # The OCI artifact's layers: every mirror/ file but the signatures, content files as listed.
         expected = LayoutDigests()
         layers = []
-        for name in sorted(set(self._content) | self._meta | set(listed)):
+        for name in sorted((set(self._content) | self._meta | set(listed)) - set(self._sealed)):
             tree = _TREE_NAMES.get(name, name)
             if tree.startswith("signatures/") or name in (MANIFEST + SIGSTORE_SUFFIX,):
                 continue
@@ -248,6 +280,8 @@ class MirrorView(BundleView):
         notes = {MANIFEST_DIGEST_ANNOTATION: "sha256:" + self.digest(MANIFEST)[0]}
         desc = expected.add_manifest(ARTIFACT_TYPE, None, layers, notes, created=rfc3339(epoch))
         expected.tag(desc, MIRROR_TAG)
+        if self.has(MANIFEST + SIGSTORE_SUFFIX):  # signed: the export.json bundle is the referrer
+            add_bundle_referrer(expected, desc, self.read(MANIFEST + SIGSTORE_SUFFIX), rfc3339(epoch))
         expected.write_index()
         actual = {n[len(OCI_DIR):]: self._dir.digest(n)[0] for n in self._other if n.startswith(OCI_DIR)}
         _compare_tree(v, expected.files, actual, OCI_DIR, "mirror OCI layout")
@@ -258,14 +292,86 @@ class MirrorView(BundleView):
             "rerunHash": export.get("rerunHash"), "sourceDateEpoch": epoch})
         if MIRROR_SUMMARY not in self._other:
             v.add("mirror-summary", False, f"{MIRROR_SUMMARY} is missing", file=MIRROR_SUMMARY)
+        elif self._sealed:  # it describes the plaintext packaging: what can be checked before decrypting
+            try:
+                got = json.loads(self._dir.read(MIRROR_SUMMARY))
+                want = json.loads(summary)
+                keys = ("exportId", "manifestDigest", "rerunHash", "sourceDateEpoch")
+                ok = all(got.get(k) == want[k] for k in keys)
+            except (ValueError, AttributeError):
+                ok = False
+            v.add("mirror-summary", ok, f"{MIRROR_SUMMARY} names this export (its plaintext archive and OCI "
+                  "digests are checked by `mirror decrypt`)" if ok else
+                  f"{MIRROR_SUMMARY} does not name this export", file=None if ok else MIRROR_SUMMARY)
         else:
             ok = self._dir.read(MIRROR_SUMMARY) == summary
             v.add("mirror-summary", ok, f"{MIRROR_SUMMARY} matches the verified mirror" if ok else
                   f"{MIRROR_SUMMARY} does not match the mirror (expected {sha256_hex(summary)})",
                   file=MIRROR_SUMMARY)
-        stray = [n for n in self._other if not n.startswith(OCI_DIR) and n != MIRROR_SUMMARY]
+        # appliedExportIds.log: written by `mirror apply` (the history of applied deltas)
+        stray = [n for n in self._other if not n.startswith(OCI_DIR) and n not in (MIRROR_SUMMARY, APPLIED_LOG)]
         for name in stray:
             v.add("layout", False, f"{name} is not part of a mirror output", file=name)
+
+    def _sealed_checks(self, v: _Verifier, listed: dict[str, tuple[str, int]]) -> None:
+        """Before decryption: every encrypted file exists with the size its plaintext entry implies
+        (nonce 12 + tag 16 bytes more), and the tree is exactly the (signed) archive's content."""
+        from .encryption import NONCE_LEN, TAG_LEN
+
+        bad = 0
+        for path, enc in sorted(self._sealed.items()):
+            if path not in listed:
+                v.add("encryption", False, f"{MIRROR}{ENCRYPTION_FILE_NAME} lists {path}, which "
+                      f"{self.show(MANIFEST)} does not", subject=ENCRYPTION_FILE_NAME, evidence=MANIFEST)
+            elif not self.has(enc):
+                v.add("encryption", False, f"{MIRROR}{enc} is missing", file=MIRROR + enc)
+            elif self.digest(enc)[1] != listed[path][1] + NONCE_LEN + TAG_LEN or \
+                    self._sizes[path] != listed[path][1]:
+                v.add("encryption", False, f"{MIRROR}{enc} has {self.digest(enc)[1]} bytes, the encryption "
+                      f"of {listed[path][1]} bytes has {listed[path][1] + NONCE_LEN + TAG_LEN}",
+                      file=MIRROR + enc)
+            else:
+                continue
+            bad += 1
+        if not bad:
+            v.add("encryption", True, f"{len(self._sealed)} encrypted files match the sizes of their "
+                  "plaintext entries")
+        if self.archives:
+            self._archive_is_tree(v)
+
+    def _archive_is_tree(self, v: _Verifier) -> None:
+        """Each mirror/ file (signatures aside) equals its mirror.tar.zst member, so the archive's
+        signature covers the encrypted files too."""
+        import hashlib
+        import tarfile
+
+        import zstandard
+
+        members: dict[str, str] = {}
+        try:
+            with open(self._dir.root / MIRROR_ARCHIVE, "rb") as raw, \
+                    zstandard.ZstdDecompressor().stream_reader(raw) as stream, \
+                    tarfile.open(fileobj=stream, mode="r|") as tar:
+                for m in tar:
+                    f = tar.extractfile(m) if m.isfile() else None
+                    if f is not None:
+                        members[m.name] = hashlib.sha256(f.read()).hexdigest()
+        except (OSError, tarfile.TarError, zstandard.ZstdError) as exc:
+            v.add("archive-tree", False, f"{MIRROR_ARCHIVE} cannot be read: {exc}", file=MIRROR_ARCHIVE)
+            return
+        names = {self._real[n]: n for n in self._real  # real path → bundle name
+                 if self._real[n].startswith(MIRROR) and not self._real[n].startswith(MIRROR + "signatures/")}
+        tree = {real: self.digest(n)[0] for real, n in names.items()}
+        diff = sorted(n for n in set(tree) | set(members) if tree.get(n) != members.get(n))
+        for real in diff[:20]:
+            if real in tree:
+                v.add("archive-tree", False, f"{real} differs from its {MIRROR_ARCHIVE} member",
+                      subject=names[real], evidence=MIRROR_ARCHIVE)
+            else:
+                v.add("archive-tree", False, f"{MIRROR_ARCHIVE} holds {real}, the tree does not",
+                      file=MIRROR_ARCHIVE)
+        if not diff:
+            v.add("archive-tree", True, f"mirror/ is exactly the content of {MIRROR_ARCHIVE} ({len(tree)} files)")
 
     def _tuf(self, v: _Verifier) -> None:
         from .mirror_apply import MirrorError, verify_tuf
@@ -275,6 +381,29 @@ class MirrorView(BundleView):
             v.add("tuf", True, f"TUF metadata verifies {n} files")
         except MirrorError as exc:
             v.add("tuf", False, str(exc))
+
+
+# -- mirror delta --------------------------------------------------------------------------------
+
+def delta_report(path: Path, key: str | None, key_info: dict | None) -> "Report":
+    """`stella-build verify` of a mirror:delta output directory: the checks of `mirror verify`
+    (structure, tombstones, blobs, OCI layout; the signature over manifest.diff.json with a key).
+    Its patches need the base: `mirror apply` checks them."""
+    from .mirror_apply import MirrorError, verify_delta_dir
+    from .verify import Report
+
+    checks: list[Check] = []
+    try:
+        data = verify_delta_dir(path, key)
+        checks.append(Check("delta", True, f"delta {data['baseExportId']} → {data['exportId']}: sorted lists, "
+                            f"one tombstone per removal, {data['blobs']} blobs, OCI layout"))
+        if key is not None:
+            checks.append(Check("delta-signature", True, "delta/manifest.diff.json verifies with the key"))
+    except MirrorError as exc:
+        if exc.exit_code == 4:
+            raise TrustMaterialMissing(str(exc), field="--key") from None
+        checks.append(Check("delta", False, str(exc), file="delta/manifest.diff.json"))
+    return Report(str(path), "mirror-delta", key_info, checks)
 
 
 def _open_mirror(path: Path) -> BundleView | None:

@@ -327,6 +327,9 @@ def test_delta_economics_on_corpora(tmp_path_factory):
 def test_default_mirror_matches_golden(sample):
     from tests.conftest import REPO
 
-    golden = json.loads((REPO / "golden" / "digests.json").read_text())["//profiles:mirror-full"]
-    ws, _ = sample
-    assert output_digests(ws, "profiles", "mirror-full") == golden
+    golden = json.loads((REPO / "golden" / "digests.json").read_text())
+    ws, root = sample
+    assert output_digests(ws, "profiles", "mirror-full") == golden["//profiles:mirror-full"]
+    # the default delta, against the base pinned in profiles/mirror-base (manifest, blobs, OCI form)
+    run_cli(["-q", "//profiles:mirror-delta"], cwd=ws, cache=root / "cache", check=True)
+    assert output_digests(ws, "profiles", "mirror-delta") == golden["//profiles:mirror-delta"]

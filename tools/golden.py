@@ -17,7 +17,7 @@ from tests.conftest import make_workspace, output_digests, run_cli  # noqa: E402
 
 GOLDEN = ROOT / "golden" / "digests.json"
 DEFAULT_TARGETS = ["//profiles:json-raw", "//profiles:json-policy", "//profiles:trivy-db",
-                   "//profiles:trivy-java-db", "//profiles:mirror-full"]
+                   "//profiles:trivy-java-db", "//profiles:mirror-full", "//profiles:mirror-delta"]
 # The full shared corpora (../shared/data); locked separately because they take longer to build.
 CORPORA = ROOT / "golden" / "corpora.json"
 CORPORA_TARGETS = ["//corpora:json-raw", "//corpora:trivy-db"]

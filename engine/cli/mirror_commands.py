@@ -1,4 +1,4 @@
-"""`stella-build mirror …`: verify, apply deltas, decrypt, push mirrors, and build deltas with --base.
+"""`stella-build mirror …`: verify, apply deltas, decrypt, push/pull mirrors and deltas, build deltas.
 
 Exit codes (design §6): 0 ok · 2 usage (not a mirror, bad reference, missing base) · 3 verification
 failed (digest, TUF, tombstones, out-of-order delta, wrong age identity) · 1 push failed.
@@ -44,12 +44,22 @@ def mirror():
 @click.pass_obj
 def mirror_verify(settings, path, key):
     """Verify a mirror directory: contents, rerunHash, provenance subject, TUF, OCI layout, and with
-    --key its signatures (signatures/export.sig over mirror.tar.zst, signatures/manifest.sig, …)."""
-    from stella_build.rules.mirror_apply import verify_mirror
+    --key its signatures (signatures/export.sig over mirror.tar.zst, signatures/manifest.sig, …).
 
+    PATH may also be a delta: its structure, blobs and OCI layout, and with --key the signature over
+    manifest.diff.json (its patches are checked by `mirror apply`, which needs the base).
+    """
+    from stella_build.rules.mirror_apply import is_delta, verify_delta_dir, verify_mirror
+
+    if is_delta(path):
+        data = _run(verify_delta_dir, path, key)
+        emit(settings, f"OK: delta {data['baseExportId']} → {data['exportId']} ({data['blobs']} blobs"
+                       + (", signature verified" if key else "") + ")", {"ok": True, **data})
+        return
     data = _run(verify_mirror, path, key)
     emit(settings, f"OK: mirror {data['exportId']} ({data['files']} files"
-                   + (", TUF verified" if data["tuf"] else "") + ")", {"ok": True, **data})
+                   + (", TUF verified" if data["tuf"] else "")
+                   + (f", {data['signatures']} signatures verified" if key else "") + ")", {"ok": True, **data})
 
 
 @mirror.command("apply", context_settings=CTX)
@@ -57,16 +67,20 @@ def mirror_verify(settings, path, key):
 @click.argument("delta", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the new mirror (may be BASE itself: replaced atomically).")
+@click.option("--key", "key", default=None, metavar="COSIGN_PUB",
+              help="Require signatures: the delta's over manifest.diff.json before applying, and the new "
+                   "mirror's (signatures/) before it replaces anything. Unsigned: exit 4.")
 @click.pass_obj
-def mirror_apply(settings, base, delta, out):
+def mirror_apply(settings, base, delta, out, key):
     """Verify BASE and DELTA, apply DELTA, write the new mirror to OUT atomically.
 
-    The result is byte-identical to a fresh mirror:full build of the new inputs, plus
-    appliedExportIds.log. Out-of-order or already-applied deltas are refused (exit 3).
+    The result is byte-identical to a fresh mirror:full build of the new inputs (signatures and
+    signed OCI layout included), plus appliedExportIds.log. Out-of-order or already-applied deltas
+    are refused (exit 3).
     """
     from stella_build.rules.mirror_apply import apply_delta
 
-    data = _run(apply_delta, base, delta, out)
+    data = _run(apply_delta, base, delta, out, key)
     emit(settings, f"applied {data['exportId']} onto {data['baseExportId']}: +{data['added']} "
                    f"~{data['changed']} -{data['removed']} files → {out}", {"ok": True, **data})
 
@@ -76,12 +90,17 @@ def mirror_apply(settings, base, delta, out):
 @click.option("-i", "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="age identity file (AGE-SECRET-KEY-1…, as written by age-keygen).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--key", "key", default=None, metavar="COSIGN_PUB",
+              help="Verify the encrypted mirror's signatures with this public key before decrypting.")
 @click.pass_obj
-def mirror_decrypt(settings, path, identity, out):
-    """Decrypt an encrypted mirror; OUT is byte-identical to the unencrypted build. Wrong identity: exit 3."""
+def mirror_decrypt(settings, path, identity, out, key):
+    """Decrypt an encrypted mirror into OUT: the plaintext tree, archive and OCI layout exactly as
+    the producer built them before encrypting (checked against mirror.json). The signatures over
+    export.json and the provenance are kept; those over the encrypted archive are left out.
+    Wrong identity or bad signature: exit 3."""
     from stella_build.rules.mirror_apply import decrypt_mirror
 
-    data = _run(decrypt_mirror, path, identity, out)
+    data = _run(decrypt_mirror, path, identity, out, key)
     emit(settings, f"decrypted {data['files']} files of {data['exportId']} → {out}", {"ok": True, **data})
 
 
@@ -105,12 +124,14 @@ def parse_reference(ref: str, plain_http: bool | None) -> tuple[str, str, str | 
 @click.option("--plain-http/--https", default=None, help="Default: plain HTTP for loopback registries only.")
 @click.pass_obj
 def mirror_push(settings, layout, reference, plain_http):
-    """Push a mirror's OCI layout (LAYOUT = mirror directory or its oci/) to REGISTRY/REPO[:TAG].
+    """Push a mirror's or a delta's OCI layout (LAYOUT = its output directory or oci/) to
+    REGISTRY/REPO[:TAG].
 
-    Digests are preserved; referrers are pushed with the tag-schema fallback when the registry
-    has no referrers API. With :TAG, the mirror manifest is also tagged TAG.
+    Digests are preserved; signature referrers are pushed with the tag-schema fallback when the
+    registry has no referrers API. With :TAG, the mirror (or delta) manifest is also tagged TAG.
     """
     from stella_build.rules.mirror import MIRROR_TAG
+    from stella_build.rules.mirror_delta import DELTA_TAG
     from stella_build.rules.oci import OciLayoutReader
     from stella_build.rules.oci_registry import RegistryClient, RegistryError, push_layout
 
@@ -118,12 +139,16 @@ def mirror_push(settings, layout, reference, plain_http):
     if not (root / "index.json").is_file():
         raise UsageError(f"{layout}: no OCI layout (index.json) here or in oci/")
     base_url, repo, tag = parse_reference(reference, plain_http)
+    reader = OciLayoutReader(root)
+    main = next((t for t in (MIRROR_TAG, DELTA_TAG) if t in reader.tags()), None)
+    if main is None:
+        raise UsageError(f"{root}: neither a mirror nor a delta layout (no '{MIRROR_TAG}' or '{DELTA_TAG}' tag)")
     try:
         client = RegistryClient(base_url, repo)
         result = push_layout(root, client)
         if tag:
-            desc = OciLayoutReader(root).resolve(MIRROR_TAG)
-            result.tags[tag] = client.put_manifest(OciLayoutReader(root).read_blob(desc), desc.media_type, tag)
+            desc = reader.resolve(main)
+            result.tags[tag] = client.put_manifest(reader.read_blob(desc), desc.media_type, tag)
     except (RegistryError, KeyError) as exc:
         raise _Failed(f"push to {reference} failed: {exc}", 1) from None
     emit(settings, f"pushed {len(result.blobs_uploaded)} blobs ({len(result.blobs_skipped)} already there), "
@@ -133,6 +158,33 @@ def mirror_push(settings, layout, reference, plain_http):
           "manifests": result.manifests, "tags": result.tags})
 
 
+@mirror.command("pull", context_settings=CTX)
+@click.argument("reference")
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write the mirror (or delta) output directory to (replaced atomically).")
+@click.option("--key", "key", default=None, metavar="COSIGN_PUB",
+              help="Require the signature referrer and verify it against export.json / manifest.diff.json.")
+@click.option("--plain-http/--https", default=None, help="Default: plain HTTP for loopback registries only.")
+@click.pass_obj
+def mirror_pull(settings, reference, out, key, plain_http):
+    """Pull a mirror or a delta pushed by `mirror push` (REGISTRY/REPO:TAG) into OUT.
+
+    Files come back from the artifact's layers, the signature from its referrer; everything is
+    verified and re-packaged, and the rebuilt artifact must be the pulled one. Then use OUT with
+    `mirror verify` / `mirror apply`.
+    """
+    from stella_build.rules.mirror_pull import pull_mirror
+    from stella_build.rules.oci_registry import RegistryClient
+
+    base_url, repo, tag = parse_reference(reference, plain_http)
+    if not tag:
+        raise UsageError(f"{reference}: name the tag to pull (REGISTRY/REPO:TAG)", field="REFERENCE")
+    data = _run(pull_mirror, RegistryClient(base_url, repo), tag, out, key)
+    emit(settings, f"pulled {data['kind']} {data['digest'][:19]}… ({data['files']} files"
+                   + (", signature verified" if key else ", signed" if data["signed"] else "") + f") → {out}",
+         {"ok": True, **data})
+
+
 @mirror.command("delta", context_settings=CTX)
 @click.argument("patterns", nargs=-1, required=True)
 @click.option("--base", "base", required=True, type=click.Path(path_type=Path),
@@ -140,7 +192,7 @@ def mirror_push(settings, layout, reference, plain_http):
 @click.pass_context
 def mirror_delta(ctx, patterns, base):
     """Build mirror_delta targets against --base (overrides the Exportfile's `base`)."""
-    from stella_build.rules.mirror import BASE_ENV
+    from stella_build.rules.mirror_delta import BASE_ENV
 
     os.environ[BASE_ENV] = str(base.resolve())
     build = main_group.get_command(ctx, "build")
@@ -161,7 +213,7 @@ _callback_before_base = _build_command.callback
 def _build_with_base(*args, base=None, **kwargs):
     if base is None:
         return _callback_before_base(*args, **kwargs)
-    from stella_build.rules.mirror import BASE_ENV
+    from stella_build.rules.mirror_delta import BASE_ENV
 
     with env_override(BASE_ENV, str(base.resolve())):
         return _callback_before_base(*args, **kwargs)

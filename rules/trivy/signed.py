@@ -29,14 +29,10 @@ from stella_build.engine.rule_api import ActionContext, ActionError, AnalysisCon
 
 from ..oci import (
     ANNOTATION_TITLE, TRIVY_ARTIFACT_TYPE, TRIVY_DB_LAYER, TRIVY_JAVADB_LAYER, Descriptor, OciLayoutWriter,
+    add_bundle_referrer,
 )
 from ..sign_rule import Signer, add_signing
 
-BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
-ANNOTATION_BUNDLE_CONTENT = "dev.sigstore.bundle.content"
-ANNOTATION_BUNDLE_PREDICATE = "dev.sigstore.bundle.predicateType"
-BUNDLE_CONTENT = "message-signature"
-COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 MANIFEST_SCHEMA = "https://stella-build.dev/schemas/export-manifest/v1"
 MANIFEST_VERSION = "1.1.0"
 BUILD_TYPE = "https://stella-build.dev/buildtypes/trivy-db/v1"
@@ -58,12 +54,7 @@ def build_layout(writer: OciLayoutWriter, layer: Descriptor, bundle: bytes, crea
     `layer` must already be in `writer` (add_blob_file / add_known_blob)."""
     artifact = writer.add_manifest(TRIVY_ARTIFACT_TYPE, None, [layer], created=created)
     writer.tag(artifact, PROFILES[java]["tag"])
-    blob = writer.add_blob(bundle, BUNDLE_MEDIA_TYPE)
-    referrer = writer.add_manifest(
-        BUNDLE_MEDIA_TYPE, None, [blob], subject=artifact, created=created,
-        annotations={ANNOTATION_BUNDLE_CONTENT: BUNDLE_CONTENT,
-                     ANNOTATION_BUNDLE_PREDICATE: COSIGN_SIGN_PREDICATE})
-    writer.add_referrers_fallback(artifact, [referrer])
+    referrer = add_bundle_referrer(writer, artifact, bundle, created)
     writer.write_index()
     return artifact, referrer
 

@@ -146,3 +146,76 @@ def test_age_cli_and_our_tool_agree_on_the_wrapped_key(built, tmp_path):
     assert run([keygen, "-o", tmp_path / "wrong.txt"]).returncode == 0
     bad = run_cli(["mirror", "decrypt", str(built["enc"]), "-i", str(tmp_path / "wrong.txt"), "-o", str(tmp_path / "x")], cwd=tmp_path)
     assert bad.code == 3 and "matches none" in bad.stderr
+
+
+def test_signed_mirror_and_delta_travel_through_a_registry_with_their_signatures(tmp_path, registry):  # noqa: F811
+    """Push a signed full mirror and a signed delta to docker-registry (no referrers API: the
+    tag-schema fallback), pull them back elsewhere, find each signature through the referrers,
+    verify it against the pulled export.json / manifest.diff.json, and apply the pulled delta."""
+    from stella_build.rules import signing
+    from stella_build.rules.signing_keys import load_public_key
+    from tests.signed_bundle import PASSWORD, make_keys
+    from tests.test_mirror import _edit_sample, same_tree
+
+    skopeo = require_tool("skopeo")
+    key, pub = make_keys(tmp_path / "keys")
+    env = {"STELLA_SIGNING_KEY": str(key), "COSIGN_PASSWORD": PASSWORD}
+    ws = make_workspace(tmp_path / "ws")
+    run_cli(["-q", "//profiles:mirror-full"], cwd=ws, cache=tmp_path / "c", check=True, env=env)
+    v1 = tmp_path / "v1"
+    shutil.copytree(ws / "stella-out/profiles/mirror-full", v1)
+    _edit_sample(ws, 2)
+    run_cli(["-q", "build", "--base", str(v1), "//profiles:mirror-delta", "//profiles:mirror-full"],
+            cwd=ws, cache=tmp_path / "c", check=True, env=env)
+    delta, v2 = ws / "stella-out/profiles/mirror-delta", ws / "stella-out/profiles/mirror-full"
+    # skopeo accepts the delta layout as it does the mirror's
+    res = run([skopeo, "--insecure-policy", "copy", "--preserve-digests", f"oci:{delta / 'oci'}:delta",
+               f"oci:{tmp_path / 'skopeo'}:delta"])
+    assert res.returncode == 0, res.stderr
+
+    host = registry.removeprefix("http://")
+    public = load_public_key(pub.read_bytes())
+    for src, repo, tag, signed_file in ((v1, "stella/mirror", "mirror", "export.json"),
+                                        (delta, "stella/mirror-delta", "delta", "manifest.diff.json")):
+        res = run_cli(["mirror", "push", str(src), f"{host}/{repo}:v2"], cwd=tmp_path)
+        assert res.code == 0, res.stderr
+        client = RegistryClient(registry, repo)
+        assert client.referrers_api(OciLayoutReader(src / "oci").resolve(tag).digest) is None  # fallback used
+        pulled = tmp_path / f"pulled-{tag}"
+        digests = pull_layout(client, pulled)
+        assert verify_layout(pulled) == []
+        reader = OciLayoutReader(pulled)
+        artifact = reader.resolve(tag)
+        assert artifact.digest == OciLayoutReader(src / "oci").resolve(tag).digest == digests["v2"]
+        manifest = reader.read_json(artifact)
+        layers = {l["annotations"]["org.opencontainers.image.title"]: l["digest"] for l in manifest["layers"]}
+        referrers = client.referrers(artifact.digest)
+        assert len(referrers) == 1
+        bundle_layer = reader.read_json(referrers[0])["layers"][0]
+        bundle = (pulled / "blobs/sha256" / bundle_layer["digest"][7:]).read_bytes()
+        signed = (pulled / "blobs/sha256" / layers[signed_file][7:]).read_bytes()
+        signing.verify_sigstore_bundle(bundle, signed, public)
+        with pytest.raises(signing.SignatureInvalid):
+            signing.verify_sigstore_bundle(bundle, signed + b" ", public)
+
+    # `mirror pull` lays both out again (verified, re-packaged to the same digests); the pulled
+    # delta applies onto v1 with --key and gives v2 byte for byte
+    site = tmp_path / "site"
+    res = run_cli(["mirror", "pull", f"{host}/stella/mirror:v2", "-o", str(site), "--key", str(pub)], cwd=tmp_path)
+    assert res.code == 0, res.stdout + res.stderr
+    others = [f"mirror/signatures/{n}" for n in ("cosign.pub", "export.sig", "manifest.sig", "provenance.dsse.json",
+                                                 "provenance.sigstore.json", "mirror.tar.zst.sigstore.json")]
+    assert same_tree(site, v1, ignore=tuple(others)) == []  # only the referrer bundle comes back
+    site_delta = tmp_path / "site-delta"
+    res = run_cli(["mirror", "pull", f"{host}/stella/mirror-delta:v2", "-o", str(site_delta), "--key", str(pub)],
+                  cwd=tmp_path)
+    assert res.code == 0, res.stdout + res.stderr
+    assert same_tree(site_delta, delta, ignore=("delta/signatures/cosign.pub", "delta/signatures/manifest.diff.sig")) == []
+    res = run_cli(["mirror", "apply", str(site), str(site_delta), "-o", str(site), "--key", str(pub)], cwd=tmp_path)
+    assert res.code == 0, res.stdout + res.stderr
+    assert same_tree(site, v2, ignore=("appliedExportIds.log",)) == []
+    # another key: the pull is refused and nothing is written
+    other, other_pub = make_keys(tmp_path / "other")
+    res = run_cli(["mirror", "pull", f"{host}/stella/mirror:v2", "-o", str(tmp_path / "x"), "--key", str(other_pub)],
+                  cwd=tmp_path)
+    assert res.code == 3 and not (tmp_path / "x").exists()

@@ -1,0 +1,241 @@
+"""mirror:delta: what a site holding a base mirror needs to reach the new one (docs/mirror.md).
+
+    delta/manifest.diff.json        base and new export ids, sorted added/changed/removed, one
+                                    tombstone per removal, the metadata patches, expected digests
+    delta/blobs/sha256/<hex>        content files whose digest the base lacks
+    delta/patches/<path>.zst        every metadata file of the new mirror (export.json, provenance,
+                                    tuf/*, signatures/*), zstd against the base's file as dictionary
+    delta/signatures/               when signed: manifest.diff.json signed (bundle + legacy .sig)
+    oci/                            the delta as one OCI artifact (tag "delta"), layers = delta/ files
+                                    but signatures/; when signed the manifest.diff.json bundle is its
+                                    referrer, so `mirror push` ships deltas like full mirrors
+
+A signed full mirror's signatures travel as metadata patches, so apply(signed v1, delta) gives the
+signed v2 byte for byte. Encrypted mirrors get no deltas: the blobs would be plaintext.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal, Mapping
+
+import zstandard
+from pydantic import BaseModel, ConfigDict, Field
+
+from stella_build.engine.encode import canonical_json
+from stella_build.engine.encode.digest import sha256_hex
+from stella_build.engine.rule_api import (
+    ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
+)
+
+from .mirror import MIRROR_TAG, MirrorTree, _media_type, files_layout, is_metadata
+from .sign_rule import SignParams, add_signing, resolve_signer
+
+DIFF_SCHEMA = "https://stella-build.dev/schemas/mirror-diff/v1"
+DELTA_ARTIFACT_TYPE = "application/vnd.stella-build.mirror.delta.v1+json"
+DELTA_TAG = "delta"
+DIFF_FILE = "manifest.diff.json"
+BASE_ENV = "STELLA_MIRROR_BASE"  # `stella-build mirror delta --base PATH` sets it
+BASE_MISSING = "ERR_EXPORT_BASE_MISSING"
+# annotations of the delta's OCI artifact
+DIFF_DIGEST_ANNOTATION = "dev.stella-build.mirror.diff-digest"
+BASE_EXPORT_ANNOTATION = "dev.stella-build.mirror.base-export-id"
+EXPORT_ANNOTATION = "dev.stella-build.mirror.export-id"
+# Sign action role → output path of a signed delta (only manifest.diff.json is signed: it pins the rest)
+DELTA_SIGNATURE_FILES = {
+    "manifest_bundle": "delta/signatures/manifest.diff.json.sigstore.json",
+    "manifest_sig": "delta/signatures/manifest.diff.sig",
+    "public_key": "delta/signatures/cosign.pub",
+}
+DELTA_BUNDLE = DELTA_SIGNATURE_FILES["manifest_bundle"].removeprefix("delta/")
+SIGNATURES_DIR = "signatures/"
+
+
+class BaseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    export: str = Field(..., description="the base mirror's export.json (workspace-relative or absolute)")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="pinned sha256 of that export.json")
+
+
+class MirrorDeltaParams(TargetParams):
+    rule: Literal["mirror_delta"]
+    base: BaseParams | None = Field(None, description=f"the base mirror (or ${BASE_ENV} / `mirror delta --base`)")
+    compression_level: int = Field(19, ge=1, le=22)
+    sign: SignParams | None = Field(None, description=(
+        "sign manifest.diff.json into delta/signatures/ (docs/signing.md); also enabled by "
+        "STELLA_SIGNING_KEY. The new mirror's own signatures travel in the delta either way."))
+
+
+class MirrorDelta(Rule):
+    name = "mirror_delta"
+    version = "1"
+    doc = "mirror:delta profile: blobs absent from a named base mirror, manifest.diff.json with tombstones"
+    Params = MirrorDeltaParams
+    accepts = (MirrorTree,)
+
+    def analyze(self, ctx: AnalysisContext, params: MirrorDeltaParams) -> list:
+        trees = ctx.providers(MirrorTree)
+        if len(trees) != 1:
+            raise UsageError("mirror_delta needs exactly one mirror_full target in deps", field="deps")
+        _, new = trees[0]
+        if new.encrypted:
+            raise UsageError("mirror_delta cannot follow an encrypted mirror_full: the delta's blobs would be "
+                             "plaintext. Ship a new encrypted full mirror instead.", field="deps")
+        export_path, pinned, field = _resolve_base(ctx, params)
+        inputs: dict[str, Artifact] = {"new": new.tree, "new-summary.json": new.summary,
+                                       "base/export.json": Artifact(logical="mirror-base/export.json", path=export_path)}
+        inputs.update({f"new-meta/{rel}": art for rel, art in new.signatures})  # rel = signatures/…
+        base_dir = export_path.parent
+        # Dictionaries for the metadata patches (optional). Not signatures/: signatures do not compress
+        # against older ones, and a base pulled from a registry has only the referrer bundle.
+        for rel in ("provenance.json", "tuf/root.json", "tuf/1.root.json", "tuf/targets.json",
+                    "tuf/snapshot.json", "tuf/timestamp.json"):
+            if (base_dir / rel).is_file():
+                inputs[f"base/{rel}"] = Artifact(logical=f"mirror-base/{rel}", path=(base_dir / rel).resolve())
+        spec = ctx.action(mnemonic="MirrorDelta", fn="stella_build.rules.mirror_delta:mirror_delta", inputs=inputs,
+                          outputs=["delta/", "oci/"], params={"base_sha256": pinned, "level": params.compression_level})
+        delta, trees_out = spec.out("delta/"), {"delta": spec.out("delta/"), "oci": spec.out("oci/")}
+        signatures = add_signing(ctx, resolve_signer(ctx, params.sign), manifest=(delta, DIFF_FILE),
+                                 archive=None, provenance=None, names=DELTA_SIGNATURE_FILES)
+        if signatures:
+            layout = ctx.action(
+                mnemonic="MirrorDeltaSignedLayout", fn="stella_build.rules.mirror_delta:delta_signed_layout",
+                inputs={"delta": delta, "bundle": signatures[DELTA_SIGNATURE_FILES["manifest_bundle"]]},
+                outputs=["oci/"], params={})
+            trees_out["oci"] = layout.out("oci/")
+        return [DefaultOutputs(files=signatures, trees=trees_out, primary=("delta/manifest.diff.json",))]
+
+
+def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path, str, str]:
+    advice = ("Republish the base mirror there (its mirror/export.json), point the target at an "
+              "available base (base = { export = ..., sha256 = ... } or `stella-build mirror delta --base "
+              "PATH`), or build a full export (rule mirror_full) instead.")
+    env = os.environ.get(BASE_ENV, "").strip()
+    if env:
+        path, field = Path(env).expanduser(), None
+        for candidate in (path, path / "export.json", path / "mirror" / "export.json"):
+            if candidate.is_file():
+                path = candidate
+                break
+        if not path.is_file():
+            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base/{BASE_ENV}) not found. {advice}")
+        return path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest(), "base"
+    if params.base is None:
+        raise UsageError(f"{BASE_MISSING}: no base mirror named (set base = {{ export = ..., sha256 = ... }} "
+                         f"or pass --base). {advice}", field="base")
+    path = Path(params.base.export).expanduser()
+    if not path.is_absolute():
+        path = ctx.workspace.root / path
+    if not path.is_file():
+        raise UsageError(f"{BASE_MISSING}: base export {path} not found. {advice}", field="base.export")
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != params.base.sha256:
+        raise UsageError(f"{BASE_MISSING}: base export {path} has sha256 {actual}, but the target pins "
+                         f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256")
+    return path.resolve(), actual, "base"
+
+
+def _patch(data: bytes, base: bytes | None, level: int) -> bytes:
+    """zstd frame of `data`, using `base` (the same file in the base mirror) as a raw dictionary."""
+    if base is None:
+        return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
+    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=True).compress(data)
+
+
+def unpatch(patch: bytes, base: bytes | None) -> bytes:
+    if base is None:
+        return zstandard.ZstdDecompressor().decompress(patch)
+    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return zstandard.ZstdDecompressor(dict_data=d).decompress(patch)
+
+
+def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: dict,
+                  base_meta: Mapping[str, bytes], level: int) -> tuple[dict, dict[str, bytes], dict[str, Path]]:
+    """(manifest.diff.json, {patches/<path>.zst: bytes}, {blobs/sha256/<hex>: source file})."""
+    base = json.loads(base_export)
+    new = json.loads(new_files["export.json"].read_bytes())
+    old = {c["path"]: c for c in base["contents"]}
+    cur = {c["path"]: c for c in new["contents"]}
+    base_digests = {c["digest"] for c in base["contents"]}
+    added = [{"path": p, "digest": cur[p]["digest"], "bytes": cur[p]["bytes"]} for p in sorted(cur) if p not in old]
+    changed = [{"path": p, "digest": cur[p]["digest"], "bytes": cur[p]["bytes"], "baseDigest": old[p]["digest"]}
+               for p in sorted(cur) if p in old and old[p]["digest"] != cur[p]["digest"]]
+    removed = sorted(p for p in old if p not in cur)
+    blobs: dict[str, Path] = {}
+    for e in added + changed:
+        if e["digest"] not in base_digests:
+            blobs[f"blobs/sha256/{e['digest'].split(':', 1)[1]}"] = new_files[e["path"]]
+    patches, metadata = {}, []
+    for rel in sorted(r for r in new_files if is_metadata(r)):
+        data = new_files[rel].read_bytes()
+        dictionary = base_export if rel == "export.json" else base_meta.get(rel)
+        patches[f"patches/{rel}.zst"] = _patch(data, dictionary, level)
+        metadata.append({"path": rel, "digest": "sha256:" + sha256_hex(data), "bytes": len(data),
+                         "patch": f"patches/{rel}.zst",
+                         "patchBase": ("sha256:" + sha256_hex(dictionary)) if dictionary is not None else None})
+    diff = {
+        "schema": DIFF_SCHEMA, "mode": "delta",
+        "baseExportId": base["exportId"], "baseManifestDigest": "sha256:" + sha256_hex(base_export),
+        "exportId": new["exportId"], "manifestDigest": "sha256:" + sha256_hex(new_files["export.json"].read_bytes()),
+        "profile": {**new["profile"], "variant": "delta"}, "generatedAt": new["generatedAt"],
+        "added": added, "changed": changed, "removed": removed,
+        "tombstones": [{"path": p, "baseDigest": old[p]["digest"], "removedIn": new["exportId"]} for p in removed],
+        "metadata": metadata, "blobs": sorted("sha256:" + b.rsplit("/", 1)[1] for b in blobs),
+        "archive": {"path": "mirror.tar.zst", "sha256": summary["archiveSha256"]},
+        "oci": {"tag": MIRROR_TAG, "manifestDigest": summary["ociManifestDigest"],
+                "indexSha256": summary["ociIndexSha256"]},
+        "resetBaseline": False,
+    }
+    return diff, patches, blobs
+
+
+def mirror_delta(actx: ActionContext) -> dict:
+    base_export = actx.input("base/export.json").read_bytes()
+    if sha256_hex(base_export) != actx.params["base_sha256"]:
+        raise ActionError(f"{BASE_MISSING}: base export.json changed since analysis", file="base/export.json")
+    base_meta = {name[len("base/"):]: actx.input(name).read_bytes() for name in actx.inputs
+                 if name.startswith("base/") and name != "base/export.json"}
+    new_files = dict(actx.tree_files("new"))
+    new_files.update({name[len("new-meta/"):]: actx.input(name) for name in actx.inputs
+                      if name.startswith("new-meta/")})
+    summary = json.loads(actx.input("new-summary.json").read_bytes())
+    diff, patches, blobs = compute_delta(base_export, new_files, summary, base_meta, actx.params["level"])
+    files: dict[str, bytes | Path] = {DIFF_FILE: canonical_json.dumps(diff), **patches, **blobs}
+    for rel, data in files.items():
+        actx.write_output(f"delta/{rel}", data if isinstance(data, bytes) else data.read_bytes())
+    delta_layout(files, actx.out_dir / "oci")
+    return {"added": len(diff["added"]), "changed": len(diff["changed"]), "removed": len(diff["removed"]),
+            "blobs": len(blobs)}
+
+
+def delta_layout(files: Mapping[str, bytes | Path], oci_root: Path) -> dict:
+    """The delta's OCI layout: every delta/ file but signatures/ as a layer; signed (referrer) when
+    `files` holds the manifest.diff.json bundle. Shared by the build and `mirror verify`."""
+    def data(v: bytes | Path) -> bytes:
+        return v if isinstance(v, bytes) else Path(v).read_bytes()
+
+    blobs = {rel: data(v) for rel, v in files.items() if not rel.startswith(SIGNATURES_DIR)}
+    diff_bytes = blobs[DIFF_FILE]
+    diff = json.loads(diff_bytes)
+    content_types = {e["digest"]: _media_type(e["path"]) for e in diff["added"] + diff["changed"]}
+    media = {rel: ("application/json" if rel == DIFF_FILE else "application/zstd" if rel.startswith("patches/")
+                   else content_types.get("sha256:" + rel.rsplit("/", 1)[-1], "application/octet-stream"))
+             for rel in blobs}
+    notes = {DIFF_DIGEST_ANNOTATION: "sha256:" + sha256_hex(diff_bytes),
+             BASE_EXPORT_ANNOTATION: diff["baseExportId"], EXPORT_ANNOTATION: diff["exportId"]}
+    bundle = data(files[DELTA_BUNDLE]) if DELTA_BUNDLE in files else None
+    return files_layout(blobs, oci_root, artifact_type=DELTA_ARTIFACT_TYPE, tag=DELTA_TAG,
+                        created=diff["generatedAt"], media_types=media, annotations=notes, bundle=bundle)
+
+
+def delta_signed_layout(actx: ActionContext) -> dict:
+    files: dict[str, bytes | Path] = dict(actx.tree_files("delta"))
+    files[DELTA_BUNDLE] = actx.input("bundle")
+    return delta_layout(files, actx.out_dir / "oci")
+
+
+RULES = (MirrorDelta,)
