@@ -84,7 +84,7 @@ class MirrorDelta(Rule):
         if new.encrypted:
             raise UsageError("mirror_delta cannot follow an encrypted mirror_full: the delta's blobs would be "
                              "plaintext. Ship a new encrypted full mirror instead.", field="deps")
-        export_path, pinned, field = _resolve_base(ctx, params)
+        export_path, pinned = _resolve_base(ctx, params)
         inputs: dict[str, Artifact] = {"new": new.tree, "new-summary.json": new.summary,
                                        "base/export.json": Artifact(logical="mirror-base/export.json", path=export_path)}
         inputs.update({f"new-meta/{rel}": art for rel, art in new.signatures})  # rel = signatures/…
@@ -109,20 +109,21 @@ class MirrorDelta(Rule):
         return [DefaultOutputs(files=signatures, trees=trees_out, primary=("delta/manifest.diff.json",))]
 
 
-def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path, str, str]:
+def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path, str]:
+    """(the base export.json, its sha256), or ERR_EXPORT_BASE_MISSING (exit 2)."""
     advice = ("Republish the base mirror there (its mirror/export.json), point the target at an "
               "available base (base = { export = ..., sha256 = ... } or `stella-build mirror delta --base "
               "PATH`), or build a full export (rule mirror_full) instead.")
     env = os.environ.get(BASE_ENV, "").strip()
     if env:
-        path, field = Path(env).expanduser(), None
+        path = Path(env).expanduser()
         for candidate in (path, path / "export.json", path / "mirror" / "export.json"):
             if candidate.is_file():
                 path = candidate
                 break
         if not path.is_file():
             raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base/{BASE_ENV}) not found. {advice}")
-        return path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest(), "base"
+        return path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest()
     if params.base is None:
         raise UsageError(f"{BASE_MISSING}: no base mirror named (set base = {{ export = ..., sha256 = ... }} "
                          f"or pass --base). {advice}", field="base")
@@ -135,7 +136,7 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
     if actual != params.base.sha256:
         raise UsageError(f"{BASE_MISSING}: base export {path} has sha256 {actual}, but the target pins "
                          f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256")
-    return path.resolve(), actual, "base"
+    return path.resolve(), actual
 
 
 def _patch(data: bytes, base: bytes | None, level: int) -> bytes:

@@ -24,7 +24,8 @@ from . import signing
 from .oci import ANNOTATION_TITLE, LayoutDigests, add_bundle_referrer, fallback_tag
 from .sign_rule import PROVENANCE_DSSE, PROVENANCE_SIGSTORE, PUBLIC_KEY_FILE, SIGSTORE_SUFFIX
 from .verify import (
-    MANIFEST, PROVENANCE, BundleView, Check, DirectoryView, _Bad, _strict_bundle, _Verifier, register_format,
+    MANIFEST, PROVENANCE, BundleView, Check, DirectoryView, Report, _Bad, _strict_bundle, _Verifier,
+    register_format,
 )
 
 OCI_DIR = "oci/"
@@ -385,12 +386,11 @@ class MirrorView(BundleView):
 
 # -- mirror delta --------------------------------------------------------------------------------
 
-def delta_report(path: Path, key: str | None, key_info: dict | None) -> "Report":
+def delta_report(path: Path, key: str | None, key_info: dict | None) -> Report:
     """`stella-build verify` of a mirror:delta output directory: the checks of `mirror verify`
     (structure, tombstones, blobs, OCI layout; the signature over manifest.diff.json with a key).
     Its patches need the base: `mirror apply` checks them."""
     from .mirror_apply import MirrorError, verify_delta_dir
-    from .verify import Report
 
     checks: list[Check] = []
     try:

@@ -34,7 +34,7 @@ def _run(fn, *args):
 
 @main_group.group(context_settings=CTX)
 def mirror():
-    """Consume mirror:full / mirror:delta outputs: verify, apply, decrypt, push (docs/mirror.md)."""
+    """Consume mirror:full / mirror:delta outputs: verify, apply, decrypt, push, pull (docs/mirror.md)."""
 
 
 @mirror.command("verify", context_settings=CTX)
