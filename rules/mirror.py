@@ -532,7 +532,8 @@ def _provenance(p: dict, manifest: bytes, materials: list, epoch: int) -> dict:
     }
 
 
-def _data(v: bytes | Path) -> bytes:
+def file_bytes(v: bytes | Path) -> bytes:
+    """Contents of a file given as bytes or as a path."""
     return v if isinstance(v, (bytes, bytearray)) else Path(v).read_bytes()
 
 
@@ -556,8 +557,8 @@ def files_layout(files: Mapping[str, bytes | Path], oci_root: Path, *, artifact_
 def mirror_layout(files: Mapping[str, bytes | Path], oci_root: Path, epoch: int) -> dict:
     """The mirror's OCI layout: packaged files as layers; signed when the tree holds the export.json
     bundle (MANIFEST_BUNDLE), which then becomes the artifact's referrer."""
-    blobs = {rel: _data(v) for rel, v in packaged(files).items()}
-    bundle = _data(files[MANIFEST_BUNDLE]) if MANIFEST_BUNDLE in files else None
+    blobs = {rel: file_bytes(v) for rel, v in packaged(files).items()}
+    bundle = file_bytes(files[MANIFEST_BUNDLE]) if MANIFEST_BUNDLE in files else None
     notes = {MANIFEST_DIGEST_ANNOTATION: "sha256:" + sha256_hex(blobs["export.json"])} if "export.json" in blobs else {}
     return files_layout(blobs, oci_root, artifact_type=ARTIFACT_TYPE, tag=MIRROR_TAG, created=rfc3339(epoch),
                         media_types={rel: _media_type(rel) for rel in blobs}, annotations=notes, bundle=bundle)
@@ -568,8 +569,9 @@ def package_tree(files: Mapping[str, bytes | Path], oci_root: Path, archive: Pat
 
     Used by the build and by `mirror apply|decrypt`, so a reconstructed mirror is byte-identical.
     signatures/ is never packaged; its export.json bundle makes the layout a signed one."""
-    summary = mirror_layout(files, oci_root, epoch)
-    entries = [TarEntry(f"mirror/{rel}", _data(d)) for rel, d in packaged(files).items()]
+    loaded = {rel: file_bytes(v) for rel, v in files.items()}  # read each file once for both packages
+    summary = mirror_layout(loaded, oci_root, epoch)
+    entries = [TarEntry(f"mirror/{rel}", d) for rel, d in packaged(loaded).items()]
     tar = zstd_bytes(tar_bytes(entries, mtime=epoch), 19)
     archive.parent.mkdir(parents=True, exist_ok=True)
     archive.write_bytes(tar)

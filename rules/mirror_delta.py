@@ -30,7 +30,7 @@ from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
 )
 
-from .mirror import MIRROR_TAG, MirrorTree, _media_type, files_layout, is_metadata
+from .mirror import MIRROR_TAG, MirrorTree, _media_type, file_bytes, files_layout, is_metadata
 from .sign_rule import SignParams, add_signing, resolve_signer
 
 DIFF_SCHEMA = "https://stella-build.dev/schemas/mirror-diff/v1"
@@ -216,10 +216,7 @@ def mirror_delta(actx: ActionContext) -> dict:
 def delta_layout(files: Mapping[str, bytes | Path], oci_root: Path) -> dict:
     """The delta's OCI layout: every delta/ file but signatures/ as a layer; signed (referrer) when
     `files` holds the manifest.diff.json bundle. Shared by the build and `mirror verify`."""
-    def data(v: bytes | Path) -> bytes:
-        return v if isinstance(v, bytes) else Path(v).read_bytes()
-
-    blobs = {rel: data(v) for rel, v in files.items() if not rel.startswith(SIGNATURES_DIR)}
+    blobs = {rel: file_bytes(v) for rel, v in files.items() if not rel.startswith(SIGNATURES_DIR)}
     diff_bytes = blobs[DIFF_FILE]
     diff = json.loads(diff_bytes)
     content_types = {e["digest"]: _media_type(e["path"]) for e in diff["added"] + diff["changed"]}
@@ -228,7 +225,7 @@ def delta_layout(files: Mapping[str, bytes | Path], oci_root: Path) -> dict:
              for rel in blobs}
     notes = {DIFF_DIGEST_ANNOTATION: "sha256:" + sha256_hex(diff_bytes),
              BASE_EXPORT_ANNOTATION: diff["baseExportId"], EXPORT_ANNOTATION: diff["exportId"]}
-    bundle = data(files[DELTA_BUNDLE]) if DELTA_BUNDLE in files else None
+    bundle = file_bytes(files[DELTA_BUNDLE]) if DELTA_BUNDLE in files else None
     return files_layout(blobs, oci_root, artifact_type=DELTA_ARTIFACT_TYPE, tag=DELTA_TAG,
                         created=diff["generatedAt"], media_types=media, annotations=notes, bundle=bundle)
 
