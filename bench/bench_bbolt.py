@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from stella_build.rules.trivy.bbolt import BboltReader, BboltWriter
+from stella_build.rules.formats.trivy.bbolt import BboltReader, BboltWriter
 
 _BLOB = random.Random(7).randbytes(1 << 16)
 _RNG = random.Random(8)

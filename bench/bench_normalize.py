@@ -22,12 +22,12 @@ CHILD = r"""
 import glob, json, resource, sys, time
 t0 = time.perf_counter()
 from stella_build.engine.encode.canonical_json import dumps
-from stella_build.rules.evidence import SourceInfo
+from stella_build.rules.evidence.model import SourceInfo
 fmt, target = sys.argv[1], sys.argv[2]
 src = SourceInfo(name="bench")
 docs = advs = 0
 if fmt == "synthetic-jsonl":
-    from stella_build.rules.sources.osv import load_osv_document, normalize_osv
+    from stella_build.rules.evidence.sources.osv import load_osv_document, normalize_osv
     with open(target, "rb") as fh:
         for i, line in enumerate(fh):
             out = normalize_osv(load_osv_document(line, f"line-{i}.json"), f"line-{i}.json", src)
@@ -35,13 +35,13 @@ if fmt == "synthetic-jsonl":
             for a in out: dumps(a.to_canonical())
 else:
     if fmt in ("osv-yaml", "osv-json"):
-        from stella_build.rules.sources.osv import load_osv_document, normalize_osv
+        from stella_build.rules.evidence.sources.osv import load_osv_document, normalize_osv
         run = lambda data, p: normalize_osv(load_osv_document(data, p), p, src)
     elif fmt == "rustsec":
-        from stella_build.rules.sources.rustsec import normalize_rustsec as f
+        from stella_build.rules.evidence.sources.rustsec import normalize_rustsec as f
         run = lambda data, p: f(data, p, src)
     elif fmt == "alpine":
-        from stella_build.rules.sources.alpine import normalize_secdb as f
+        from stella_build.rules.evidence.sources.alpine import normalize_secdb as f
         run = lambda data, p: f(data, p, src)
     for path in sorted(glob.glob(target, recursive=True)):
         with open(path, "rb") as fh:

@@ -1,6 +1,6 @@
 """Benchmark of trivy:db on the synthetic OSV corpus (bench/gen_osv_corpus.py).
 
-Runs the rule's own action functions (stella_build.rules.trivy_rules.map_shard / build_db) on
+Runs the rule's own action functions (stella_build.rules.trivy_db.map_shard / build_db) on
 sandbox-like directories, each phase in a fresh worker process so that its peak RSS is its own:
 
 1. generate:  N synthetic OSV advisories → S raw shard files (the osv_source record format);
@@ -68,7 +68,7 @@ def generate(count: int, shards: int, seed: int, raw_dir: str) -> dict:
 
 
 def map_one(raw: str, out_dir: str, dep: int) -> dict:
-    from stella_build.rules.trivy_rules import map_shard
+    from stella_build.rules.trivy_db import map_shard
 
     t = time.perf_counter()
     actx = _actx(Path(out_dir), {"format": "osv-raw", "dep": dep,
@@ -81,7 +81,7 @@ def map_one(raw: str, out_dir: str, dep: int) -> dict:
 
 
 def build(kv_files: list[str], out_dir: str) -> dict:
-    from stella_build.rules import trivy_rules
+    from stella_build.rules import trivy_db as trivy_rules
 
     actx = _actx(Path(out_dir), {"update_interval": "24h"},
                  {f"kv/{i:04d}.jsonl": Path(p) for i, p in enumerate(kv_files)})

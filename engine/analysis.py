@@ -5,16 +5,19 @@ Each target's rule runs `analyze` once, after its deps, and yields providers plu
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from .encode.archive import library_versions
-from .errors import ErrorInfo, StellaError, UsageError
-from .exportfile import LoadedExportfile, load_exportfile
-from .labels import Label, Pattern, parse_label, parse_pattern
-from .registry import rules as registered_rules
-from .rule_api import ActionSpec, AnalysisContext, DefaultOutputs, Provider, Selectors
-from .workspace import Workspace
+from stella_build.engine.encode.archive import library_versions
+from stella_build.engine.errors import ErrorInfo, StellaError, UsageError
+from stella_build.engine.exportfile import LoadedExportfile, load_exportfile
+from stella_build.engine.labels import Label, Pattern, parse_label, parse_pattern
+from stella_build.engine.registry import rules as registered_rules
+from stella_build.engine.rule_api import (
+    ActionSpec, AnalysisContext, BuildOptions, DefaultOutputs, PostBuild, Provider, Selectors,
+)
+from stella_build.engine.workspace import Workspace
 
 
 @dataclass
@@ -37,6 +40,11 @@ class BuildGraph:
     targets: dict[Label, ConfiguredTarget]  # in dependency order
     requested: list[Label]
     actions: dict[str, ActionSpec]  # in dependency order
+
+    def post_build(self) -> list[tuple[Label, PostBuild]]:
+        """The post-build requests of the requested targets, in request order."""
+        return [(lbl, p) for lbl in self.requested for p in self.targets[lbl].providers
+                if isinstance(p, PostBuild)]
 
     def actions_for(self, labels: list[Label]) -> list[ActionSpec]:
         """Actions needed for `labels`, transitively through artifacts, in dependency order."""
@@ -71,7 +79,7 @@ class Loader:
                 where = referenced_from or ErrorInfo("")
                 raise UsageError(f"package '//{package}' has no Exportfile ({path.relative_to(self.workspace.root) if path.is_relative_to(self.workspace.root) else path})",
                                  file=where.file, line=where.line, field=where.field,
-                                 target=where.target)
+                                 target=where.target, reason="package-missing")
             display = os.path.relpath(path, self.workspace.root)
             self.files[package] = load_exportfile(path, display, package)
         return self.files[package]
@@ -82,7 +90,7 @@ class Loader:
             if pattern.recursive:
                 packages = self.workspace.packages_under(pattern.package)
                 if not packages:
-                    raise UsageError(f"no packages match '{pattern}'")
+                    raise UsageError(f"no packages match '{pattern}'", reason="no-match")
             else:
                 packages = [pattern.package]
             for pkg in packages:
@@ -94,7 +102,7 @@ class Loader:
                 else:
                     known = ", ".join(sorted(loaded.targets)) or "none"
                     raise UsageError(f"no target '{pattern.name}' in package '//{pkg}' (targets: {known})",
-                                     file=loaded.display)
+                                     file=loaded.display, reason="target-missing")
         seen: dict[Label, None] = {}
         for lbl in labels:
             seen.setdefault(lbl, None)
@@ -109,7 +117,7 @@ def _source_date_epoch(loaded: LoadedExportfile) -> int | None:
         try:
             return int(env)
         except ValueError:
-            raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
+            raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer", reason="bad-source-date-epoch") from None
     return None
 
 
@@ -142,7 +150,7 @@ def load_graph(workspace: Workspace, pattern_texts: list[str]) -> TargetGraph:
             raise UsageError("dependency cycle: " + " -> ".join(map(str, cycle)),
                              file=loaded.display,
                              line=loaded.line_of("targets", stack[-1].name, "deps"),
-                             target=str(stack[-1]), field="deps")
+                             target=str(stack[-1]), field="deps", reason="dependency-cycle")
         loaded = loader.package(label.package, ref)
         params = loaded.targets.get(label.name)
         if params is None:
@@ -150,7 +158,7 @@ def load_graph(workspace: Workspace, pattern_texts: list[str]) -> TargetGraph:
             where = ref or ErrorInfo("", file=loaded.display)
             raise UsageError(f"missing dependency: no target '{label.name}' in package "
                              f"'//{label.package}' (targets: {known})", file=where.file,
-                             line=where.line, field=where.field, target=where.target)
+                             line=where.line, field=where.field, target=where.target, reason="dependency-missing")
         state[label] = "active"
         deps = []
         for text in params.deps:
@@ -160,7 +168,7 @@ def load_graph(workspace: Workspace, pattern_texts: list[str]) -> TargetGraph:
                 dep = parse_label(text, label.package)
             except UsageError as exc:
                 raise UsageError(exc.errors[0].message, target=str(label), file=loaded.display,
-                                 line=dep_ref.line, field="deps") from None
+                                 line=dep_ref.line, field="deps", reason=exc.reason) from None
             visit(dep, stack + [label], dep_ref)
             deps.append(dep)
         deps_of[label] = deps
@@ -172,7 +180,10 @@ def load_graph(workspace: Workspace, pattern_texts: list[str]) -> TargetGraph:
     return TargetGraph(loader, requested, order, deps_of)
 
 
-def analyze(workspace: Workspace, pattern_texts: list[str]) -> BuildGraph:
+def analyze(workspace: Workspace, pattern_texts: list[str],
+            options: BuildOptions | None = None) -> BuildGraph:
+    """Load, check and analyze the targets matching `pattern_texts`; rules see `options`.
+    Raises StellaError subclasses naming the Exportfile, line, target and field."""
     tg = load_graph(workspace, pattern_texts)
     loader, order, deps_of, requested = tg.loader, tg.order, tg.deps_of, tg.requested
     rules = registered_rules()
@@ -190,13 +201,13 @@ def analyze(workspace: Workspace, pattern_texts: list[str]) -> BuildGraph:
                 raise UsageError(f"dependency {dep} (rule {targets[dep].rule}) provides none of "
                                  f"{wanted}, which rule '{rule.name}' consumes",
                                  target=str(label), file=loaded.display,
-                                 line=loaded.line_of("targets", label.name, "deps"), field="deps")
+                                 line=loaded.line_of("targets", label.name, "deps"), field="deps", reason="provider-mismatch")
         selectors = getattr(params, "selectors", None) or Selectors()
         ctx = AnalysisContext(label=label, rule=rule, workspace=workspace,
                               source_date_epoch=_source_date_epoch(loaded),
                               selectors=selectors.merged_over(loaded.package.selectors),
                               deps=dep_providers, base_libraries=base_libraries,
-                              exportfile=loaded.display)
+                              exportfile=loaded.display, options=options)
         try:
             providers = rule().analyze(ctx, params)
         except StellaError as exc:  # keep the exit code (e.g. 4 for a missing signing key)
@@ -204,7 +215,11 @@ def analyze(workspace: Workspace, pattern_texts: list[str]) -> BuildGraph:
             raise type(exc)(info.message, target=str(label), file=info.file or loaded.display,
                             line=info.line or loaded.line_of("targets", label.name,
                                                              *(info.field or "").split(".")),
-                            field=info.field) from None
+                            field=info.field, reason=info.reason) from None
+        providers = [*providers, *(
+            dataclasses.replace(pb, file=pb.file or loaded.display,
+                                line=pb.line or loaded.line_of("targets", label.name, *(pb.field or "").split(".")))
+            for pb in ctx.post_builds)]
         targets[label] = ConfiguredTarget(label, rule.name, deps_of[label], providers, ctx.actions)
         for spec in ctx.actions:
             actions[spec.id] = spec

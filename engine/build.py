@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .analysis import BuildGraph, analyze
-from .cache.cas import CorruptBlob
-from .errors import EXIT_BUILD_FAILED, EXIT_OK, ErrorInfo
-from .labels import Label
-from .materialize import materialize
-from .scheduler import Executor, Outcome
-from .workspace import Workspace
+from stella_build.engine.analysis import BuildGraph, analyze
+from stella_build.engine.cache.cas import CorruptBlob
+from stella_build.engine.errors import EXIT_BUILD_FAILED, EXIT_OK, ErrorInfo
+from stella_build.engine.labels import Label
+from stella_build.engine.materialize import materialize
+from stella_build.engine.rule_api import BuildOptions
+from stella_build.engine.scheduler import Executor, Outcome
+from stella_build.engine.workspace import Workspace
 
 
 @dataclass
@@ -26,6 +27,13 @@ class BuildSummary:
     remote_hits: int = 0
     primary: dict[str, tuple[str, ...]] = field(default_factory=dict)
     remote_stats: dict | None = None
+    # Requests of PostBuild providers (e.g. keyless signing) the caller must carry out; a build
+    # with any is not hermetic, so it is never recorded for the no-op memo.
+    post_build: list = field(default_factory=list)
+
+    @property
+    def hermetic(self) -> bool:
+        return not self.post_build
 
     @property
     def ok(self) -> bool:
@@ -65,9 +73,12 @@ def _target_files(graph: BuildGraph, label: Label, executor: Executor,
 def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, jobs: int,
               check: bool = False, progress: Callable | None = None,
               graph: BuildGraph | None = None, remote=None,
-              warn: Callable[[str], None] | None = None) -> BuildSummary:
+              warn: Callable[[str], None] | None = None,
+              options: BuildOptions | None = None) -> BuildSummary:
+    """Analyze (unless `graph` is given), execute what is not cached, materialize the requested
+    targets under stella-out/. Build failures are in the summary; StellaError for bad input."""
     started = time.perf_counter()
-    graph = graph or analyze(workspace, patterns)
+    graph = graph or analyze(workspace, patterns, options)
     actions = graph.actions_for(graph.requested)
     executor = Executor(cache_dir, jobs, progress=progress, remote=remote, warn=warn)
     errors: list[ErrorInfo] = []
@@ -88,7 +99,8 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
             for o in failed:
                 errors.append(ErrorInfo(o.error["message"], target=str(o.spec.label),
                                         file=o.error.get("file"), field=o.error.get("field"),
-                                        traceback=o.error.get("traceback")))
+                                        traceback=o.error.get("traceback"),
+                                        reason=o.error.get("reason") or "action-failed"))
             if errors:
                 break
             try:
@@ -100,7 +112,7 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
                 # A blob rotted between the hit check and the copy: drop it and rebuild once.
                 _drop_results_naming(executor, outcomes, exc.digest)
                 if attempt == 2:
-                    errors.append(ErrorInfo(str(exc)))
+                    errors.append(ErrorInfo(str(exc), reason="cache-corrupt"))
         if check:
             for o in outcomes.values():
                 for d in o.differences:
@@ -108,9 +120,10 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
         if not errors:
             executor.upload(outcomes)
     except Exception as exc:
-        from .cache.remote import RemoteCacheError
+        from stella_build.engine.cache.remote import RemoteCacheError
         if isinstance(exc, RemoteCacheError):  # only with --remote-required
-            errors.append(ErrorInfo(f"remote cache required but failed: {exc}", field="--remote-cache"))
+            errors.append(ErrorInfo(f"remote cache required but failed: {exc}", field="--remote-cache",
+                                    reason="remote-cache-failed"))
         else:
             raise
     finally:
@@ -119,7 +132,8 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
     return BuildSummary(targets=[str(l) for l in graph.requested], outcomes=outcomes,
                         outputs=outputs, errors=errors, duration_s=time.perf_counter() - started,
                         check_differences=diffs, primary=primary, remote_hits=executor.remote_hits,
-                        remote_stats=remote.stats.as_dict() if remote is not None else None)
+                        remote_stats=remote.stats.as_dict() if remote is not None else None,
+                        post_build=graph.post_build())
 
 
 def _drop_results_naming(executor: Executor, outcomes: dict[str, Outcome], digest: str) -> None:

@@ -1,7 +1,11 @@
 """User-facing errors and the exit codes of design §6.
 
 Every error carries the target, file, line and field it is about, so the CLI can print one clear
-line (or a JSON object) instead of a traceback.
+line (or a JSON object) instead of a traceback, and a machine-readable `reason`: a short kebab-case
+word (e.g. `base-missing`, `dependency-cycle`, `signing-key-missing`) that scripts and tests match on
+instead of message text. A raise site without a specific reason gets its class's default
+(`usage`, `build-failed`, `verification-failed`, `trust-missing`, `network-required`). Reasons
+are listed in docs/architecture.md ("Errors"); new ones may be added, none renamed.
 """
 from __future__ import annotations
 
@@ -23,10 +27,11 @@ class ErrorInfo:
     line: int | None = None
     field: str | None = None
     traceback: str | None = None  # of a rule bug; shown with --debug only
+    reason: str | None = None
 
     def to_json(self) -> dict:
         return {"target": self.target, "file": self.file, "line": self.line,
-                "field": self.field, "message": self.message}
+                "field": self.field, "message": self.message, "reason": self.reason}
 
     def __str__(self) -> str:
         where = self.file or ""
@@ -40,12 +45,18 @@ class StellaError(Exception):
     """Base of errors shown to users; `exit_code` follows design §6."""
 
     exit_code = EXIT_USAGE
+    default_reason = "usage"
 
     def __init__(self, message: str, *, target: str | None = None, file: str | None = None,
                  line: int | None = None, field: str | None = None,
-                 errors: list[ErrorInfo] | None = None):
-        self.errors = errors or [ErrorInfo(message, target, file, line, field)]
+                 errors: list[ErrorInfo] | None = None, reason: str | None = None):
+        self.errors = errors or [ErrorInfo(message, target, file, line, field,
+                                           reason=reason or self.default_reason)]
         super().__init__("\n".join(str(e) for e in self.errors))
+
+    @property
+    def reason(self) -> str | None:
+        return self.errors[0].reason
 
 
 class UsageError(StellaError):
@@ -58,18 +69,22 @@ class BuildFailed(StellaError):
     """An action failed: exit 1."""
 
     exit_code = EXIT_BUILD_FAILED
+    default_reason = "build-failed"
 
 
 class VerificationFailed(StellaError):
     exit_code = EXIT_VERIFY_FAILED
+    default_reason = "verification-failed"
 
 
 class TrustMaterialMissing(StellaError):
     exit_code = EXIT_MISSING_TRUST
+    default_reason = "trust-missing"
 
 
 class NetworkRequired(StellaError):
     exit_code = EXIT_NEEDS_NETWORK
+    default_reason = "network-required"
 
 
 @dataclass
@@ -80,6 +95,7 @@ class ActionError(Exception):
     file: str | None = None
     field: str | None = None
     extra: dict = dc_field(default_factory=dict)
+    reason: str | None = None
 
     def __str__(self) -> str:
         return str(ErrorInfo(self.message, file=self.file, field=self.field))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .actions import action_key, diff_records, key_record
-from .analysis import analyze
-from .scheduler import Executor, Outcome
-from .workspace import Workspace
+from stella_build.engine.actions import action_key, diff_records, key_record
+from stella_build.engine.analysis import analyze
+from stella_build.engine.scheduler import Executor, Outcome
+from stella_build.engine.workspace import Workspace
 
 
 def explain(workspace: Workspace, pattern: str, cache_dir: Path) -> list[dict]:

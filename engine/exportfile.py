@@ -24,9 +24,9 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .errors import ErrorInfo, UsageError
-from .registry import rules as registered_rules
-from .rule_api import Selectors, TargetParams
+from stella_build.engine.errors import ErrorInfo, UsageError
+from stella_build.engine.registry import rules as registered_rules
+from stella_build.engine.rule_api import Selectors, TargetParams
 
 SCHEMA_FILE = "exportfile.schema.json"
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -142,11 +142,14 @@ def _validation_errors(exc: ValidationError, display: str, lines, rule_names,
         target = f"//{package}:{loc[1]}" if len(loc) >= 2 and loc[0] == "targets" else None
         kind = err["type"]
         key = loc[-1] if loc else None
+        reason = "exportfile-invalid"
         if kind == "extra_forbidden":
             message = f"unknown key '{key}'"
+            reason = "unknown-key"
         elif kind == "union_tag_invalid":
             given = err.get("input", {}).get("rule") if isinstance(err.get("input"), dict) else None
             message = f"unknown rule '{given}' (known rules: {', '.join(sorted(rule_names))})"
+            reason = "unknown-rule"
             key = "rule"
             loc.append("rule")
         elif kind == "union_tag_not_found":
@@ -155,10 +158,12 @@ def _validation_errors(exc: ValidationError, display: str, lines, rule_names,
             loc.append("rule")
         elif kind == "missing":
             message = f"missing required key '{key}'"
+            reason = "missing-key"
         else:
             message = f"{'.'.join(loc[2:]) or key}: {err['msg']}"
         infos.append(ErrorInfo(message, target=target, file=display,
-                               line=_line_for(lines, tuple(loc)), field=".".join(loc[2:]) or key))
+                               line=_line_for(lines, tuple(loc)), field=".".join(loc[2:]) or key,
+                               reason=reason))
     return infos
 
 
@@ -166,9 +171,9 @@ def load_exportfile(path: Path, display: str, package: str = "") -> LoadedExport
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError("Exportfile not found", file=display) from None
+        raise UsageError("Exportfile not found", file=display, reason="exportfile-missing") from None
     except UnicodeDecodeError as exc:
-        raise UsageError(f"Exportfile is not UTF-8: {exc}", file=display) from None
+        raise UsageError(f"Exportfile is not UTF-8: {exc}", file=display, reason="exportfile-encoding") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -176,13 +181,13 @@ def load_exportfile(path: Path, display: str, package: str = "") -> LoadedExport
         line = int(match.group(1)) if match else None
         if line is None and "end of document" in str(exc):
             line = len(text.splitlines()) or 1
-        raise UsageError(f"invalid TOML: {exc}", file=display, line=line) from None
+        raise UsageError(f"invalid TOML: {exc}", file=display, line=line, reason="toml-invalid") from None
     lines = key_lines(text)
     for name in data.get("targets", {}) if isinstance(data.get("targets"), dict) else {}:
         if not _TARGET_NAME.match(name):
             raise UsageError(f"bad target name '{name}' (letters, digits, '.', '_', '+', '-')",
                              file=display, line=_line_for(lines, ("targets", name)),
-                             field=f"targets.{name}")
+                             field=f"targets.{name}", reason="bad-target-name")
     rule_names = set(registered_rules())
     try:
         model = exportfile_model().model_validate(data)

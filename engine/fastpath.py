@@ -1,4 +1,4 @@
-"""The no-op fast path: answer "nothing changed" without loading Exportfiles, pydantic or rules.
+"""The no-op memo: answer "nothing changed" without loading Exportfiles, pydantic or rules.
 
 After a successful build the CLI writes a *no-op memo* into the cache: the stat signature (size,
 mtime, inode, ctime) of every file and directory listing the analysis touched — found with a
@@ -7,6 +7,9 @@ cooperation — plus the engine and rule source files, every input and materiali
 relevant environment and the summary that was printed. A later build with the same command line
 re-stats those paths; if all match it prints the stored summary (0 executed) and stops. Any
 difference, or any doubt (a file modified within the last 2 s), falls back to a real build.
+
+This module keeps the memo (record, check); the command line that decides when to use it is the
+product's (stella_build/cli/entry.py). Only a hermetic build (no post-build step) is recorded.
 """
 from __future__ import annotations
 
@@ -70,14 +73,8 @@ def _sig(path: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
-def _code_files() -> list[str]:
-    """Every source file of the engine and the built-in rules (a change means a real build)."""
-    import importlib.util
-
-    roots = [Path(__file__).resolve().parent]
-    spec = importlib.util.find_spec("stella_build.rules")
-    if spec and spec.submodule_search_locations:
-        roots += [Path(p) for p in spec.submodule_search_locations]
+def _code_files(roots: list[Path]) -> list[str]:
+    """Every source file (and directory) under the given code roots: a change means a real build."""
     out = []
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
@@ -101,11 +98,11 @@ def _relevant(paths: set[str], exclude: list[str]) -> list[str]:
 
 
 def record(memo: Path, touched: set[str], extra_files: list[str], exclude: list[str],
-           summary_json: dict, summary_text: str) -> None:
+           summary_json: dict, summary_text: str, code_roots: list[Path]) -> None:
     """Write the memo, unless some path changed too recently to trust its mtime."""
     now = time.time_ns()
     sigs = {}
-    for path in sorted(set(_relevant(touched, exclude)) | set(extra_files) | set(_code_files())):
+    for path in sorted(set(_relevant(touched, exclude)) | set(extra_files) | set(_code_files(code_roots))):
         sig = _sig(path.rstrip(os.sep) or os.sep)
         if sig is not None and now - max(sig[1], sig[3]) < _RACY_NS:
             return  # racy: a change within the timestamp granularity could go unseen
@@ -116,7 +113,7 @@ def record(memo: Path, touched: set[str], extra_files: list[str], exclude: list[
     os.replace(tmp, memo)
 
 
-def try_noop(memo: Path) -> dict | None:
+def try_noop(memo: Path, code_roots: list[Path]) -> dict | None:
     """The stored memo when every recorded path still has its recorded signature."""
     try:
         data = json.loads(memo.read_text())
@@ -125,88 +122,7 @@ def try_noop(memo: Path) -> dict | None:
     for path, sig in data["paths"].items():
         if _sig(path.rstrip(os.sep) or os.sep) != sig:
             return None
-    current = set(_code_files())
+    current = set(_code_files(code_roots))
     if not current <= set(data["paths"]):
         return None  # a new engine or rule file appeared
     return data
-
-
-# -- command-line plan --------------------------------------------------------------------------
-
-ACTIVE: dict | None = None  # set by plan() when this process may record a memo
-_VALUE_OPTS = {"--workspace", "--cache-dir", "-j", "--jobs", "--output", "--remote-cache", "--sign"}
-_FLAG_OPTS = {"-q", "--quiet"}
-
-
-def _workspace_root(explicit: str | None) -> str | None:
-    if explicit:
-        return str(Path(explicit).resolve())
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / "stella-workspace.toml").is_file():
-            return str(d)
-        py = d / "pyproject.toml"
-        if py.is_file():
-            try:
-                if "[tool.stella-build]" in py.read_text(encoding="utf-8"):
-                    return str(d)
-            except OSError:
-                return None
-    return None
-
-
-def plan(argv: list[str]) -> dict | None:
-    """For a plain `build` command line: where its memo lives and how to print; else None."""
-    opts: dict[str, str] = {}
-    patterns: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        key, eq, val = a.partition("=")
-        if key in _VALUE_OPTS:
-            if not eq:
-                if i + 1 >= len(argv):
-                    return None
-                val = argv[i + 1]
-                i += 1
-            opts[key] = val
-        elif a in _FLAG_OPTS:
-            pass
-        elif a == "build" and not patterns:
-            pass
-        elif a.startswith("//") or a.startswith(":"):
-            patterns.append(a)
-        else:
-            return None  # anything else (--check, --debug, other commands): the normal path
-        i += 1
-    if not patterns or opts.get("--output", "text") not in ("text", "json"):
-        return None
-    root = _workspace_root(opts.get("--workspace"))
-    if root is None:
-        return None
-    cache = opts.get("--cache-dir") or os.environ.get("STELLA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "stella-build")
-    ident = [patterns, opts.get("--sign"), opts.get("--remote-cache") or os.environ.get("STELLA_REMOTE_CACHE")]
-    return {"memo": memo_path(Path(cache).resolve(), root, ident), "output": opts.get("--output", "text"),
-            "cache": str(Path(cache).resolve()), "root": root}
-
-
-def fast_main(argv: list[str]) -> int | None:
-    """Print the stored summary and return 0 when nothing changed; None to run a real build."""
-    global ACTIVE
-    started = time.perf_counter()
-    p = plan(argv)
-    if p is None:
-        return None
-    data = try_noop(p["memo"])
-    if data is None:
-        ACTIVE = p
-        start_collecting()
-        return None
-    elapsed = time.perf_counter() - started
-    if p["output"] == "json":
-        summary = dict(data["json"], duration_s=round(elapsed, 3), noop_memo=True)
-        sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    else:
-        sys.stdout.write(data["text"].replace("{duration}", f"{elapsed:.2f}") + "\n")
-    return 0

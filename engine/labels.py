@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import UsageError
+from stella_build.engine.errors import UsageError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _PKG = re.compile(r"^(|[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*)$")
@@ -40,7 +40,7 @@ class Pattern:
 
 def _check_package(pkg: str, text: str) -> str:
     if not _PKG.match(pkg):
-        raise UsageError(f"bad label '{text}': package path '{pkg}' is not valid")
+        raise UsageError(f"bad label '{text}': package path '{pkg}' is not valid", reason="bad-label")
     return pkg
 
 
@@ -54,15 +54,15 @@ def parse_label(text: str, current_package: str | None = None) -> Label:
         if not sep:
             name = pkg.rsplit("/", 1)[-1]
             if not name:
-                raise UsageError(f"bad label '{text}': the root package needs an explicit ':name'")
+                raise UsageError(f"bad label '{text}': the root package needs an explicit ':name'", reason="bad-label")
     elif text.startswith(":"):
         if current_package is None:
-            raise UsageError(f"bad label '{text}': a relative label needs a package (use //pkg{text})")
+            raise UsageError(f"bad label '{text}': a relative label needs a package (use //pkg{text})", reason="bad-label")
         pkg, name = current_package, text[1:]
     else:
-        raise UsageError(f"bad label '{text}': labels look like //package:target or :target")
+        raise UsageError(f"bad label '{text}': labels look like //package:target or :target", reason="bad-label")
     if not _NAME.match(name):
-        raise UsageError(f"bad label '{text}': target name '{name}' is not valid")
+        raise UsageError(f"bad label '{text}': target name '{name}' is not valid", reason="bad-label")
     return Label(pkg, name)
 
 
@@ -75,7 +75,7 @@ def parse_pattern(text: str, current_package: str | None = None) -> Pattern:
     if stripped.endswith(":all") or stripped.endswith(":*"):
         pkg = stripped[2:].rpartition(":")[0] if stripped.startswith("//") else current_package
         if pkg is None:
-            raise UsageError(f"bad pattern '{text}'")
+            raise UsageError(f"bad pattern '{text}'", reason="bad-label")
         return Pattern(_check_package(pkg, text))
     label = parse_label(stripped, current_package)
     return Pattern(label.package, label.name)

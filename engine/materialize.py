@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .cache.cas import Cas
-from .labels import Label
+from stella_build.engine.cache.cas import Cas
+from stella_build.engine.labels import Label
 
 OUT_DIR = "stella-out"
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 
-from .analysis import TargetGraph, load_graph
-from .errors import UsageError
-from .labels import Label
-from .workspace import Workspace
+from stella_build.engine.analysis import TargetGraph, load_graph
+from stella_build.engine.errors import UsageError
+from stella_build.engine.labels import Label
+from stella_build.engine.workspace import Workspace
 
 _TOKEN = re.compile(r"\s*(?:(\()|(\))|(,)|([^\s(),]+))")
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from .errors import UsageError
-from .rule_api import Rule
+from stella_build.engine.errors import UsageError
+from stella_build.engine.rule_api import Rule
 
 _RULES: dict[str, type[Rule]] | None = None
 

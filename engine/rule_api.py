@@ -5,9 +5,15 @@ A rule (BuildStream's element life cycle, Pants' typed rules) is a class with:
   - `Params`: a pydantic model of its Exportfile keys (validated up front, part of the schema)
   - `accepts`: provider types its `deps` must offer (checked at analysis)
   - `analyze(ctx, params)`: declares actions and returns providers (no I/O beyond ctx.glob)
-An action is a plain function `fn(actx: ActionContext) -> dict | None` named as "module:function".
-It runs in a hermetic sandbox, reads only `actx.input(...)`, writes only `actx.output(...)`, and
-returns small JSON-able stats (record counts...) shown in the build summary.
+An action is a plain module-level function `fn(actx: ActionContext) -> dict | None`, passed to
+`ctx.action(fn=...)` as the function object (the engine records it as "module:qualname", so a
+rename breaks at import time, not in a worker). It runs in a hermetic sandbox, reads only
+`actx.input(...)`, writes only `actx.output(...)`, and returns small JSON-able stats (record
+counts...) shown in the build summary.
+
+Options of the build request (`--sign`, `--base`) reach rules as `ctx.options` (`BuildOptions`);
+work that must happen after the build and outside every action key (keyless signing) is declared
+by returning a `PostBuild` provider, which the caller (the CLI, the service) carries out.
 """
 from __future__ import annotations
 
@@ -15,13 +21,25 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import ActionError, UsageError  # noqa: F401  (re-exported for rules)
-from .fsutil import atomic_file, write_atomic  # noqa: F401  (re-exported for rules)
-from .labels import Label
+# What rules may use of the engine besides the classes below, re-exported here so that a rule never
+# imports another engine module (the import contract in pyproject.toml enforces it): the byte-exact
+# encoders, digests, RFC 3339 time, atomic writes and the user-facing errors.
+from stella_build.engine.encode import canonical_json  # noqa: F401
+from stella_build.engine.encode.archive import (  # noqa: F401
+    GZIP_OS_UNKNOWN, TarEntry, gzip_bytes, library_versions, tar_bytes, write_tar, zstd_bytes,
+)
+from stella_build.engine.encode.digest import file_digests, file_sha256, sha256_hex  # noqa: F401
+from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339  # noqa: F401
+from stella_build.engine.errors import (  # noqa: F401
+    ActionError, BuildFailed, NetworkRequired, StellaError, TrustMaterialMissing, UsageError,
+    VerificationFailed,
+)
+from stella_build.engine.fsutil import atomic_file, write_atomic  # noqa: F401
+from stella_build.engine.labels import Label
 
 
 # -- Exportfile parameters ---------------------------------------------------------------------
@@ -87,6 +105,30 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class BuildOptions:
+    """Options of one build request that rules read during analysis (typed values, never
+    environment variables). The CLI fills them from `build --sign/--base` (or their environment
+    variables STELLA_SIGN / STELLA_MIRROR_BASE, read once there); the service from its API."""
+
+    sign: str | None = None   # an absolute cosign.key path, or "keyless"
+    base: Path | None = None  # base mirror for mirror_delta targets (export.json, mirror/ or its directory)
+
+
+@dataclass(frozen=True)
+class PostBuild(Provider):
+    """Work to carry out after a successful build, on the materialized outputs of the target that
+    returned it, outside every action key and never hermetic (so such a build is never answered
+    from the no-op memo). `kind` names the handler ("keyless-sign"); `source` and `field` say where
+    it was requested, for messages."""
+
+    kind: str
+    source: str
+    field: str | None = None
+    file: str | None = None   # the Exportfile and line of `field`, filled in by analysis
+    line: int | None = None
+
+
+@dataclass(frozen=True)
 class DefaultOutputs(Provider):
     """Files materialized under stella-out/<package>/<target>/, keyed by relative path."""
 
@@ -108,7 +150,7 @@ class ActionSpec:
     inputs: dict[str, Artifact]
     params: dict[str, Any]
     outputs: list[str]
-    source_date_epoch: int
+    source_date_epoch: int | None  # None: derived from the inputs by the rule, never the wall clock
     libraries: dict[str, str]
     # Values the action needs but that must never reach the key record or the cache (a signing
     # key's path and password). Rules put an identity of the secret (a public key digest) in params.
@@ -136,10 +178,12 @@ class Rule:
 class AnalysisContext:
     """What `Rule.analyze` sees: its label, resolved deps' providers, globbing, and `action()`."""
 
-    def __init__(self, *, label: Label, rule: type[Rule], workspace, source_date_epoch: int,
+    def __init__(self, *, label: Label, rule: type[Rule], workspace, source_date_epoch: int | None,
                  selectors: Selectors, deps: list[tuple[Label, list[Provider]]],
-                 base_libraries: dict[str, str], exportfile: str):
+                 base_libraries: dict[str, str], exportfile: str,
+                 options: BuildOptions | None = None):
         self.label = label
+        self.options = options or BuildOptions()
         self.rule = rule
         self.workspace = workspace
         self.source_date_epoch = source_date_epoch
@@ -147,6 +191,7 @@ class AnalysisContext:
         self.deps = deps
         self.exportfile = exportfile
         self.actions: list[ActionSpec] = []
+        self.post_builds: list[PostBuild] = []
         self._libraries = {**base_libraries, **rule.libraries}
 
     @property
@@ -157,13 +202,22 @@ class AnalysisContext:
         """(dep label, provider) for every dep that offers `kind`, in deps order."""
         return [(lbl, p) for lbl, provs in self.deps for p in provs if isinstance(p, kind)]
 
+    def post_build(self, request: PostBuild) -> None:
+        """Ask the caller to carry out `request` on this target's outputs after a successful build
+        (added to the target's providers)."""
+        if request not in self.post_builds:
+            self.post_builds.append(request)
+
     def glob(self, patterns: Iterable[str]) -> list[Artifact]:
         return [Artifact(logical=logical, path=path)
                 for logical, path in self.workspace.glob(list(patterns), self.package)]
 
-    def action(self, *, mnemonic: str, fn: str, inputs: dict[str, Artifact], outputs: list[str],
+    def action(self, *, mnemonic: str, fn: Callable[["ActionContext"], dict | None],
+               inputs: dict[str, Artifact], outputs: list[str],
                params: dict[str, Any] | None = None, id: str | None = None,
                secrets: dict[str, str] | None = None) -> ActionSpec:
+        """Declare one cached action. `fn` is a module-level function; UsageError if it is not."""
+        fn = function_reference(fn)
         action_id = f"{self.label}#{mnemonic}" + (f"/{id}" if id else "")
         if any(a.id == action_id for a in self.actions):
             raise UsageError(f"rule {self.rule.name} declared action {action_id} twice")
@@ -174,6 +228,19 @@ class AnalysisContext:
             libraries=self._libraries, secrets=dict(secrets or {}))
         self.actions.append(spec)
         return spec
+
+
+def function_reference(fn: Callable | str) -> str:
+    """"module:qualname" of a module-level action function (a string is taken as already one).
+
+    Raises UsageError for a lambda, a nested function or a method: a worker process must be able
+    to import it by that name."""
+    if isinstance(fn, str):
+        return fn
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or not qualname or "." in qualname or "<" in qualname:
+        raise UsageError(f"action function {fn!r} is not a module-level function")
+    return f"{module}:{qualname}"
 
 
 def input_name(artifact: Artifact) -> str:

@@ -19,10 +19,10 @@ from typing import Any
 
 import blake3
 
-from .cache.cas import Cas
-from .encode.digest import file_digests
-from .errors import ActionError
-from .rule_api import ActionContext
+from stella_build.engine.cache.cas import Cas
+from stella_build.engine.encode.digest import file_digests
+from stella_build.engine.errors import ActionError
+from stella_build.engine.rule_api import ActionContext
 
 SCRUBBED_ENV = {
     "TZ": "UTC",
@@ -139,16 +139,18 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
             result["differences"] = _differences(cas, task["expected"], records, sandbox / "out")
         return result
     except ActionError as exc:
-        return {"error": {"message": exc.message, "file": exc.file, "field": exc.field}}
+        return {"error": {"message": exc.message, "file": exc.file, "field": exc.field,
+                          "reason": exc.reason or "action-failed"}}
     except CorruptInput as exc:
         return {"error": {"message": f"cached input blob {str(exc)[:16]}… was corrupt and has been "
-                                     "removed", "file": None, "field": None, "corrupt_blob": str(exc)}}
+                                     "removed", "file": None, "field": None, "corrupt_blob": str(exc),
+                          "reason": "cache-corrupt"}}
     except InputChanged as exc:
         return {"error": {"message": f"input changed while the build was running: {exc}",
-                          "file": str(exc), "field": None}}
+                          "file": str(exc), "field": None, "reason": "input-changed"}}
     except Exception as exc:  # a rule bug: keep the traceback for --debug
         return {"error": {"message": f"{type(exc).__name__}: {exc}", "file": None, "field": None,
-                          "traceback": traceback.format_exc()}}
+                          "traceback": traceback.format_exc(), "reason": "rule-bug"}}
     finally:
         os.chdir(cache_dir)
         _remove_tree(sandbox)

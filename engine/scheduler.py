@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .actions import action_key, key_record
-from .cache.cas import Cas
-from .cache.index import Index
-from .encode.digest import file_digests
-from .rule_api import ActionSpec, Artifact
-from .sandbox import SCRUBBED_ENV, run_action, worker_init
+from stella_build.engine.actions import action_key, key_record
+from stella_build.engine.cache.cas import Cas
+from stella_build.engine.cache.index import Index
+from stella_build.engine.encode.digest import file_digests
+from stella_build.engine.rule_api import ActionSpec, Artifact
+from stella_build.engine.sandbox import SCRUBBED_ENV, run_action, worker_init
 
 _RACY_SECONDS = 2.0  # files modified this recently are re-hashed next time (racy-git problem)
 
@@ -240,7 +240,7 @@ class Executor:
     def _remote_lookup(self, key: str, record: dict, action_id: str) -> dict | None:
         """A remote AC hit, trusted only once every blob is downloaded and verified (sha256 by the
         transport, BLAKE3 here); then stored locally. Missing or bad blobs make it a miss."""
-        from .cache.remote import Outcome as RemoteOutcome, RemoteCacheError
+        from stella_build.engine.cache.remote import Outcome as RemoteOutcome, RemoteCacheError
 
         if not self.remote.available:
             return None
@@ -274,7 +274,7 @@ class Executor:
     def upload(self, outcomes: dict[str, Outcome], *, all_cached: bool = False) -> int:
         """Upload executed (or, for push-all, every) result and its blobs; AC entries go last so
         a reader never sees an AC entry whose blobs are not there yet."""
-        from .cache.remote import Outcome as RemoteOutcome, RemoteCacheError
+        from stella_build.engine.cache.remote import Outcome as RemoteOutcome, RemoteCacheError
 
         if self.remote is None or not self.remote.upload or not self.remote.available:
             return 0

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
+from stella_build.engine.errors import UsageError
 
 WORKSPACE_FILE = "stella-workspace.toml"
 EXPORTFILE = "Exportfile"
@@ -34,11 +34,27 @@ def _workspace_config(directory: Path) -> dict | None:
     return None
 
 
+def is_workspace_root(directory: Path) -> bool:
+    """Whether `directory` is marked as a workspace root (cheap: no TOML parsing)."""
+    if (directory / WORKSPACE_FILE).is_file():
+        return True
+    try:
+        return "[tool.stella-build]" in (directory / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def find_root(start: Path | None = None) -> Path | None:
+    """The nearest workspace root at or above `start` (default: the current directory), or None."""
+    here = (start or Path.cwd()).resolve()
+    return next((d for d in (here, *here.parents) if is_workspace_root(d)), None)
+
+
 def _read_toml(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"invalid TOML: {exc}", file=str(path)) from None
+        raise UsageError(f"invalid TOML: {exc}", file=str(path), reason="toml-invalid") from None
 
 
 @dataclass
@@ -53,15 +69,15 @@ class Workspace:
             config = _workspace_config(root)
             if config is None:
                 raise UsageError(f"{root} is not a stella-build workspace (no {WORKSPACE_FILE} and no "
-                                 "[tool.stella-build] in pyproject.toml); run 'stella-build init'")
+                                 "[tool.stella-build] in pyproject.toml); run 'stella-build init'", reason="workspace-missing")
             return cls._from_config(root, config)
         here = (start or Path.cwd()).resolve()
-        for directory in (here, *here.parents):
-            config = _workspace_config(directory)
-            if config is not None:
-                return cls._from_config(directory, config)
+        root = find_root(here)
+        config = _workspace_config(root) if root is not None else None
+        if root is not None and config is not None:
+            return cls._from_config(root, config)
         raise UsageError(f"no stella-build workspace found at or above {here}; "
-                         "run 'stella-build init' or pass --workspace")
+                         "run 'stella-build init' or pass --workspace", reason="workspace-missing")
 
     @classmethod
     def _from_config(cls, root: Path, config: dict) -> "Workspace":
@@ -95,7 +111,7 @@ class Workspace:
             name, sep, rest = pattern[1:].partition("//")
             if not sep or name not in self.external:
                 known = ", ".join(sorted(self.external)) or "none"
-                raise UsageError(f"unknown external root in '{pattern}' (known: {known})")
+                raise UsageError(f"unknown external root in '{pattern}' (known: {known})", reason="unknown-external-root")
             return self.external[name], rest, f"@{name}//"
         if pattern.startswith("//"):
             return self.root, pattern[2:], ""
@@ -108,9 +124,9 @@ class Workspace:
         for pattern in patterns:
             base, rel, prefix = self.resolve_glob(pattern, package)
             if ".." in Path(rel).parts or Path(rel).is_absolute():
-                raise UsageError(f"source pattern '{pattern}' must stay inside its root")
+                raise UsageError(f"source pattern '{pattern}' must stay inside its root", reason="source-outside-root")
             if not base.is_dir():
-                raise UsageError(f"source root for '{pattern}' does not exist: {base}")
+                raise UsageError(f"source root for '{pattern}' does not exist: {base}", reason="source-root-missing")
             for rel_path, path in _glob_files(base, rel):
                 found[prefix + rel_path] = path
         return sorted(found.items())

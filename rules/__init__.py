@@ -1,27 +1,14 @@
-"""Built-in rules of stella-build, published through the `stella_build.rules` entry point."""
-from __future__ import annotations
+"""The built-in rules of stella-build (installed as `stella_build.rules`).
 
+- rule modules (one per rule family): `sources` (osv_source, rustsec/alpine/vex/sbom sources,
+  osv_normalize), `json_raw`, `json_policy`, `trivy_db` (+ `trivy_signed`), `mirror_full`,
+  `mirror_delta`, and `signing` (the Exportfile `sign` table and the Sign action); their typed
+  providers in `providers`; `builtin.register` publishes them (entry point `stella_build.rules`).
+- `evidence/`: what the inputs mean: the normalized model, version orderings, policy, selectors,
+  and the source parsers (`evidence/sources/`).
+- `formats/`: what the outputs look like on disk: bundle manifest, signatures and keys, OCI, TUF,
+  encryption, the mirror layout, and the Trivy DB formats (`formats/trivy/`).
 
-def register(registry) -> None:
-    from .json_bundle import JsonRaw
-    from .source_rules import OsvSource
-
-    for rule in (OsvSource, JsonRaw):
-        registry.add(rule)
-
-    from .evidence_rules import RULES as EVIDENCE_RULES
-    from .json_policy import JsonPolicy
-
-    for rule in (*EVIDENCE_RULES, JsonPolicy):
-        registry.add(rule)
-
-    from .trivy_rules import RULES as TRIVY_RULES
-
-    for rule in TRIVY_RULES:
-        registry.add(rule)
-
-    from .mirror import RULES as MIRROR_RULES
-    from .mirror_delta import RULES as DELTA_RULES
-
-    for rule in (*MIRROR_RULES, *DELTA_RULES):
-        registry.add(rule)
+Rules import the engine only through `stella_build.engine.rule_api`; `formats` and `evidence` import
+no rule module; nothing here imports the product layer (contracts in pyproject.toml).
+"""

@@ -29,20 +29,20 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from stella_build.engine.encode import canonical_json
-from stella_build.engine.encode.archive import zstd_bytes
-from stella_build.engine.encode.digest import sha256_hex
-from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339
+from stella_build.engine.rule_api import canonical_json
+from stella_build.engine.rule_api import zstd_bytes
+from stella_build.engine.rule_api import sha256_hex
+from stella_build.engine.rule_api import parse_rfc3339, rfc3339
 from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, DefaultOutputs, Rule, Selectors, TargetParams,
     UsageError,
 )
 
-from . import json_bundle
-from .evidence_rules import normalize_advisory_set
-from .policy import Policy
-from .providers import AdvisorySet, Bundle, NormalizedAdvisorySet, SbomSet, VexSet
-from .sign_rule import SignParams, add_signing, resolve_signer
+from stella_build.rules import json_raw as json_bundle
+from stella_build.rules.sources import normalize_advisory_set
+from stella_build.rules.evidence.policy import Policy
+from stella_build.rules.providers import AdvisorySet, Bundle, NormalizedAdvisorySet, SbomSet, VexSet
+from stella_build.rules.signing import SignParams, add_signing, resolve_signer
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 SNAPSHOT_SCHEMA = "https://stella-build.dev/schemas/policy-snapshot/v1"
@@ -91,7 +91,7 @@ class JsonPolicy(Rule):
         for dep_label, aset in raw_sets:
             for shard, art in aset.shards:
                 name = f"{_slug(dep_label.name)}-{shard}"
-                spec = ctx.action(mnemonic="RawShard", id=name, fn="stella_build.rules.json_bundle:raw_shard",
+                spec = ctx.action(mnemonic="RawShard", id=name, fn=json_bundle.raw_shard,
                                   inputs={"records.jsonl": art}, outputs=["out/"],
                                   params={"selectors": sel, "level": level, "shard": name})
                 inputs[f"raw/{name}"] = spec.out("out/")
@@ -109,7 +109,7 @@ class JsonPolicy(Rule):
             for shard, art in nset.shards:
                 name = shard if shard.startswith(slug + "-") else f"{slug}-{shard}"
                 spec = ctx.action(
-                    mnemonic="PolicyShard", id=name, fn="stella_build.rules.json_policy:policy_shard",
+                    mnemonic="PolicyShard", id=name, fn=policy_shard,
                     inputs={"records.jsonl": art, "stats.json": stats[shard], **sbom_inputs},
                     outputs=["out/"], params={"selectors": sel, "level": level, "shard": name,
                                               "source_label": label})
@@ -130,7 +130,7 @@ class JsonPolicy(Rule):
             eval_params["policy_path"] = files[0].logical
         else:
             eval_params["policy"] = params.policy.model_dump(mode="json")
-        evaluate_spec = ctx.action(mnemonic="Evaluate", fn="stella_build.rules.json_policy:evaluate",
+        evaluate_spec = ctx.action(mnemonic="Evaluate", fn=evaluate,
                                    inputs=eval_inputs, outputs=["out/"], params=eval_params)
         inputs["policy"] = evaluate_spec.out("out/")
         # 5. assembly
@@ -149,7 +149,7 @@ class JsonPolicy(Rule):
         rules = {"json_policy": self.version, "json_raw": json_bundle.JsonRaw.version, "osv_source": "1"}
         signer = resolve_signer(ctx, params.sign)  # fails here (exit 4) on a missing key or password
         assemble_spec = ctx.action(
-            mnemonic="Bundle", fn="stella_build.rules.json_policy:assemble", inputs=inputs,
+            mnemonic="Bundle", fn=assemble, inputs=inputs,
             outputs=["bundle/", "bundle.tar.gz", "bundle.tar.gz.sha256"],
             params={"profile": profile, "tenant": params.tenant, "selectors": sel, "level": level,
                     "target": str(ctx.label), "sources": [json.loads(s) for s in unique],
@@ -188,7 +188,7 @@ def _selected(adv: dict, sel: dict, since: int | None) -> bool:
 
 
 def _component_index(actx: ActionContext) -> dict[tuple[str, str], list[dict]]:
-    from .policy import component_key
+    from stella_build.rules.evidence.policy import component_key
 
     index: dict[tuple[str, str], list[dict]] = {}
     for name in sorted(actx.inputs):
@@ -204,7 +204,7 @@ def _component_index(actx: ActionContext) -> dict[tuple[str, str], list[dict]]:
 
 def policy_shard(actx: ActionContext) -> dict:
     """Select one normalized shard's records, write them (zstd) and match them to components."""
-    from .policy import match_components
+    from stella_build.rules.evidence.policy import match_components
 
     sel, level, shard = actx.params["selectors"], actx.params["level"], actx.params["shard"]
     since = json_bundle._since(sel)
@@ -244,7 +244,7 @@ def policy_shard(actx: ActionContext) -> dict:
 
 
 def _load_policy(actx: ActionContext) -> tuple[Policy, dict]:
-    from .policy import PolicyError, load_policy_toml, policy_from_dict
+    from stella_build.rules.evidence.policy import PolicyError, load_policy_toml, policy_from_dict
 
     p = actx.params
     try:
@@ -262,7 +262,7 @@ def _load_policy(actx: ActionContext) -> tuple[Policy, dict]:
 
 def evaluate(actx: ActionContext) -> dict:
     """Apply the policy and the VEX statements to every match; write snapshot and findings."""
-    from .policy import component_key, evaluate as run_policy
+    from stella_build.rules.evidence.policy import component_key, evaluate as run_policy
 
     policy, origin = _load_policy(actx)
     matches, errors, newest = [], [], None

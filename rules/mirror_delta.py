@@ -17,40 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Literal, Mapping
 
-import zstandard
 from pydantic import BaseModel, ConfigDict, Field
 
-from stella_build.engine.encode import canonical_json
-from stella_build.engine.encode.digest import sha256_hex
+from stella_build.engine.rule_api import canonical_json
+from stella_build.engine.rule_api import sha256_hex
 from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
 )
 
-from .mirror import MIRROR_TAG, MirrorTree, _media_type, file_bytes, files_layout, is_metadata
-from .sign_rule import SignParams, add_signing, resolve_signer
+from stella_build.rules.formats.mirror import MIRROR_TAG, is_metadata
+from stella_build.rules.providers import MirrorTree
+from stella_build.rules.signing import SignParams, add_signing, resolve_signer
+from stella_build.rules.formats.mirror import DIFF_SCHEMA, DIFF_FILE, DELTA_SIGNATURE_FILES, DELTA_BUNDLE, make_patch, delta_layout
 
-DIFF_SCHEMA = "https://stella-build.dev/schemas/mirror-diff/v1"
-DELTA_ARTIFACT_TYPE = "application/vnd.stella-build.mirror.delta.v1+json"
-DELTA_TAG = "delta"
-DIFF_FILE = "manifest.diff.json"
-BASE_ENV = "STELLA_MIRROR_BASE"  # `stella-build mirror delta --base PATH` sets it
 BASE_MISSING = "ERR_EXPORT_BASE_MISSING"
-# annotations of the delta's OCI artifact
-DIFF_DIGEST_ANNOTATION = "dev.stella-build.mirror.diff-digest"
-BASE_EXPORT_ANNOTATION = "dev.stella-build.mirror.base-export-id"
-EXPORT_ANNOTATION = "dev.stella-build.mirror.export-id"
-# Sign action role → output path of a signed delta (only manifest.diff.json is signed: it pins the rest)
-DELTA_SIGNATURE_FILES = {
-    "manifest_bundle": "delta/signatures/manifest.diff.json.sigstore.json",
-    "manifest_sig": "delta/signatures/manifest.diff.sig",
-    "public_key": "delta/signatures/cosign.pub",
-}
-DELTA_BUNDLE = DELTA_SIGNATURE_FILES["manifest_bundle"].removeprefix("delta/")
-SIGNATURES_DIR = "signatures/"
 
 
 class BaseParams(BaseModel):
@@ -62,7 +45,7 @@ class BaseParams(BaseModel):
 
 class MirrorDeltaParams(TargetParams):
     rule: Literal["mirror_delta"]
-    base: BaseParams | None = Field(None, description=f"the base mirror (or ${BASE_ENV} / `mirror delta --base`)")
+    base: BaseParams | None = Field(None, description="the base mirror (or $STELLA_MIRROR_BASE / `mirror delta --base`)")
     compression_level: int = Field(19, ge=1, le=22)
     sign: SignParams | None = Field(None, description=(
         "sign manifest.diff.json into delta/signatures/ (docs/signing.md); also enabled by "
@@ -95,14 +78,14 @@ class MirrorDelta(Rule):
                     "tuf/snapshot.json", "tuf/timestamp.json"):
             if (base_dir / rel).is_file():
                 inputs[f"base/{rel}"] = Artifact(logical=f"mirror-base/{rel}", path=(base_dir / rel).resolve())
-        spec = ctx.action(mnemonic="MirrorDelta", fn="stella_build.rules.mirror_delta:mirror_delta", inputs=inputs,
+        spec = ctx.action(mnemonic="MirrorDelta", fn=mirror_delta, inputs=inputs,
                           outputs=["delta/", "oci/"], params={"base_sha256": pinned, "level": params.compression_level})
         delta, trees_out = spec.out("delta/"), {"delta": spec.out("delta/"), "oci": spec.out("oci/")}
         signatures = add_signing(ctx, resolve_signer(ctx, params.sign), manifest=(delta, DIFF_FILE),
                                  archive=None, provenance=None, names=DELTA_SIGNATURE_FILES)
         if signatures:
             layout = ctx.action(
-                mnemonic="MirrorDeltaSignedLayout", fn="stella_build.rules.mirror_delta:delta_signed_layout",
+                mnemonic="MirrorDeltaSignedLayout", fn=delta_signed_layout,
                 inputs={"delta": delta, "bundle": signatures[DELTA_SIGNATURE_FILES["manifest_bundle"]]},
                 outputs=["oci/"], params={})
             trees_out["oci"] = layout.out("oci/")
@@ -114,44 +97,29 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
     advice = ("Republish the base mirror there (its mirror/export.json), point the target at an "
               "available base (base = { export = ..., sha256 = ... } or `stella-build mirror delta --base "
               "PATH`), or build a full export (rule mirror_full) instead.")
-    env = os.environ.get(BASE_ENV, "").strip()
-    if env:
+    if ctx.options.base is not None:
+        env = str(ctx.options.base)
         path = Path(env).expanduser()
         for candidate in (path, path / "export.json", path / "mirror" / "export.json"):
             if candidate.is_file():
                 path = candidate
                 break
         if not path.is_file():
-            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base/{BASE_ENV}) not found. {advice}")
+            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base) not found. {advice}", reason="base-missing")
         return path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest()
     if params.base is None:
         raise UsageError(f"{BASE_MISSING}: no base mirror named (set base = {{ export = ..., sha256 = ... }} "
-                         f"or pass --base). {advice}", field="base")
+                         f"or pass --base). {advice}", field="base", reason="base-missing")
     path = Path(params.base.export).expanduser()
     if not path.is_absolute():
         path = ctx.workspace.root / path
     if not path.is_file():
-        raise UsageError(f"{BASE_MISSING}: base export {path} not found. {advice}", field="base.export")
+        raise UsageError(f"{BASE_MISSING}: base export {path} not found. {advice}", field="base.export", reason="base-missing")
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     if actual != params.base.sha256:
         raise UsageError(f"{BASE_MISSING}: base export {path} has sha256 {actual}, but the target pins "
-                         f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256")
+                         f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256", reason="base-mismatch")
     return path.resolve(), actual
-
-
-def _patch(data: bytes, base: bytes | None, level: int) -> bytes:
-    """zstd frame of `data`, using `base` (the same file in the base mirror) as a raw dictionary."""
-    if base is None:
-        return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(data)
-    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=True).compress(data)
-
-
-def unpatch(patch: bytes, base: bytes | None) -> bytes:
-    if base is None:
-        return zstandard.ZstdDecompressor().decompress(patch)
-    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return zstandard.ZstdDecompressor(dict_data=d).decompress(patch)
 
 
 def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: dict,
@@ -174,7 +142,7 @@ def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: di
     for rel in sorted(r for r in new_files if is_metadata(r)):
         data = new_files[rel].read_bytes()
         dictionary = base_export if rel == "export.json" else base_meta.get(rel)
-        patches[f"patches/{rel}.zst"] = _patch(data, dictionary, level)
+        patches[f"patches/{rel}.zst"] = make_patch(data, dictionary, level)
         metadata.append({"path": rel, "digest": "sha256:" + sha256_hex(data), "bytes": len(data),
                          "patch": f"patches/{rel}.zst",
                          "patchBase": ("sha256:" + sha256_hex(dictionary)) if dictionary is not None else None})
@@ -211,23 +179,6 @@ def mirror_delta(actx: ActionContext) -> dict:
     delta_layout(files, actx.out_dir / "oci")
     return {"added": len(diff["added"]), "changed": len(diff["changed"]), "removed": len(diff["removed"]),
             "blobs": len(blobs)}
-
-
-def delta_layout(files: Mapping[str, bytes | Path], oci_root: Path) -> dict:
-    """The delta's OCI layout: every delta/ file but signatures/ as a layer; signed (referrer) when
-    `files` holds the manifest.diff.json bundle. Shared by the build and `mirror verify`."""
-    blobs = {rel: file_bytes(v) for rel, v in files.items() if not rel.startswith(SIGNATURES_DIR)}
-    diff_bytes = blobs[DIFF_FILE]
-    diff = json.loads(diff_bytes)
-    content_types = {e["digest"]: _media_type(e["path"]) for e in diff["added"] + diff["changed"]}
-    media = {rel: ("application/json" if rel == DIFF_FILE else "application/zstd" if rel.startswith("patches/")
-                   else content_types.get("sha256:" + rel.rsplit("/", 1)[-1], "application/octet-stream"))
-             for rel in blobs}
-    notes = {DIFF_DIGEST_ANNOTATION: "sha256:" + sha256_hex(diff_bytes),
-             BASE_EXPORT_ANNOTATION: diff["baseExportId"], EXPORT_ANNOTATION: diff["exportId"]}
-    bundle = file_bytes(files[DELTA_BUNDLE]) if DELTA_BUNDLE in files else None
-    return files_layout(blobs, oci_root, artifact_type=DELTA_ARTIFACT_TYPE, tag=DELTA_TAG,
-                        created=diff["generatedAt"], media_types=media, annotations=notes, bundle=bundle)
 
 
 def delta_signed_layout(actx: ActionContext) -> dict:

@@ -53,13 +53,13 @@ class Bundle(Provider):
 
 @dataclass(frozen=True)
 class NormalizedAdvisorySet(Provider):
-    """Normalized advisories (``stella_build.rules.evidence.Advisory``) as sharded canonical JSONL.
+    """Normalized advisories (``stella_build.rules.evidence.model.Advisory``) as sharded canonical JSONL.
 
     Each shard is one action's ``records.jsonl`` (one ``Advisory.to_canonical()`` per line, sorted
     by ``Advisory.sort_key()``, withdrawn records included with ``withdrawn`` set) and its
     ``stats.json`` (``{"files", "records", "materials": [[path, sha256]...], "withdrawn",
     "invalid", "git_only", "no_ranges", "unfixed_marker"}``, each list of [id, ecosystem, package,
-    path(, reason)]; see ``stella_build.rules.evidence_rules``).
+    path(, reason)]; see ``stella_build.rules.sources``).
     ``origin`` names the AdvisorySet target it was normalized from, when there is one."""
 
     source: SourceMeta
@@ -91,3 +91,14 @@ class SbomSet(Provider):
     shards: tuple[tuple[str, "Artifact"], ...]
     documents: tuple[tuple[str, "Artifact"], ...] = ()
     stats: tuple[tuple[str, "Artifact"], ...] = ()
+
+
+@dataclass(frozen=True)
+class MirrorTree(Provider):
+    """A built mirror: the plaintext mirror/ tree, its summary (mirror.json, describing the layout
+    actually shipped) and, when signed, the signature files as (path under mirror/, artifact)."""
+
+    tree: Artifact
+    summary: Artifact
+    signatures: tuple[tuple[str, Artifact], ...] = ()
+    encrypted: bool = False

@@ -1,348 +1,262 @@
-"""Deterministic signatures and offline verification in the formats cosign and sigstore-js accept.
+"""Signing wired into the bundle rules: the Exportfile `sign` table, key resolution, one Sign action.
 
-Formats written (docs/reference/signing-tuf-oci.md §1.2–§2, §4–§5):
-- Sigstore bundle v0.3 with `messageSignature` (SHA2_256 digest + DER ECDSA signature over the blob),
-  `verificationMaterial.publicKey.hint` and `"tlogEntries": []`. Verified offline by
-  `cosign verify-blob --key cosign.pub --bundle X.sigstore.json --insecure-ignore-tlog=true X`.
-- Sigstore bundle v0.3 with `dsseEnvelope` (payloadType `application/vnd.in-toto+json`, one signature,
-  no keyid, see `dsse_envelope`) over an in-toto Statement v1. Verified by `cosign verify-blob-attestation`.
-- Legacy detached signature: base64 of the DER signature (cosign `--signature` files).
+    [targets.json-raw]
+    rule = "json_raw"
+    sign = { key = "keys/cosign.key" }          # or: sign = {} and STELLA_SIGNING_KEY=path
 
-Signing is RFC 6979 deterministic ECDSA (cryptography >= 44 `deterministic_signing=True`), and every
-JSON document is canonical JSON (sorted keys, compact), so the same key and input always give the same
-bytes. Only ECDSA P-256 keys sign: that is cosign's default and avoids Ed25519ph ambiguity.
+A target is signed when it has a `sign` table, when `STELLA_SIGNING_KEY` is set (every signable
+target), or when the build request says so (`ctx.options.sign`: `build --sign KEY|keyless`). The key is
+*referenced*, never embedded: it is resolved and decrypted at ANALYSIS time in the main process, so a
+missing key, a missing password or a wrong password fails before any work with exit 4, naming the
+Exportfile field. The action gets the key path and password only through `secrets` (never part of the
+action key or the cache); its params carry the public key digest, so the key's identity is in the key.
 
-Verification checks the cryptography against a caller-supplied public key, exactly like cosign's
-`--key ... --insecure-ignore-tlog=true`: transparency-log entries, certificates and the unauthenticated
-`publicKey.hint` in a bundle are not used (bundles written by real cosign parse fine; extra fields are
-ignored).
-
-Keyless signing (Fulcio certificate + Rekor entry) lives in `rules/keyless.py`: it needs the network
-and an OIDC identity, so it runs after the reproducible build, outside the cache, and writes
-`<file>.keyless.sigstore.json` next to the key-signed outputs (never byte-reproducible).
-`keyless_available()` here reports, without the network, whether it could run.
+What the Sign action writes next to the bundle (file names shared with rules/verify.py):
+    <manifest>.sigstore.json            Sigstore bundle v0.3, messageSignature over manifests/export.json
+    <archive>.sigstore.json             the same over the archive (bundle.tar.gz)
+    manifests/provenance.dsse.json      DSSE envelope over manifests/provenance.json (in-toto Statement)
+    manifests/provenance.sigstore.json  the same envelope as a Sigstore bundle (dsseEnvelope)
+    signatures/manifest.sig             legacy base64 DER signature over manifests/export.json
+    signatures/export.sig               legacy base64 DER signature over the archive
+    cosign.pub                          the public key (PEM SubjectPublicKeyInfo)
+Every signature is RFC 6979 deterministic, so a signed bundle is byte-reproducible.
 """
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
-import importlib.util
 import json
 import os
-import shutil
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from stella_build.engine.encode import canonical_json
-from stella_build.rules.signing_keys import PrivateKey, PublicKey, public_key_hint
+from stella_build.engine.rule_api import canonical_json
+from stella_build.engine.rule_api import file_sha256
+from stella_build.engine.rule_api import TrustMaterialMissing
+from stella_build.engine.rule_api import ActionContext, ActionError, AnalysisContext, Artifact, PostBuild
+from stella_build.rules.formats.bundle import PUBLIC_KEY_FILE, PROVENANCE_DSSE, PROVENANCE_SIGSTORE, SIGSTORE_SUFFIX, DEFAULT_SIG_NAMES
 
-BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
-# Media types sigstore clients accept (protobuf-specs): v0.1–v0.3, in both spellings.
-ACCEPTED_BUNDLE_MEDIA_TYPES = frozenset({
-    "application/vnd.dev.sigstore.bundle+json;version=0.1",
-    "application/vnd.dev.sigstore.bundle+json;version=0.2",
-    "application/vnd.dev.sigstore.bundle+json;version=0.3",
-    "application/vnd.dev.sigstore.bundle.v0.3+json",
-})
-IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
-STATEMENT_V1 = "https://in-toto.io/Statement/v1"
-STATEMENT_TYPES = frozenset({STATEMENT_V1, "https://in-toto.io/Statement/v0.1"})
-SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
-
-_ECDSA_DETERMINISTIC = ec.ECDSA(Prehashed(hashes.SHA256()), deterministic_signing=True)
+SIGN_RULE_VERSION = "1"
+KEY_ENV = "STELLA_SIGNING_KEY"
+KEYLESS = "keyless-sign"  # PostBuild kind: Sigstore keyless signing of the materialized outputs
+DEFAULT_PASSWORD_ENV = "COSIGN_PASSWORD"
 
 
-class SignatureInvalid(Exception):
-    """A signature, bundle or envelope that does not verify. `str()` names what failed."""
+class SignParams(BaseModel):
+    """Exportfile `sign = { ... }`: how to sign this target's bundle."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str | None = Field(
+        None, description="path of a cosign.key (ENCRYPTED SIGSTORE PRIVATE KEY), workspace-relative or "
+                          "absolute; default: $STELLA_SIGNING_KEY. Never embed key material here.")
+    password_env: str = Field(DEFAULT_PASSWORD_ENV, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                              description="environment variable holding the key's password")
+    keyless: bool = Field(False, description="sign keyless (Fulcio + Rekor via sigstore-python); "
+                                             "needs the network and an OIDC identity")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> "SignParams":
+        if self.keyless and self.key:
+            raise ValueError("give either 'key' or 'keyless = true', not both")
+        return self
 
 
-# --- encoding helpers --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Signer:
+    """A signing key resolved at analysis. `password` and `key_path` only ever travel as secrets."""
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    key_path: Path
+    password: str = field(repr=False)
+    public_key_sha256: str  # hex sha256 of the DER SubjectPublicKeyInfo
+    source: str             # where the key came from, for messages
+
+    def provenance_params(self) -> dict:
+        """What the bundle's provenance records about the signer (no secret, no path)."""
+        return {"publicKeySha256": self.public_key_sha256, "signVersion": SIGN_RULE_VERSION}
 
 
-def _b64decode(value: Any, field: str, name: str) -> bytes:
-    """Standard or URL-safe base64, padded or not (protojson and DSSE accept both)."""
-    if not isinstance(value, str) or not value:
-        raise SignatureInvalid(f"{name}: field {field!r} is missing or not a string")
-    text = value.strip().replace("-", "+").replace("_", "/")
-    text += "=" * (-len(text) % 4)
+# -- resolution at analysis -------------------------------------------------------------------
+
+_LOADED: dict[tuple[str, str, int, int], str] = {}  # (path, password, mtime_ns, size) → pubkey digest
+
+
+def _key_fingerprint(path: Path, password: str, *, field: str | None, source: str) -> str:
+    """Decrypt the key once per process (scrypt is slow) and return its public key digest."""
+    from stella_build.rules.formats.keys import SigningKeyError, load_private_key, public_key_digest
+
+    st = path.stat()
+    memo = (str(path), password, st.st_mtime_ns, st.st_size)
+    if memo in _LOADED:
+        return _LOADED[memo]
     try:
-        return base64.b64decode(text, validate=True)
-    except binascii.Error:
-        raise SignatureInvalid(f"{name}: field {field!r} is not valid base64") from None
+        key = load_private_key(path.read_bytes(), password.encode("utf-8"), what=str(path))
+    except SigningKeyError as exc:
+        raise TrustMaterialMissing(f"signing key from {source} is not usable: {exc}", field=field, reason="signing-key-unusable") from None
+    from cryptography.hazmat.primitives.asymmetric import ec
+    if not (isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)):
+        raise TrustMaterialMissing(
+            f"signing key {path} is a {type(key).__name__}: stella-build signs with ECDSA P-256 keys "
+            "(`stella-build keys generate` or `cosign generate-key-pair`)", field=field, reason="signing-key-unsupported")
+    _LOADED[memo] = public_key_digest(key)
+    return _LOADED[memo]
 
 
-def _signing_key(key: PrivateKey) -> ec.EllipticCurvePrivateKey:
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise TypeError("signing needs an ECDSA P-256 private key (cosign's default key type)")
-    return key
+def _keyless(ctx: AnalysisContext, field: str | None, source: str) -> None:
+    """Keyless signing is never a hermetic action (it needs the network and is not reproducible):
+    ask the caller to sign this target's materialized outputs after the build; the caller checks,
+    before any action runs, that an identity is available (exit 4 otherwise)."""
+    ctx.post_build(PostBuild(kind=KEYLESS, source=source, field=field))
 
 
-def _sign_digest(key: PrivateKey, digest: bytes) -> bytes:
-    """DER ECDSA signature over a SHA-256 digest; RFC 6979, so byte-identical across runs."""
-    return _signing_key(key).sign(digest, _ECDSA_DETERMINISTIC)
+def resolve_signer(ctx: AnalysisContext, sign: SignParams | None) -> Signer | None:
+    """The signer of this target, or None for an unsigned build. Raises TrustMaterialMissing (exit 4).
 
-
-def _verify_digest(pub: PublicKey, signature: bytes, digest: bytes, algorithm: hashes.HashAlgorithm) -> bool:
-    """Verify `signature` over a message whose `algorithm` digest is `digest`.
-
-    Accepts the key types cosign's `signature.LoadVerifier` does for `--key` files: ECDSA (DER
-    signature), RSA PKCS#1 v1.5, and Ed25519 (which signs the message itself, so it is handled by the
-    callers that have the message)."""
-    try:
-        if isinstance(pub, ec.EllipticCurvePublicKey):
-            pub.verify(signature, digest, ec.ECDSA(Prehashed(algorithm)))
-        elif isinstance(pub, rsa.RSAPublicKey):
-            pub.verify(signature, digest, padding.PKCS1v15(), Prehashed(algorithm))
-        else:
-            return False
-    except InvalidSignature:
-        return False
-    return True
-
-
-def _verify_message(pub: PublicKey, signature: bytes, message: bytes) -> bool:
-    if isinstance(pub, ed25519.Ed25519PublicKey):
-        try:
-            pub.verify(signature, message)
-        except InvalidSignature:
-            return False
-        return True
-    return _verify_digest(pub, signature, hashlib.sha256(message).digest(), hashes.SHA256())
-
-
-def _parse_json_object(raw: bytes | str, name: str) -> dict:
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SignatureInvalid(f"{name}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise SignatureInvalid(f"{name}: not a JSON object")
-    return doc
-
-
-def _key_material(key: PrivateKey) -> dict:
-    return {"publicKey": {"hint": public_key_hint(key)}, "tlogEntries": []}
-
-
-# --- DSSE and in-toto ---------------------------------------------------------------------------
-
-def pae(payload_type: str, payload: bytes) -> bytes:
-    """DSSE v1 Pre-Authentication Encoding: the exact bytes a DSSE signature covers."""
-    type_bytes = payload_type.encode("utf-8")
-    return b"DSSEv1 %d %s %d %s" % (len(type_bytes), type_bytes, len(payload), payload)
-
-
-def dsse_envelope(payload: bytes, payload_type: str, key: PrivateKey) -> dict:
-    """A DSSE envelope with one DER ECDSA signature over PAE(payload_type, payload).
-
-    The signature has NO `keyid`, exactly as `cosign attest-blob` writes it. cosign (sigstore-go +
-    go-securesystemslib `dsse.Verify`) skips any signature whose non-empty keyid differs from the SSH
-    SHA256 fingerprint of the `--key` key, so keyid = bundle hint (what the protobuf-specs comment
-    suggests) makes `cosign verify-blob-attestation` fail with "Found: 0, Expected 1" [tested, v3.1.2].
-    keyid is an optional, unauthenticated hint in DSSE; the bundle's publicKey.hint identifies the key."""
-    sig = _sign_digest(key, hashlib.sha256(pae(payload_type, payload)).digest())
-    return {"payload": _b64(payload), "payloadType": payload_type, "signatures": [{"sig": _b64(sig)}]}
-
-
-def in_toto_statement(subjects: Iterable[tuple[str, str]], predicate_type: str, predicate: dict) -> dict:
-    """An in-toto Statement v1 with exactly the four spec fields (cosign parses it strictly).
-
-    `subjects` are (name, sha256 hex) pairs; their order is kept (callers pass a sorted list)."""
-    subject_list = []
-    for name, sha256_hex in subjects:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"in-toto subject name {name!r} must be a non-empty string")
-        if not (isinstance(sha256_hex, str) and len(sha256_hex) == 64
-                and all(c in "0123456789abcdef" for c in sha256_hex)):
-            raise ValueError(f"in-toto subject {name!r}: sha256 {sha256_hex!r} is not 64 lowercase hex digits")
-        subject_list.append({"name": name, "digest": {"sha256": sha256_hex}})
-    if not subject_list:
-        raise ValueError("an in-toto statement needs at least one subject")
-    if not isinstance(predicate, dict):
-        raise ValueError("in-toto predicate must be a JSON object")
-    return {"_type": STATEMENT_V1, "subject": subject_list, "predicateType": predicate_type,
-            "predicate": predicate}
-
-
-# --- signing ------------------------------------------------------------------------------------
-
-def sign_digest_sigstore_bundle(sha256_digest: bytes, key: PrivateKey) -> bytes:
-    """`sign_blob_sigstore_bundle` for a blob known only by its SHA-256 digest (large files)."""
-    if len(sha256_digest) != 32:
-        raise ValueError("sha256_digest must be the 32 raw digest bytes")
-    bundle = {
-        "mediaType": BUNDLE_MEDIA_TYPE,
-        "verificationMaterial": _key_material(key),
-        "messageSignature": {
-            "messageDigest": {"algorithm": "SHA2_256", "digest": _b64(sha256_digest)},
-            "signature": _b64(_sign_digest(key, sha256_digest)),
-        },
-    }
-    return canonical_json.dumps(bundle)
-
-
-def sign_blob_sigstore_bundle(data: bytes, key: PrivateKey) -> bytes:
-    """Sigstore bundle v0.3 JSON (`X.sigstore.json`) signing `data`; canonical, deterministic bytes."""
-    return sign_digest_sigstore_bundle(hashlib.sha256(data).digest(), key)
-
-
-def sign_attestation_bundle(statement: dict, key: PrivateKey) -> bytes:
-    """Sigstore bundle v0.3 JSON with a DSSE envelope over the canonical JSON of `statement`."""
-    envelope = dsse_envelope(canonical_json.dumps(statement), IN_TOTO_PAYLOAD_TYPE, key)
-    bundle = {"mediaType": BUNDLE_MEDIA_TYPE, "verificationMaterial": _key_material(key),
-              "dsseEnvelope": envelope}
-    return canonical_json.dumps(bundle)
-
-
-def legacy_signature_digest(sha256_digest: bytes, key: PrivateKey) -> bytes:
-    """`legacy_signature` for a blob known only by its SHA-256 digest."""
-    return _b64(_sign_digest(key, sha256_digest)).encode("ascii")
-
-
-def legacy_signature(data: bytes, key: PrivateKey) -> bytes:
-    """Base64 DER ECDSA signature over `data` (a cosign `--signature` file; no trailing newline)."""
-    return legacy_signature_digest(hashlib.sha256(data).digest(), key)
-
-
-# --- verification -------------------------------------------------------------------------------
-
-def _parse_bundle(bundle_bytes: bytes | str, name: str) -> dict:
-    bundle = _parse_json_object(bundle_bytes, name)
-    media_type = bundle.get("mediaType")
-    if media_type not in ACCEPTED_BUNDLE_MEDIA_TYPES:
-        raise SignatureInvalid(f"{name}: unsupported bundle mediaType {media_type!r}")
-    if not isinstance(bundle.get("verificationMaterial"), dict):
-        raise SignatureInvalid(f"{name}: bundle has no verificationMaterial")
-    return bundle
-
-
-def _verify_message_signature(bundle_bytes: bytes | str, sha256_digest: bytes, pubkey: PublicKey,
-                              name: str, message: bytes | None) -> None:
-    bundle = _parse_bundle(bundle_bytes, name)
-    ms = bundle.get("messageSignature")
-    if not isinstance(ms, dict):
-        kind = "a dsseEnvelope" if "dsseEnvelope" in bundle else "no content"
-        raise SignatureInvalid(f"{name}: expected a messageSignature bundle, found {kind}")
-    md = ms.get("messageDigest")
-    if not isinstance(md, dict):
-        raise SignatureInvalid(f"{name}: messageSignature has no messageDigest")
-    if md.get("algorithm") != "SHA2_256":
-        raise SignatureInvalid(f"{name}: unsupported messageDigest.algorithm {md.get('algorithm')!r}")
-    signature = _b64decode(ms.get("signature"), "messageSignature.signature", name)
-    # The signature is checked first (as sigstore-go does), then the claimed digest against the artifact.
-    if message is not None:
-        ok = _verify_message(pubkey, signature, message)
+    Precedence: `--sign` on the command line, then the target's `sign` table, then STELLA_SIGNING_KEY.
+    """
+    cli = (ctx.options.sign or "").strip()
+    env_key = os.environ.get(KEY_ENV, "").strip()
+    password_env = sign.password_env if sign else DEFAULT_PASSWORD_ENV
+    if cli == "keyless":
+        _keyless(ctx, None, "--sign keyless")
+        return None  # signed after the build (PostBuild)
+    if cli:
+        path, source, field = Path(cli).expanduser(), f"--sign {cli}", None
+    elif sign is not None and sign.keyless:
+        _keyless(ctx, "sign.keyless", "sign.keyless = true")
+        return None  # signed after the build (PostBuild)
+    elif sign is not None and sign.key:
+        path, source, field = Path(sign.key).expanduser(), f"sign.key = {sign.key!r}", "sign.key"
+        if not path.is_absolute():
+            path = ctx.workspace.root / path
+    elif env_key:
+        path, source, field = Path(env_key).expanduser(), f"{KEY_ENV}={env_key}", None
+    elif sign is not None:
+        raise TrustMaterialMissing(f"the target has a `sign` table but no key: set sign.key, or "
+                                   f"{KEY_ENV} to the path of a cosign.key", field="sign.key", reason="signing-key-missing")
     else:
-        ok = _verify_digest(pubkey, signature, sha256_digest, hashes.SHA256())
-    if not ok:
-        raise SignatureInvalid(f"{name}: signature does not verify against the artifact with the given key")
-    claimed = _b64decode(md.get("digest"), "messageSignature.messageDigest.digest", name)
-    if claimed != sha256_digest:
-        raise SignatureInvalid(f"{name}: artifact digest does not match messageDigest")
+        return None
+    path = path.resolve()
+    if not path.is_file():
+        raise TrustMaterialMissing(f"signing key {path} (from {source}) does not exist", field=field, reason="signing-key-missing")
+    password = os.environ.get(password_env)
+    if password is None:
+        raise TrustMaterialMissing(f"{password_env} is not set: it must hold the password of the signing "
+                                   f"key {path} (from {source})", field=field and "sign.password_env", reason="signing-password-missing")
+    digest = _key_fingerprint(path, password, field=field, source=source)
+    return Signer(key_path=path, password=password, public_key_sha256=digest, source=source)
 
 
-def verify_sigstore_digest(bundle_bytes: bytes | str, sha256_digest: bytes, pubkey: PublicKey,
-                           *, name: str = "bundle") -> None:
-    """`verify_sigstore_bundle` for an artifact known by its SHA-256 digest (ECDSA and RSA keys only:
-    Ed25519 signs the message itself)."""
-    _verify_message_signature(bundle_bytes, sha256_digest, pubkey, name, None)
+# -- declaring the Sign action ---------------------------------------------------------------
+
+ArtifactRef = Artifact | tuple[Artifact, str]  # a file artifact, or (tree artifact, path inside it)
 
 
-def verify_sigstore_bundle(bundle_bytes: bytes | str, data: bytes, pubkey: PublicKey,
-                           *, name: str = "bundle") -> None:
-    """Check a messageSignature Sigstore bundle (ours or cosign's) over `data`. Raises `SignatureInvalid`."""
-    _verify_message_signature(bundle_bytes, hashlib.sha256(data).digest(), pubkey, name, data)
+def _ref(ref: ArtifactRef) -> tuple[Artifact, str]:
+    return ref if isinstance(ref, tuple) else (ref, "")
 
 
-def verify_dsse_envelope(envelope: dict, pubkey: PublicKey, *, name: str = "envelope") -> tuple[str, bytes]:
-    """Verify a single-signature DSSE envelope; returns (payloadType, payload bytes)."""
-    if not isinstance(envelope, dict):
-        raise SignatureInvalid(f"{name}: dsseEnvelope is not a JSON object")
-    payload_type = envelope.get("payloadType")
-    if not isinstance(payload_type, str):
-        raise SignatureInvalid(f"{name}: dsseEnvelope.payloadType is missing")
-    payload = _b64decode(envelope.get("payload"), "dsseEnvelope.payload", name)
-    sigs = envelope.get("signatures")
-    if not isinstance(sigs, list) or len(sigs) != 1 or not isinstance(sigs[0], dict):
-        raise SignatureInvalid(f"{name}: dsseEnvelope must carry exactly one signature")
-    sig = _b64decode(sigs[0].get("sig"), "dsseEnvelope.signatures[0].sig", name)
-    if not _verify_message(pubkey, sig, pae(payload_type, payload)):
-        raise SignatureInvalid(f"{name}: DSSE signature does not verify with the given key")
-    return payload_type, payload
+# Output roles per signed input role (the manifest is always signed, with the public key beside it).
+ROLE_OUTPUTS = {"manifest": ("manifest_bundle", "manifest_sig", "public_key"),
+                "archive": ("archive_bundle", "archive_sig"),
+                "provenance": ("provenance_dsse", "provenance_bundle")}
 
 
-def verify_dsse_bundle(bundle_bytes: bytes | str, pubkey: PublicKey, *, artifact_sha256: str | None = None,
-                       predicate_type: str | None = None, name: str = "bundle") -> dict:
-    """Verify a DSSE Sigstore bundle; return its in-toto Statement.
-
-    Like `cosign verify-blob-attestation`: with `artifact_sha256` some subject must carry that sha256,
-    with `predicate_type` the statement's predicateType must equal it."""
-    bundle = _parse_bundle(bundle_bytes, name)
-    if "dsseEnvelope" not in bundle:
-        raise SignatureInvalid(f"{name}: expected a dsseEnvelope bundle")
-    payload_type, payload = verify_dsse_envelope(bundle["dsseEnvelope"], pubkey, name=name)
-    if payload_type != IN_TOTO_PAYLOAD_TYPE:
-        raise SignatureInvalid(f"{name}: payloadType {payload_type!r} is not {IN_TOTO_PAYLOAD_TYPE!r}")
-    statement = _parse_json_object(payload, f"{name}: DSSE payload")
-    if statement.get("_type") not in STATEMENT_TYPES:
-        raise SignatureInvalid(f"{name}: payload _type {statement.get('_type')!r} is not an in-toto Statement")
-    subjects = statement.get("subject")
-    if not isinstance(subjects, list) or not subjects:
-        raise SignatureInvalid(f"{name}: statement has no subject")
-    if predicate_type is not None and statement.get("predicateType") != predicate_type:
-        raise SignatureInvalid(f"{name}: predicateType {statement.get('predicateType')!r} is not {predicate_type!r}")
-    if artifact_sha256 is not None:
-        digests = {(s.get("digest") or {}).get("sha256") for s in subjects if isinstance(s, dict)}
-        if artifact_sha256.lower() not in digests:
-            raise SignatureInvalid(f"{name}: no statement subject has the artifact's sha256 {artifact_sha256}")
-    return statement
+def sign_outputs(manifest_path: str, archive_name: str, sig_names: dict[str, str] | None = None) -> dict[str, str]:
+    """Role → bundle-relative file name of every file the Sign action writes."""
+    sig_names = {**DEFAULT_SIG_NAMES, **(sig_names or {})}
+    return {"manifest_bundle": manifest_path + SIGSTORE_SUFFIX,
+            "archive_bundle": archive_name + SIGSTORE_SUFFIX,
+            "provenance_dsse": PROVENANCE_DSSE, "provenance_bundle": PROVENANCE_SIGSTORE,
+            "manifest_sig": sig_names["manifest"], "archive_sig": sig_names["archive"],
+            "public_key": PUBLIC_KEY_FILE}
 
 
-def verify_legacy_signature(sig: bytes | str, data: bytes, pubkey: PublicKey, *, name: str = "signature") -> None:
-    """Verify a cosign `--signature` file (base64 DER, or raw DER as cosign also accepts)."""
-    raw = sig.encode("ascii", "replace") if isinstance(sig, str) else sig
+def add_signing(ctx: AnalysisContext, signer: Signer | None, *, manifest: ArtifactRef,
+                archive: ArtifactRef | None, provenance: ArtifactRef | None,
+                manifest_path: str = "manifests/export.json",
+                archive_name: str = "bundle.tar.gz",
+                sig_names: dict[str, str] | None = None,
+                names: dict[str, str] | None = None) -> dict[str, Artifact]:
+    """Declare the one `Sign` action of a bundle; returns {bundle-relative path: artifact} to merge
+    into the target's outputs (empty when `signer` is None, so unsigned outputs are unchanged).
+
+    `manifest`, `archive`, `provenance` are file artifacts or (tree artifact, path inside the tree);
+    `archive`/`provenance` may be None (e.g. a mirror delta signs only its manifest.diff.json).
+    `names` overrides output names per role (see `sign_outputs`), e.g. to keep them in one folder."""
+    if signer is None:
+        return {}
+    refs = {"manifest": manifest, "archive": archive, "provenance": provenance}
+    wanted = {out for role, ref in refs.items() if ref is not None for out in ROLE_OUTPUTS[role]}
+    names = {role: name for role, name in {**sign_outputs(manifest_path, archive_name, sig_names),
+                                            **(names or {})}.items() if role in wanted}
+    inputs: dict[str, Artifact] = {}
+    roles: dict[str, dict] = {}
+    for role, ref in refs.items():
+        if ref is None:
+            continue
+        art, inner = _ref(ref)
+        if inner:  # stage just that file, not the whole tree
+            art, inner = art.child(inner), ""
+        name = next((n for n, a in inputs.items() if a == art), f"in-{role}")
+        inputs[name] = art
+        roles[role] = {"input": name, "path": inner}
+    spec = ctx.action(
+        mnemonic="Sign", fn=sign_bundle, inputs=inputs,
+        outputs=sorted(names.values()),
+        params={"sign_version": SIGN_RULE_VERSION, "public_key_sha256": signer.public_key_sha256,
+                "roles": roles, "names": names},
+        secrets={"key_path": str(signer.key_path), "password": signer.password})
+    return {path: spec.out(path) for path in names.values()}
+
+
+# -- the action ---------------------------------------------------------------------------------
+
+def _role_path(actx: ActionContext, role: dict) -> Path:
+    base = actx.input(role["input"])
+    return base / role["path"] if role["path"] else base
+
+
+def _file_sha256(path: Path) -> bytes:
+    return bytes.fromhex(file_sha256(path))
+
+
+def sign_bundle(actx: ActionContext) -> dict:
+    """Write every signature file of one bundle (see the module docstring)."""
+    from stella_build.rules.formats import signing
+    from stella_build.rules.formats.keys import SigningKeyError, encode_public_key, load_private_key, public_key_digest
+
+    p, names = actx.params, actx.params["names"]
     try:
-        decoded = base64.b64decode(raw.strip(), validate=True)
-    except binascii.Error:
-        decoded = raw  # cosign's isb64 fallback: the file holds the raw signature
-    if not decoded or not _verify_message(pubkey, decoded, data):
-        raise SignatureInvalid(f"{name}: signature does not verify against the artifact with the given key")
+        key_path, password = actx.secrets["key_path"], actx.secrets["password"]
+    except KeyError:
+        raise ActionError("the Sign action ran without its key (secrets are never cached or sent to "
+                          "a remote executor)") from None
+    try:
+        key = load_private_key(Path(key_path).read_bytes(), password.encode("utf-8"), what=key_path)
+    except (OSError, SigningKeyError) as exc:
+        raise ActionError(f"cannot load the signing key: {exc}", file=key_path) from None
+    if public_key_digest(key) != p["public_key_sha256"]:
+        raise ActionError("the signing key changed between analysis and signing", file=key_path)
 
-
-# --- keyless -------------------------------------------------------------------------------------
-
-def _ambient_oidc() -> str | None:
-    """Name of an ambient OIDC identity source visible WITHOUT network (the `id` package's detectors)."""
-    env = os.environ
-    if env.get("SIGSTORE_IDENTITY_TOKEN"):
-        return "SIGSTORE_IDENTITY_TOKEN"
-    if env.get("GITHUB_ACTIONS") and env.get("ACTIONS_ID_TOKEN_REQUEST_URL") and env.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN"):
-        return "GitHub Actions (id-token: write)"
-    if env.get("GITLAB_CI") and env.get("SIGSTORE_ID_TOKEN"):
-        return "GitLab CI (SIGSTORE_ID_TOKEN)"
-    if env.get("BUILDKITE") and shutil.which("buildkite-agent"):
-        return "Buildkite agent"
-    if env.get("CIRCLECI") and shutil.which("circleci"):
-        return "CircleCI"
-    if env.get("GOOGLE_SERVICE_ACCOUNT_NAME"):
-        return "GCP service account impersonation"
-    return None
-
-
-def keyless_available() -> tuple[bool, str]:
-    """Whether keyless (Fulcio/Rekor) signing could run here, and why (never touches the network)."""
-    if importlib.util.find_spec("sigstore") is None:
-        return False, "sigstore-python is not installed (pip install sigstore)"
-    source = _ambient_oidc()
-    if source is None:
-        return False, ("no ambient OIDC identity (set SIGSTORE_IDENTITY_TOKEN, or run in GitHub Actions "
-                       "with id-token: write, or GitLab CI with SIGSTORE_ID_TOKEN)")
-    return True, f"sigstore-python installed; OIDC identity from {source} (signing needs the network)"
+    manifest = _role_path(actx, p["roles"]["manifest"]).read_bytes()
+    out = {"manifest_bundle": signing.sign_blob_sigstore_bundle(manifest, key),
+           "manifest_sig": signing.legacy_signature(manifest, key),
+           "public_key": encode_public_key(key.public_key())}
+    if "archive" in p["roles"]:
+        archive_digest = _file_sha256(_role_path(actx, p["roles"]["archive"]))
+        out["archive_bundle"] = signing.sign_digest_sigstore_bundle(archive_digest, key)
+        out["archive_sig"] = signing.legacy_signature_digest(archive_digest, key)
+    if "provenance" in p["roles"]:
+        provenance = _role_path(actx, p["roles"]["provenance"]).read_bytes()
+        attestation = signing.sign_attestation_bundle(json.loads(provenance), key)
+        envelope = json.loads(attestation)["dsseEnvelope"]
+        if base64.b64decode(envelope["payload"]) != provenance:
+            raise ActionError("provenance is not canonical JSON, so its DSSE payload would differ from "
+                              "the file", file=p["roles"]["provenance"]["path"] or None)
+        out["provenance_dsse"] = canonical_json.dumps(envelope)
+        out["provenance_bundle"] = attestation
+    for role, data in out.items():
+        actx.write_output(names[role], data)
+    return {"signature_files": len(out)}

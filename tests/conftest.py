@@ -53,6 +53,32 @@ def make_workspace(root: Path, *, packages: tuple[str, ...] = ("profiles",), sha
     return root
 
 
+def package_dirs() -> dict[str, Path]:
+    """Every package listed in pyproject → its source directory, following `package-dir` as
+    setuptools does (engine/ → stella_build.engine, rules/ → stella_build.rules)."""
+    import tomllib
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    mapping = setuptools["package-dir"]
+    out = {}
+    for name in setuptools["packages"]:
+        base = max((k for k in mapping if name == k or name.startswith(k + ".")), key=len)
+        rest = name[len(base):].lstrip(".")
+        out[name] = REPO / mapping[base] / Path(*rest.split(".")) if rest else REPO / mapping[base]
+    return out
+
+
+def assemble_package(dest: Path) -> Path:
+    """Copy the package's .py files to dest/stella_build/... as a wheel lays them out, for tools
+    that follow directories (import-linter) and for runs of edited copies (PYTHONPATH=dest)."""
+    for name, directory in package_dirs().items():
+        target = dest / Path(*name.split("."))
+        target.mkdir(parents=True, exist_ok=True)
+        for src in directory.glob("*.py"):
+            shutil.copyfile(src, target / src.name)
+    return dest
+
+
 def output_digests(workspace: Path, package: str, target: str) -> dict[str, str]:
     """sha256 of every file in stella-out/<package>/<target>/."""
     import hashlib

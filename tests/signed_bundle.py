@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stella_build.rules import signing_keys
+from stella_build.rules.formats import keys as signing_keys
 
 from tests.conftest import make_workspace, run_cli
 

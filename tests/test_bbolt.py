@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stella_build.rules.trivy.bbolt import (
+from stella_build.rules.formats.trivy.bbolt import (
     BboltError, BboltReader, BboltWriter, fnv1a64, write_tree,
 )
 

@@ -10,7 +10,7 @@ import pyrage
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from stella_build.rules.encryption import (
+from stella_build.rules.formats.encryption import (
     DecryptionError,
     EncryptionError,
     EncryptionRecord,

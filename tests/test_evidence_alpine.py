@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from stella_build.engine.encode.canonical_json import dumps
-from stella_build.rules.evidence import EvidenceError, SourceInfo
-from stella_build.rules.sources.alpine import normalize_secdb, secfix_ids
-from stella_build.rules.versions import affected
+from stella_build.rules.evidence.model import EvidenceError, SourceInfo
+from stella_build.rules.evidence.sources.alpine import normalize_secdb, secfix_ids
+from stella_build.rules.evidence.versions import affected
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCE = SourceInfo(name="Alpine Secdb", url="https://secdb.alpinelinux.org/")

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stella_build.engine.encode.canonical_json import dumps
-from stella_build.rules.evidence import (
+from stella_build.rules.evidence.model import (
     Advisory,
     EvidenceError,
     Package,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from stella_build.engine.encode.canonical_json import dumps
-from stella_build.rules.evidence import Advisory, EvidenceError, SourceInfo
-from stella_build.rules.sources.osv import load_osv_document, normalize_osv
+from stella_build.rules.evidence.model import Advisory, EvidenceError, SourceInfo
+from stella_build.rules.evidence.sources.osv import load_osv_document, normalize_osv
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCE = SourceInfo(name="test", license="CC-BY-4.0")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from stella_build.engine.encode.canonical_json import dumps
-from tests.conftest import REPO, SHARED_DATA, make_workspace, require_shared_data, run_cli
+from tests.conftest import SHARED_DATA, make_workspace, require_shared_data, run_cli
 
 
 def _stats(ws: Path, package: str, target: str) -> list[dict]:
@@ -59,7 +59,7 @@ def test_every_shared_file_is_ingested_with_zero_errors(corpora_ws):
 
 
 def test_normalized_records_are_canonical_and_sorted(corpora_ws):
-    from stella_build.rules.evidence import Advisory
+    from stella_build.rules.evidence.model import Advisory
 
     for target in ("rustsec", "alpine", "osv-normalized"):
         shard = sorted((corpora_ws / "stella-out/corpora" / target / "shards").glob("*.jsonl"))[0]

@@ -9,9 +9,9 @@ import pytest
 import semver
 
 from stella_build.engine.encode.canonical_json import dumps
-from stella_build.rules.evidence import EvidenceError, SourceInfo
-from stella_build.rules.sources.rustsec import normalize_rustsec, requirements_to_events
-from stella_build.rules.versions import affected, rustsec_requirement_matches
+from stella_build.rules.evidence.model import EvidenceError, SourceInfo
+from stella_build.rules.evidence.sources.rustsec import normalize_rustsec, requirements_to_events
+from stella_build.rules.evidence.versions import affected, rustsec_requirement_matches
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCE = SourceInfo(name="RustSec", license="CC0-1.0")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from stella_build.rules.evidence import EvidenceError
-from stella_build.rules.sources.sbom import load_sbom
-from stella_build.rules.sources.vex import load_vex
+from stella_build.rules.evidence.model import EvidenceError
+from stella_build.rules.evidence.sources.sbom import load_sbom
+from stella_build.rules.evidence.sources.vex import load_vex
 
 OPENVEX = {
     "@context": "https://openvex.dev/ns/v0.2.0",

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stella_build.rules.trivy.gojson import (
+from stella_build.rules.formats.trivy.gojson import (
     ZERO_TIME, GoMap, go_float, go_marshal, go_string, go_time, omit_empty, trivy_metadata_json,
 )
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stella_build.rules.trivy.java_db import (
+from stella_build.rules.formats.trivy.java_db import (
     JavaDbInputError, JavaEntry, build_java_db, normalise_header, parse_jsonl, parse_maven_repo,
     sqlite_library_version,
 )

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.rules.mirror import chunk_entries
-from stella_build.rules.tuf_repo import generate_key
+from stella_build.rules.mirror_full import chunk_entries
+from stella_build.rules.formats.tuf import generate_key
 from tests.conftest import SHARED_DATA, make_workspace, output_digests, require_shared_data, run_cli
 
 FULL = "//profiles:mirror-full"
@@ -104,7 +104,7 @@ def test_mirror_is_reproducible_elsewhere(sample, tmp_path):
 
 
 def test_tuf_metadata_covers_every_file_and_verifies(sample):
-    from stella_build.rules.mirror_apply import MirrorError, verify_tuf
+    from stella_build.delivery.verify.mirror import MirrorError, verify_tuf
 
     ws, _ = sample
     tree = ws / "stella-out/profiles/mirror-tuf/mirror"

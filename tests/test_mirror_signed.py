@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from stella_build.rules.oci import OciLayoutReader, fallback_tag
+from stella_build.rules.formats.oci import OciLayoutReader, fallback_tag
 from tests.conftest import make_workspace, run_cli
 from tests.signed_bundle import PASSWORD, make_keys
 from tests.test_mirror import FULL, _edit_sample, same_tree

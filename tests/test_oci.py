@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.rules import oci
-from stella_build.rules.oci import (
+from stella_build.rules.formats import oci
+from stella_build.rules.formats.oci import (
     EMPTY_DESCRIPTOR,
     MEDIA_TYPE_INDEX,
     MEDIA_TYPE_MANIFEST,

@@ -294,7 +294,7 @@ policy_file = "policy/policy.toml"
 
 def test_waiver_is_active_strictly_before_its_expiry():
     from stella_build.engine.encode.timefmt import parse_rfc3339
-    from stella_build.rules.policy import Policy, evaluate
+    from stella_build.rules.evidence.policy import Policy, evaluate
 
     policy = Policy(name="p", waivers=[{"advisory": "CVE-1", "reason": "r", "expires": "2025-01-01"}])
     match = {"subject": None, "sbom": "b.json", "purl": "pkg:npm/a@1.0.0", "ecosystem": "npm", "package": "a",
@@ -310,7 +310,7 @@ def test_waiver_is_active_strictly_before_its_expiry():
 
 
 def test_vex_not_honoured_and_unknown_severity():
-    from stella_build.rules.policy import Policy, evaluate
+    from stella_build.rules.evidence.policy import Policy, evaluate
 
     match = {"subject": "pkg:generic/app@1", "sbom": "b.json", "purl": "pkg:pypi/a@1.0", "ecosystem": "PyPI",
              "package": "a", "installed_version": "1.0", "advisory_id": "PYSEC-1", "aliases": [],
@@ -331,7 +331,7 @@ def test_vex_not_honoured_and_unknown_severity():
 
 
 def test_policy_validation_names_the_field():
-    from stella_build.rules.policy import PolicyError, load_policy_toml
+    from stella_build.rules.evidence.policy import PolicyError, load_policy_toml
 
     with pytest.raises(PolicyError) as exc:
         load_policy_toml(b'name = "p"\n[severity]\nblock_at = "medium"\nwarn_at = "high"\n', "p.toml")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.rules.verify import verify_bundle
+from stella_build.delivery.verify import verify_bundle
 
 from tests.conftest import make_workspace, output_digests, run_cli
 from tests.signed_bundle import PASSWORD, make_keys

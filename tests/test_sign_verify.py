@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.engine.cli.main import main as cli_main
+from stella_build.cli.main import main as cli_main
 from stella_build.engine.encode.archive import TarEntry, gzip_bytes, tar_bytes
-from stella_build.rules import signing, signing_keys
+from stella_build.rules.formats import keys as signing_keys, signing
 
 from tests.conftest import CLI, REPO, make_workspace, output_digests, run_cli
 from tests.signed_bundle import (PASSWORD, SIGNED_TARGET, build_signed, make_keys, signed_out,

@@ -15,9 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from stella_build.rules import signing, signing_keys
-from stella_build.rules.signing import SignatureInvalid
-from stella_build.rules.signing_keys import SigningKeyError
+from stella_build.delivery import keyless
+from stella_build.rules.formats import keys as signing_keys, signing
+from stella_build.rules.formats.signing import SignatureInvalid
+from stella_build.rules.formats.keys import SigningKeyError
 
 PASSWORD = b"correct horse"
 
@@ -349,19 +350,19 @@ def no_oidc_env(monkeypatch):
 
 def test_keyless_needs_sigstore_python(no_oidc_env):
     no_oidc_env.setenv("SIGSTORE_IDENTITY_TOKEN", "eyJ...")
-    no_oidc_env.setattr(signing.importlib.util, "find_spec", lambda name: None)
-    ok, reason = signing.keyless_available()
+    no_oidc_env.setattr(keyless.importlib.util, "find_spec", lambda name: None)
+    ok, reason = keyless.keyless_available()
     assert not ok and "sigstore-python is not installed" in reason
 
 
 def test_keyless_needs_an_identity(no_oidc_env):
-    no_oidc_env.setattr(signing.importlib.util, "find_spec", lambda name: object())
-    ok, reason = signing.keyless_available()
+    no_oidc_env.setattr(keyless.importlib.util, "find_spec", lambda name: object())
+    ok, reason = keyless.keyless_available()
     assert not ok and "no ambient OIDC identity" in reason
     # GitHub Actions without `id-token: write` has no request token: still unavailable.
     no_oidc_env.setenv("GITHUB_ACTIONS", "true")
     no_oidc_env.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "https://example.invalid/token")
-    assert signing.keyless_available()[0] is False
+    assert keyless.keyless_available()[0] is False
     no_oidc_env.setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "t")
-    ok, reason = signing.keyless_available()
+    ok, reason = keyless.keyless_available()
     assert ok and "GitHub Actions" in reason

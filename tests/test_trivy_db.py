@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stella_build.engine.encode.archive import gzip_bytes, gunzip_bytes
-from stella_build.rules.trivy.bbolt import BboltReader
-from stella_build.rules.trivy.packaging import GzipWriter, metadata_json, parse_interval
-from stella_build.rules.trivy.schema import (
+from stella_build.rules.formats.trivy.bbolt import BboltReader
+from stella_build.rules.formats.trivy.packaging import GzipWriter, metadata_json, parse_interval
+from stella_build.rules.formats.trivy.schema import (
     group_vuln_ids, merge_advisories, patched_versions, trivy_pkg_name, vulnerable_versions,
 )
-from stella_build.rules.versions import affected, compare
+from stella_build.rules.evidence.versions import affected, compare
 from tests.conftest import REPO, make_workspace, output_digests, run_cli
 
 GOLDEN = json.loads((REPO / "golden" / "digests.json").read_text())
@@ -330,8 +330,8 @@ _DOC = st.recursive(_LEAF, lambda c: st.one_of(st.lists(c, max_size=4),
 @settings(max_examples=400, deadline=None)
 @given(doc=_DOC, sort=st.booleans())
 def test_fast_go_json_equals_go_marshal(doc, sort):
-    from stella_build.rules.trivy.gojson import GoMap, go_marshal
-    from stella_build.rules.trivy.schema import go_json
+    from stella_build.rules.formats.trivy.gojson import GoMap, go_marshal
+    from stella_build.rules.formats.trivy.schema import go_json
 
     assert go_json(doc, sort_keys=sort) == go_marshal(doc, sort_keys=sort, float64_numbers=sort)
     wrapped = {"b": GoMap({"z": 1, "a": doc}), "a": [doc]}

@@ -13,7 +13,7 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata
 
-from stella_build.rules.tuf_repo import (
+from stella_build.rules.formats.tuf import (
     DAY,
     ROLES,
     DeterministicEcdsaSigner,
@@ -176,7 +176,7 @@ def test_bytes_independent_of_tz_hashseed_and_cwd(tmp_path, keyfiles, targets):
     here = build_tuf_repo(tmp_path / "here", targets, TufKeys.from_files(keyfiles), EPOCH)
     script = (
         "import sys, json; from pathlib import Path\n"
-        "from stella_build.rules.tuf_repo import TufKeys, build_tuf_repo\n"
+        "from stella_build.rules.formats.tuf import TufKeys, build_tuf_repo\n"
         "keys = TufKeys.from_files(json.loads(sys.argv[1]))\n"
         "t = {k: (Path(v) if k == 'export.json' else bytes.fromhex(v)) for k, v in json.loads(sys.argv[2]).items()}\n"
         f"build_tuf_repo(Path(sys.argv[3]), t, keys, {EPOCH})\n"
@@ -191,7 +191,7 @@ def test_bytes_independent_of_tz_hashseed_and_cwd(tmp_path, keyfiles, targets):
 
 def test_signer_for_cosign_style_key_object(tmp_path, targets):
     """A key object loaded elsewhere (e.g. the cosign key) signs TUF metadata deterministically."""
-    from stella_build.rules.tuf_repo import signer_for_key
+    from stella_build.rules.formats.tuf import signer_for_key
 
     key = ec.generate_private_key(ec.SECP256R1())
     a = build_tuf_repo(tmp_path / "a", targets, TufKeys.single(signer_for_key(key)), EPOCH)

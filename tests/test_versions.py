@@ -8,7 +8,7 @@ import semver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stella_build.rules.versions import (
+from stella_build.rules.evidence.versions import (
     VersionError,
     affected,
     apk_compare,

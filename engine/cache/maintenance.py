@@ -4,8 +4,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .cas import Cas
-from .index import Index
+from stella_build.engine.cache.cas import Cas
+from stella_build.engine.cache.index import Index
 
 
 def stats(cache_dir: Path) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from stella_build.rules.encryption import DecryptionError, decrypt_tree, encrypt_tree
+from stella_build.rules.formats.encryption import DecryptionError, decrypt_tree, encrypt_tree
 from .conftest import require_tool
 
 pytestmark = pytest.mark.interop

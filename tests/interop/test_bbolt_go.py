@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from stella_build.rules.trivy.bbolt import BboltReader, BboltWriter, write_tree
+from stella_build.rules.formats.trivy.bbolt import BboltReader, BboltWriter, write_tree
 
 from .conftest import require_tool
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.rules import signing, signing_keys
-from stella_build.rules.signing import SignatureInvalid
-from stella_build.rules.signing_keys import SigningKeyError
+from stella_build.rules.formats import keys as signing_keys, signing
+from stella_build.rules.formats.signing import SignatureInvalid
+from stella_build.rules.formats.keys import SigningKeyError
 
 pytestmark = pytest.mark.interop
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import shutil
 import subprocess
@@ -10,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.rules.oci import OciLayoutReader, verify_layout
-from stella_build.rules.oci_registry import RegistryClient, pull_layout
-from stella_build.rules.tuf_repo import generate_key, offline_updater
+from stella_build.rules.formats.oci import OciLayoutReader, verify_layout
+from stella_build.delivery.registry import RegistryClient, pull_layout
+from stella_build.rules.formats.tuf import generate_key, offline_updater
 from tests.conftest import make_workspace, run_cli
 
 from .conftest import require_tool
@@ -152,8 +151,8 @@ def test_signed_mirror_and_delta_travel_through_a_registry_with_their_signatures
     """Push a signed full mirror and a signed delta to docker-registry (no referrers API: the
     tag-schema fallback), pull them back elsewhere, find each signature through the referrers,
     verify it against the pulled export.json / manifest.diff.json, and apply the pulled delta."""
-    from stella_build.rules import signing
-    from stella_build.rules.signing_keys import load_public_key
+    from stella_build.rules.formats import signing
+    from stella_build.rules.formats.keys import load_public_key
     from tests.signed_bundle import PASSWORD, make_keys
     from tests.test_mirror import _edit_sample, same_tree
 

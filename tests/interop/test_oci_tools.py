@@ -12,14 +12,14 @@ import pytest
 import urllib3
 
 from stella_build.engine.encode.archive import TarEntry, gzip_bytes, tar_bytes
-from stella_build.rules.oci import (
+from stella_build.rules.formats.oci import (
     OciLayoutReader,
     OciLayoutWriter,
     fallback_tag,
     trivy_db_artifact,
     verify_layout,
 )
-from stella_build.rules.oci_registry import RegistryClient, RegistryError, pull_layout, push_layout
+from stella_build.delivery.registry import RegistryClient, RegistryError, pull_layout, push_layout
 from .conftest import require_tool
 
 pytestmark = pytest.mark.interop

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.engine.cli.main import main as cli_main
+from stella_build.cli.main import main as cli_main
 
 from tests.conftest import run_cli
 from tests.signed_bundle import PASSWORD, build_signed, signed_out, signed_workspace

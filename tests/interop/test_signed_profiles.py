@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.rules.oci_registry import RegistryClient, push_layout
+from stella_build.delivery.registry import RegistryClient, push_layout
 
 from tests.conftest import make_workspace, run_cli
 from tests.signed_bundle import PASSWORD, make_keys

@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from stella_build.rules import signing, signing_keys
+from stella_build.rules.formats import keys as signing_keys, signing
 
 pytestmark = pytest.mark.interop
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.rules.trivy.bbolt import BboltReader
+from stella_build.rules.formats.trivy.bbolt import BboltReader
 from tests.conftest import make_workspace, run_cli
 from tests.interop.trivy_env import corpora_trivy_db  # noqa: F401  (fixture)
 from tests.test_trivy_db import COLLIDING_EXPORTFILE, colliding_workspace

@@ -135,7 +135,7 @@ def test_trivy_reports_nothing_for_patched_versions(tool, tmp_path, corpora_triv
 def test_trivy_takes_details_and_severity_from_our_db(vulnerable_report, corpora_trivy_db) -> None:
     """Description, severity (our VendorSeverity for the finding's data source) and data source
     that Trivy reports are the ones in our `vulnerability` / `data-source` buckets."""
-    from stella_build.rules.trivy.bbolt import BboltReader
+    from stella_build.rules.formats.trivy.bbolt import BboltReader
 
     names = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
     reader = BboltReader(corpora_trivy_db / "trivy.db")

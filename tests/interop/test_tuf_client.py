@@ -21,7 +21,7 @@ from tuf.api.exceptions import (
 )
 from tuf.ngclient import Updater
 
-from stella_build.rules.tuf_repo import TufKeys, build_tuf_repo, generate_key, offline_updater
+from stella_build.rules.formats.tuf import TufKeys, build_tuf_repo, generate_key, offline_updater
 
 pytestmark = pytest.mark.interop
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stella_build.rules.evidence import SourceInfo
-from stella_build.rules.versions import VersionError, affected
+from stella_build.rules.evidence.model import SourceInfo
+from stella_build.rules.evidence.versions import VersionError, affected
 from tests.conftest import SHARED_DATA, make_workspace, require_shared_data, run_cli
 
 BUILD_TIMES: dict[str, float] = {}
@@ -85,7 +85,7 @@ def trivy_ids(adv) -> list[str]:
 
 
 def pypi_advisories(package: str) -> list:
-    from stella_build.rules.sources.osv import load_osv_document, normalize_osv
+    from stella_build.rules.evidence.sources.osv import load_osv_document, normalize_osv
 
     norm = re.sub(r"[-_.]+", "-", package).lower()
     src = SourceInfo(name="Python Packaging Advisory Database")
@@ -100,7 +100,7 @@ def pypi_advisories(package: str) -> list:
 
 
 def go_advisories(module: str) -> list:
-    from stella_build.rules.sources.osv import load_osv_document, normalize_osv
+    from stella_build.rules.evidence.sources.osv import load_osv_document, normalize_osv
 
     needle = json.dumps(module).encode()
     src = SourceInfo(name="Go Vulnerability Database")
@@ -115,7 +115,7 @@ def go_advisories(module: str) -> list:
 
 
 def crate_advisories(crate: str) -> list:
-    from stella_build.rules.sources.rustsec import normalize_rustsec
+    from stella_build.rules.evidence.sources.rustsec import normalize_rustsec
 
     src = SourceInfo(name="RustSec Advisory Database")
     out = []
@@ -125,7 +125,7 @@ def crate_advisories(crate: str) -> list:
 
 
 def alpine_advisories(release: str, origin: str) -> list:
-    from stella_build.rules.sources.alpine import normalize_secdb
+    from stella_build.rules.evidence.sources.alpine import normalize_secdb
 
     src = SourceInfo(name="Alpine secdb")
     out = []

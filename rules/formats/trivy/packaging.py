@@ -1,0 +1,121 @@
+"""Packaging of a built Trivy DB: metadata.json, the ``.tar.gz`` and the OCI artifact Trivy pulls.
+
+Everything streams from files (a vulnerability DB can be ~1 GB), and the bytes equal what the
+in-memory encoders of ``stella_build.engine.encode.archive`` would give: deterministic PAX tar
+(``write_tar``) compressed by the pinned zlib-ng deflate with the same fixed gzip header as
+``gzip_bytes`` (mtime 0, no name, OS byte 255). The OCI manifest has the shape of ``oras push
+--artifact-type application/vnd.aquasec.trivy.config.v1+json`` with ``created`` fixed by the caller
+(see ``stella_build.rules.formats.oci.trivy_db_artifact``, which does the same from bytes).
+"""
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+from zlib_ng import zlib_ng
+
+from stella_build.engine.rule_api import GZIP_OS_UNKNOWN, TarEntry, write_tar
+from stella_build.rules.formats.oci import (
+    ANNOTATION_TITLE, TRIVY_ARTIFACT_TYPE, TRIVY_DB_LAYER, TRIVY_JAVADB_LAYER, Descriptor,
+    OciLayoutWriter, add_bundle_referrer,
+)
+from stella_build.rules.formats.trivy.gojson import go_time, trivy_metadata_json
+
+__all__ = ["GzipWriter", "write_db_archive", "write_oci_layout", "metadata_json",
+           "parse_interval"]
+
+_INTERVAL = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> int:
+    """Seconds in a duration such as ``"24h"``, ``"6h"``, ``"30m"`` or ``"7d"``."""
+    m = _INTERVAL.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"not a positive duration like '24h' or '7d': {text!r}")
+    return int(m.group(1)) * _UNIT[m.group(2)]
+
+
+def metadata_json(version: int, epoch: int, interval_s: int) -> bytes:
+    """metadata.json: UpdatedAt = DownloadedAt = SOURCE_DATE_EPOCH, NextUpdate = + interval.
+
+    A non-zero DownloadedAt keeps Trivy from treating the DB as hand-placed and re-downloading
+    it; NextUpdate in the past only matters without ``--skip-db-update``.
+    """
+    go_time(epoch)  # validates the range
+    return trivy_metadata_json(version, updated_at=epoch, next_update=epoch + interval_s,
+                               downloaded_at=epoch)
+
+
+class GzipWriter:
+    """A write-only file object producing exactly ``gzip_bytes(all data written, level)``."""
+
+    def __init__(self, raw, level: int = 9) -> None:
+        self._raw = raw
+        self._level = level
+        self._comp = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15, 8, zlib_ng.Z_DEFAULT_STRATEGY)
+        self._crc = 0
+        self._size = 0
+        xfl = 2 if level == 9 else 4 if level == 1 else 0
+        raw.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + bytes([xfl, GZIP_OS_UNKNOWN]))
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        self._crc = zlib_ng.crc32(data, self._crc)
+        self._size += len(data)
+        out = self._comp.compress(data)
+        if out:
+            self._raw.write(out)
+        return len(data)
+
+    def tell(self) -> int:  # tarfile asks for the position of the uncompressed stream
+        return self._size
+
+    def close(self) -> None:
+        self._raw.write(self._comp.flush())
+        self._raw.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
+
+
+def write_db_archive(dest: Path, members: dict[str, Path | bytes], mtime: int) -> None:
+    """``dest`` = gzip(PAX tar of ``members`` sorted by name), streamed from files."""
+    entries = [TarEntry(name, data=src) if isinstance(src, (bytes, bytearray))
+               else TarEntry(name, source=Path(src)) for name, src in members.items()]
+    with open(dest, "wb") as raw:
+        gz = GzipWriter(raw)
+        write_tar(gz, entries, mtime)
+        gz.close()
+
+
+def write_oci_layout(root: Path, archive: Path, created_rfc3339: str, java: bool = False) -> Descriptor:
+    """OCI layout at ``root`` holding the Trivy (Java) DB artifact, tagged ``2`` (``1`` for Java)."""
+    title, media_type, tag = (("javadb.tar.gz", TRIVY_JAVADB_LAYER, "1") if java
+                              else ("db.tar.gz", TRIVY_DB_LAYER, "2"))
+    layout = OciLayoutWriter(root)
+    layer = layout.add_blob_file(archive, media_type, {ANNOTATION_TITLE: title})
+    desc = layout.add_manifest(TRIVY_ARTIFACT_TYPE, None, [layer], created=created_rfc3339)
+    layout.tag(desc, tag)
+    layout.write_index()
+    return desc
+
+
+# java → names of one profile
+PROFILES = {
+    False: {"profile": "trivy:db", "variant": "db", "db": "trivy.db", "archive": "db.tar.gz",
+            "sig": "signatures/trivy-db.sig", "layer": TRIVY_DB_LAYER, "tag": "2",
+            "db_type": "application/vnd.stella-build.bbolt"},
+    True: {"profile": "trivy:java-db", "variant": "java-db", "db": "trivy-java.db", "archive": "javadb.tar.gz",
+           "sig": "signatures/trivy-java-db.sig", "layer": TRIVY_JAVADB_LAYER, "tag": "1",
+           "db_type": "application/vnd.sqlite3"},
+}
+
+
+def build_layout(writer: OciLayoutWriter, layer: Descriptor, bundle: bytes, created: str,
+                 java: bool) -> tuple[Descriptor, Descriptor]:
+    """The signed layout: artifact (tagged "2"/"1"), its bundle referrer, the fallback index.
+    `layer` must already be in `writer` (add_blob_file / add_known_blob)."""
+    artifact = writer.add_manifest(TRIVY_ARTIFACT_TYPE, None, [layer], created=created)
+    writer.tag(artifact, PROFILES[java]["tag"])
+    referrer = add_bundle_referrer(writer, artifact, bundle, created)
+    writer.write_index()
+    return artifact, referrer

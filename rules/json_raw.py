@@ -1,0 +1,211 @@
+"""The json:raw bundle: canonical evidence JSONL (zstd 19), index, manifest, provenance, archive.
+
+Layout (directory bundle; `bundle.tar.gz` holds everything but provenance, which names the archive's
+digest and so cannot be inside it):
+    data/raw/advisories/<ecosystem>/<source>-<shard>.jsonl.zst   records sorted by (id, path)
+    indexes/advisories.index.json
+    manifests/export.json        contents[] sorted by path, rerunHash
+    manifests/provenance.json    in-toto Statement v1 + SLSA provenance v1 (no wall-clock fields)
+    bundle.tar.gz, bundle.tar.gz.sha256
+
+Actions: one `RawShard` per source shard (filter by selectors, drop withdrawn, compress) and one
+`Bundle` assembly, so editing one advisory re-runs its source shard, its RawShard and the assembly.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+from pydantic import Field
+
+from stella_build.engine.rule_api import canonical_json
+from stella_build.engine.rule_api import TarEntry, gzip_bytes, library_versions, tar_bytes, zstd_bytes
+from stella_build.engine.rule_api import sha256_hex
+from stella_build.engine.rule_api import parse_rfc3339, rfc3339
+from stella_build.engine.rule_api import (
+    ActionContext, AnalysisContext, DefaultOutputs, Rule, Selectors, TargetParams,
+)
+
+from stella_build.rules.providers import AdvisorySet, Bundle
+from stella_build.rules.signing import SignParams, add_signing, resolve_signer
+from stella_build.rules.formats.bundle import MANIFEST_SCHEMA, MANIFEST_VERSION, BUILDER_ID, BUILD_TYPE, builder_version, manifest_contents, rerun_hash
+from stella_build.rules.evidence.select import selected as _selected, since_epoch as _since
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class JsonRawParams(TargetParams):
+    rule: Literal["json_raw"]
+    selectors: Selectors | None = Field(None, description="overrides the package's [package.selectors]")
+    tenant: str = Field("default", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    revision: str = Field("r1", pattern=r"^r[0-9]+$", description="profile revision recorded in the manifest")
+    compression_level: int = Field(19, ge=1, le=22, description="zstd level of the JSONL files")
+    sign: SignParams | None = Field(None, description="sign the bundle (docs/signing.md); also enabled by STELLA_SIGNING_KEY")
+
+
+class JsonRaw(Rule):
+    name = "json_raw"
+    version = "1"
+    doc = "json:raw profile: canonical advisory JSONL (zstd), index, manifest, provenance, bundle.tar.gz"
+    Params = JsonRawParams
+    accepts = (AdvisorySet,)
+
+    def analyze(self, ctx: AnalysisContext, params: JsonRawParams) -> list:
+        selectors = (params.selectors.merged_over(ctx.selectors) if params.selectors else ctx.selectors)
+        sel = {k: v for k, v in selectors.model_dump().items() if v is not None}
+        shard_trees = {}
+        for dep_label, aset in ctx.providers(AdvisorySet):
+            source_slug = _SAFE.sub("_", dep_label.name)
+            for shard, art in aset.shards:
+                spec = ctx.action(
+                    mnemonic="RawShard", id=f"{source_slug}-{shard}",
+                    fn=raw_shard,
+                    inputs={"records.jsonl": art}, outputs=["out/"],
+                    params={"selectors": sel, "level": params.compression_level,
+                            "shard": f"{source_slug}-{shard}"})
+                shard_trees[f"shards/{source_slug}-{shard}"] = spec.out("out/")
+        sources = sorted({json.dumps(a.source.to_json(), sort_keys=True) for _, a in ctx.providers(AdvisorySet)})
+        profile = {"kind": "json", "variant": "raw", "name": ctx.label.name, "revision": params.revision}
+        signer = resolve_signer(ctx, params.sign)  # fails here (exit 4) on a missing key or password
+        bundle = ctx.action(
+            mnemonic="Bundle", fn=assemble,
+            inputs=shard_trees, outputs=["bundle/", "bundle.tar.gz", "bundle.tar.gz.sha256"],
+            params={"profile": profile, "tenant": params.tenant, "selectors": sel,
+                    "target": str(ctx.label), "sources": [json.loads(s) for s in sources],
+                    "builder_version": builder_version(),
+                    "rules": {"json_raw": self.version, "osv_source": "1"},
+                    **({"signer": signer.provenance_params()} if signer else {})})
+        files = {"bundle.tar.gz": bundle.out("bundle.tar.gz"),
+                 "bundle.tar.gz.sha256": bundle.out("bundle.tar.gz.sha256")}
+        bundle_tree = bundle.out("bundle/")
+        files.update(add_signing(ctx, signer, manifest=(bundle_tree, "manifests/export.json"),
+                                 archive=files["bundle.tar.gz"],
+                                 provenance=(bundle_tree, "manifests/provenance.json")))
+        return [Bundle(profile="json:raw", files=files, manifest=bundle_tree, archive=files["bundle.tar.gz"]),
+                DefaultOutputs(files=files, trees={"": bundle_tree},
+                               primary=("bundle.tar.gz", "manifests/export.json"))]
+
+
+# -- actions -----------------------------------------------------------------------------
+
+
+def raw_shard(actx: ActionContext) -> dict:
+    """Filter one shard's records, drop withdrawn ones, write one zstd JSONL per ecosystem."""
+    sel, level, shard = actx.params["selectors"], actx.params["level"], actx.params["shard"]
+    since = _since(sel)
+    by_eco: dict[str, list[bytes]] = {}
+    meta = {"withdrawn": [], "filtered": 0, "materials": [], "records": {}, "modified": [],
+            "index": []}
+    with open(actx.input("records.jsonl"), "rb") as f:
+        for line in f:
+            rec = json.loads(line)
+            meta["materials"].append([rec["path"], rec["sha256"]])
+            if rec.get("withdrawn"):
+                meta["withdrawn"].append(rec["id"])
+                continue
+            if not _selected(rec, sel, since):
+                meta["filtered"] += 1
+                continue
+            eco = _SAFE.sub("_", rec["ecosystems"][0]) if rec["ecosystems"] else "_none"
+            path = f"data/raw/advisories/{eco}/{shard}.jsonl.zst"
+            by_eco.setdefault(path, []).append(canonical_json.dumps_line(rec))
+            meta["modified"].append(rec["modified"])
+            meta["index"].append([rec["id"], eco, path, rec["modified"]])
+    for path, lines in sorted(by_eco.items()):
+        actx.write_output(f"out/{path}", zstd_bytes(b"".join(lines), level))
+        meta["records"][path] = len(lines)
+    meta["modified"] = max(meta["modified"], default=None)
+    actx.write_output(f"out/meta/{shard}.json", canonical_json.dumps(meta))
+    return {"records": sum(meta["records"].values()), "withdrawn": len(meta["withdrawn"])}
+
+
+def assemble(actx: ActionContext) -> dict:
+    files: dict[str, bytes] = {}
+    records: dict[str, int] = {}
+    withdrawn, materials, index, filtered, newest = [], [], [], 0, None
+    for name in sorted(actx.inputs):
+        for rel, path in actx.tree_files(name):
+            data = path.read_bytes()
+            if rel.startswith("meta/"):
+                meta = json.loads(data)
+                records.update(meta["records"])
+                withdrawn += meta["withdrawn"]
+                materials += meta["materials"]
+                index += meta["index"]
+                filtered += meta["filtered"]
+                if meta["modified"] and (newest is None or meta["modified"] > newest):
+                    newest = meta["modified"]
+            else:
+                files[rel] = data
+    epoch = actx.source_date_epoch
+    if epoch is None:  # derived from the evidence, never from the wall clock
+        epoch = parse_rfc3339(newest) if newest else 0
+    index_doc = _index(index, records, sorted(set(withdrawn)), filtered)
+    files["indexes/advisories.index.json"] = canonical_json.dumps(index_doc)
+    counts = {"records": sum(records.values()), "withdrawnExcluded": len(withdrawn), "filteredOut": filtered}
+    contents = write_bundle(actx, files, records, counts, sorted(materials), epoch)
+    return {"records": counts["records"], "withdrawn": len(withdrawn), "files": len(contents)}
+
+
+def write_bundle(actx: ActionContext, files: dict[str, bytes], records: dict[str, int], counts: dict,
+                 materials: list, epoch: int) -> list[dict]:
+    """Manifest, archive, provenance and sidecar of a JSON bundle from its data files; every JSON
+    profile (raw, policy) ends here so they share one manifest and provenance format."""
+    p = actx.params
+    contents = manifest_contents(files, records)
+    rerun = rerun_hash(contents)
+    manifest = {
+        "schema": MANIFEST_SCHEMA, "version": MANIFEST_VERSION,
+        "exportId": "exp-" + sha256_hex(canonical_json.dumps([p["profile"], p["tenant"], rerun]))[:24],
+        "profile": p["profile"], "tenant": p["tenant"], "selectors": p["selectors"],
+        "generatedAt": rfc3339(epoch), "contents": contents, "rerunHash": rerun,
+        "counts": counts, "sources": p["sources"],
+    }
+    manifest_bytes = canonical_json.dumps(manifest)
+    files["manifests/export.json"] = manifest_bytes
+    archive = gzip_bytes(tar_bytes([TarEntry(path, data) for path, data in files.items()], mtime=epoch))
+    archive_sha = sha256_hex(archive)
+    provenance = _provenance(p, manifest_bytes, archive_sha, [list(m) for m in materials], epoch)
+    files["manifests/provenance.json"] = canonical_json.dumps(provenance)
+    for path, data in files.items():
+        actx.write_output(f"bundle/{path}", data)
+    actx.write_output("bundle.tar.gz", archive)
+    actx.write_output("bundle.tar.gz.sha256", f"{archive_sha}  bundle.tar.gz\n".encode())
+    return contents
+
+
+def _index(index: list, records: dict[str, int], withdrawn: list[str], filtered: int) -> dict:
+    ecosystems: dict[str, dict] = {}
+    for path, n in sorted(records.items()):
+        eco = path.split("/")[3]
+        e = ecosystems.setdefault(eco, {"records": 0, "files": []})
+        e["records"] += n
+        e["files"].append(path)
+    return {"schema": "https://stella-build.dev/schemas/advisories-index/v1",
+            "records": sum(records.values()), "ecosystems": ecosystems,
+            "advisories": sorted(index), "excluded": {"withdrawn": withdrawn, "filteredOut": filtered}}
+
+
+def _provenance(p: dict, manifest: bytes, archive_sha: str, materials: list, epoch: int) -> dict:
+    return {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": "manifests/export.json", "digest": {"sha256": sha256_hex(manifest)}},
+                    {"name": "bundle.tar.gz", "digest": {"sha256": archive_sha}}],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {"target": p["target"], "profile": p["profile"],
+                                       "selectors": p["selectors"], "tenant": p["tenant"]},
+                "internalParameters": {"sourceDateEpoch": epoch, "rules": p["rules"],
+                                       "libraries": library_versions(),
+                                       **({"signer": p["signer"]} if p.get("signer") else {})},
+                "resolvedDependencies": [{"name": path, "digest": {"sha256": sha}}
+                                         for path, sha in materials],
+            },
+            "runDetails": {"builder": {"id": BUILDER_ID,
+                                       "version": {"stella-build": p["builder_version"]}},
+                           "metadata": {}},
+        },
+    }

@@ -1,0 +1,438 @@
+"""The ``trivy_db`` and ``trivy_java_db`` rules: Trivy's vulnerability DB and Java DB.
+
+trivy_db actions:
+- one ``TrivyShard`` per advisory shard of every dep (raw OSV shards are normalized in the same
+  action): maps its records to Trivy key/values (``stella_build.rules.formats.trivy.schema``) and writes
+  ``kv.jsonl``, lines ``[sort key, kind, tiebreak, payload]`` sorted by (sort key, tiebreak). The
+  sort key is the bucket path and key joined by NUL, so its code-point order is bbolt's byte order.
+  Kinds: ``a`` advisory (payload: merge member + precomputed value), ``v`` vulnerability detail,
+  ``d`` data source, ``b`` bucket only.
+- one ``TrivyDb`` that k-way merges the sorted shard files (``heapq.merge``), merges the records
+  of each key (collisions across shards/sources), streams them into ``BboltWriter`` (memory bounded
+  by one key's records plus the writer's open pages), then writes ``metadata.json``,
+  ``db.tar.gz`` and the OCI layout under ``oci/``.
+A changed advisory re-runs its source shard, its TrivyShard and TrivyDb.
+
+trivy_java_db: one ``TrivyJavaDb`` action over a local Maven repository tree of ``*.jar.sha1``
+files and/or JSONL lists (``stella_build.rules.formats.trivy.java_db``).
+
+Timestamps come from SOURCE_DATE_EPOCH (``[package] source_date_epoch``) and ``update_interval``,
+never from the clock.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from itertools import groupby
+from operator import itemgetter
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stella_build.engine.rule_api import rfc3339
+from stella_build.engine.rule_api import (
+    ActionContext, ActionError, AnalysisContext, DefaultOutputs, Rule, TargetParams, UsageError,
+    input_name,
+)
+
+from stella_build.rules.providers import AdvisorySet, NormalizedAdvisorySet, TrivyArtifacts
+from stella_build.rules.signing import SignParams, resolve_signer
+from stella_build.rules.formats.trivy.java_db import sqlite_library_version
+
+
+# Trivy source ids for well-known source names (trivy-db's own ids for these feeds).
+KNOWN_SOURCE_IDS = {
+    "Python Packaging Advisory Database": "osv",
+    "RustSec Advisory Database": "osv",
+    "Go Vulnerability Database": "govulndb",
+    "The Go Vulnerability Database": "govulndb",
+    "GitHub Advisory Database": "ghsa",
+}
+
+
+# Trivy's own data source of the `alpine <release>` buckets (trivy-db pkg/vulnsrc/alpine).
+ALPINE_DS = {"id": "alpine", "name": "Alpine Secdb", "url": "https://secdb.alpinelinux.org/"}
+
+
+class DataSourceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(..., min_length=1, description="Trivy source id (VendorSeverity key), e.g. 'osv'")
+    name: str = Field(..., min_length=1, description="data source name; language buckets are '<eco>::<name>'")
+    url: str = ""
+
+
+def _interval(value: str) -> str:
+    from stella_build.rules.formats.trivy.packaging import parse_interval
+
+    parse_interval(value)  # ValueError → a pydantic error naming the field
+    return value
+
+
+class TrivyDbParams(TargetParams):
+    rule: Literal["trivy_db"]
+    update_interval: str = Field("24h", description="NextUpdate = SOURCE_DATE_EPOCH + this ('24h', '7d')")
+    data_sources: dict[str, DataSourceParams] = Field(default_factory=dict, description=(
+        "per dep label (as written in deps): the Trivy data source of its language buckets"))
+    sign: SignParams | None = Field(None, description="sign db.tar.gz (docs/signing.md); also enabled by STELLA_SIGNING_KEY")
+
+    @field_validator("update_interval")
+    @classmethod
+    def _check_interval(cls, value: str) -> str:
+        return _interval(value)
+
+
+class TrivyJavaDbParams(TargetParams):
+    rule: Literal["trivy_java_db"]
+    srcs: list[str] = Field(..., min_length=1, description=(
+        "globs of '*.jar.sha1' files under maven_root and/or '*.jsonl' GAV+sha1 lists"))
+    maven_root: str | None = Field(None, description="package-relative root of the Maven repository tree")
+    update_interval: str = Field("24h", description="NextUpdate = SOURCE_DATE_EPOCH + this")
+    sign: SignParams | None = Field(None, description="sign javadb.tar.gz (docs/signing.md); also enabled by STELLA_SIGNING_KEY")
+
+    @field_validator("update_interval")
+    @classmethod
+    def _check_interval(cls, value: str) -> str:
+        return _interval(value)
+
+
+def _data_source(label, provider, override: DataSourceParams | None) -> dict:
+    if override is not None:
+        return override.model_dump()
+    meta = provider.source
+    sid = KNOWN_SOURCE_IDS.get(meta.name)
+    if sid is None:
+        from stella_build.rules.formats.trivy.schema import slug
+        sid = "alpine" if provider.format == "alpine" else slug(meta.name)
+    return {"id": sid, "name": meta.name, "url": meta.url or ""}
+
+
+def _resolve_data_sources(ctx: AnalysisContext, given: dict) -> dict[str, "DataSourceParams"]:
+    """``data_sources`` keys (labels as written in deps) → canonical dep label strings."""
+    deps = {str(lbl) for lbl, _ in ctx.deps}
+    out = {}
+    for key, value in given.items():
+        label = f"//{ctx.package}{key}" if key.startswith(":") else key
+        if label not in deps:
+            raise UsageError(f"data_sources names {key!r}, which is not a dep of this target",
+                             field="data_sources")
+        out[label] = value
+    return out
+
+
+class TrivyDb(Rule):
+    name = "trivy_db"
+    version = "1"
+    doc = "trivy:db profile: trivy.db (bbolt, schema v2), metadata.json, db.tar.gz and its OCI layout"
+    Params = TrivyDbParams
+    accepts = (AdvisorySet, NormalizedAdvisorySet)
+
+    def analyze(self, ctx: AnalysisContext, params: TrivyDbParams) -> list:
+        overrides = _resolve_data_sources(ctx, params.data_sources)
+        shard_outputs = {}
+        evidence = {}  # what the provenance lists as materials: the records naming every source file
+        index = 0
+        names = [lbl.name for lbl, _ in ctx.deps]
+        for dep_label, providers in ctx.deps:
+            override = overrides.get(str(dep_label))
+            # action ids name the dep; two deps with one name (//a:osv, //b:osv) get the position
+            dep_id = dep_label.name if names.count(dep_label.name) == 1 else f"{index}-{dep_label.name}"
+            for prov in providers:
+                if isinstance(prov, AdvisorySet):
+                    fmt = "osv-raw"
+                    if prov.format != "osv":
+                        raise UsageError(f"{dep_label} provides {prov.format!r} records; trivy_db reads OSV",
+                                         field="deps")
+                elif isinstance(prov, NormalizedAdvisorySet):
+                    fmt = "normalized"
+                else:
+                    continue
+                ds = _data_source(dep_label, prov, override)
+                os_ds = ds if override is not None else ALPINE_DS
+                stats = dict(getattr(prov, "stats", ()))
+                for shard, art in prov.shards:
+                    if fmt == "osv-raw":  # raw records carry each file's logical path and sha256
+                        evidence[f"records/{index:04d}-{dep_id}-{shard}.jsonl"] = art
+                    elif shard in stats:  # normalized shards list their files in stats.json
+                        evidence[f"stats/{index:04d}-{dep_id}-{shard}.json"] = stats[shard]
+                    spec = ctx.action(
+                        mnemonic="TrivyShard", id=f"{dep_id}-{shard}", fn=map_shard,
+                        inputs={"records.jsonl": art}, outputs=["kv.jsonl"],
+                        params={"format": fmt, "dep": index, "data_source": ds, "os_data_source": os_ds,
+                                "source": prov.source.to_json()})
+                    shard_outputs[f"kv/{index:04d}-{dep_id}-{shard}.jsonl"] = spec.out("kv.jsonl")
+                index += 1
+        if not shard_outputs:
+            raise UsageError("trivy_db needs at least one advisory dep (osv_source, rustsec_source, "
+                             "alpine_secdb_source, osv_normalize)", field="deps")
+        signer = resolve_signer(ctx, params.sign)  # exit 4 here on a missing key or password
+        db = ctx.action(mnemonic="TrivyDb", fn=build_db, inputs=shard_outputs,
+                        outputs=["trivy.db", "metadata.json", "db.tar.gz", "oci/"],
+                        params={"update_interval": params.update_interval})
+        files = {name: db.out(name) for name in ("trivy.db", "metadata.json", "db.tar.gz")}
+        oci = db.out("oci/")
+        if signer is not None:  # only adds actions: the unsigned outputs keep their bytes
+            added, oci = _sign(ctx, signer, False, files, evidence, self.version)
+            files.update(added)
+        return [DefaultOutputs(files=files, trees={"oci": oci}, primary=("db.tar.gz",)),
+                TrivyArtifacts("trivy-db", {n: files[n] for n in ("db.tar.gz", "metadata.json")})]
+
+
+class TrivyJavaDb(Rule):
+    name = "trivy_java_db"
+    version = "1"
+    doc = "trivy:java-db profile: trivy-java.db (SQLite), metadata.json, javadb.tar.gz and its OCI layout"
+    Params = TrivyJavaDbParams
+    libraries = {"sqlite": sqlite_library_version()}
+
+    def analyze(self, ctx: AnalysisContext, params: TrivyJavaDbParams) -> list:
+        files = ctx.glob(params.srcs)
+        if not files:
+            raise UsageError(f"srcs {params.srcs} matched no files", field="srcs")
+        root = None
+        if params.maven_root:
+            root = (f"{ctx.package}/{params.maven_root}" if ctx.package else params.maven_root).strip("/")
+        inputs, kinds = {}, {}
+        for art in files:
+            name = input_name(art)
+            if name.endswith(".jsonl"):
+                kinds[name] = "jsonl"
+            elif name.endswith(".jar.sha1"):
+                if root is None or not name.startswith(root + "/"):
+                    raise UsageError(f"{art.logical} is a .jar.sha1 file outside maven_root "
+                                     f"({params.maven_root!r})", field="maven_root")
+                kinds[name] = name[len(root) + 1:]
+            else:
+                raise UsageError(f"{art.logical}: expected *.jar.sha1 or *.jsonl", field="srcs")
+            inputs[name] = art
+        signer = resolve_signer(ctx, params.sign)
+        spec = ctx.action(mnemonic="TrivyJavaDb", fn=build_java_db_action, inputs=inputs,
+                          outputs=["trivy-java.db", "metadata.json", "javadb.tar.gz", "oci/"],
+                          params={"kinds": kinds, "update_interval": params.update_interval})
+        out = {name: spec.out(name) for name in ("trivy-java.db", "metadata.json", "javadb.tar.gz")}
+        oci = spec.out("oci/")
+        if signer is not None:
+            added, oci = _sign(ctx, signer, True, out, {f"files/{n}": a for n, a in inputs.items()},
+                               self.version)
+            out.update(added)
+        return [DefaultOutputs(files=out, trees={"oci": oci}, primary=("javadb.tar.gz",)),
+                TrivyArtifacts("trivy-java-db", {n: out[n] for n in ("javadb.tar.gz", "metadata.json")})]
+
+
+def _sign(ctx: AnalysisContext, signer, java: bool, files: dict, materials: dict, version: str):
+    from stella_build.rules.formats.bundle import builder_version
+    from stella_build.rules.trivy_signed import add_trivy_signing
+
+    rule = "trivy_java_db" if java else "trivy_db"
+    return add_trivy_signing(ctx, signer, java=java, files=files, materials=materials,
+                             rules={rule: version}, builder_version=builder_version())
+
+
+RULES: tuple[type[Rule], ...] = (TrivyDb, TrivyJavaDb)
+
+
+# -- TrivyShard ------------------------------------------------------------------------------
+
+def _records(actx: ActionContext) -> Iterator:
+    """Normalized advisories of the shard (raw OSV records are normalized here)."""
+    from stella_build.rules.evidence.model import Advisory, EvidenceError, SourceInfo
+
+    fmt = actx.params["format"]
+    with open(actx.input("records.jsonl"), "rb") as f:
+        if fmt == "normalized":
+            for line in f:
+                yield Advisory.model_validate(json.loads(line))
+            return
+        from stella_build.rules.evidence.sources.osv import normalize_osv
+
+        source = SourceInfo(**actx.params["source"])
+        for line in f:
+            raw = json.loads(line)
+            if raw.get("withdrawn"):
+                continue
+            try:
+                yield from normalize_osv(raw["document"], raw["path"], source)
+            except EvidenceError as exc:
+                raise ActionError(exc.message, file=exc.path, field=exc.field) from None
+
+
+def _check_name(text: str, what: str, adv) -> None:
+    if "\0" in text or not text:
+        raise ActionError(f"{what} {text!r} is empty or contains NUL", file=adv.source_path,
+                          field="id" if what == "vulnerability id" else "package")
+
+
+def map_shard(actx: ActionContext) -> dict:
+    """One shard's records → sorted Trivy key/value lines (see the module docstring)."""
+    from stella_build.rules.formats.trivy.schema import (
+        DataSource, advisory_entries, alpine_bucket, dumps_member, merge_advisories,
+        merge_vulnerability, trivy_ecosystem, vulnerability_detail,
+    )
+
+    dep = actx.params["dep"]
+    ds = DataSource(**actx.params["data_source"])
+    alpine_ds = DataSource(**actx.params["os_data_source"])
+    lines: list[tuple[str, str, str, object]] = []
+    sources: dict[str, DataSource] = {}
+    stats = {"records": 0, "entries": 0, "skipped": 0}
+    details_seen: set[tuple[str, str]] = set()
+    for adv in _records(actx):
+        stats["records"] += 1
+        eco = trivy_ecosystem(adv.ecosystem)
+        if eco is None:
+            stats["skipped"] += 1
+            continue
+        if eco == "alpine":
+            bucket, bucket_ds = alpine_bucket(adv.ecosystem), alpine_ds
+        else:
+            bucket, bucket_ds = f"{eco}::{ds.name}", ds
+        entries = advisory_entries(adv, bucket)
+        if not entries:
+            stats["skipped"] += 1
+            continue
+        sources.setdefault(bucket, bucket_ds)
+        tiebreak = f"{dep:04d}\0{adv.id}\0{adv.source_path}"
+        detail = vulnerability_detail(adv, bucket_ds.id)
+        detail_text = dumps_member(detail)
+        for bucket, pkg, vid, member in entries:
+            _check_name(pkg, "package name", adv)
+            _check_name(vid, "vulnerability id", adv)
+            value = merge_advisories([member]).decode()
+            lines.append((f"{bucket}\0{pkg}\0{vid}", "a", tiebreak, {"m": member, "v": value}))
+            if (vid, detail_text) not in details_seen:
+                details_seen.add((vid, detail_text))
+                lines.append((f"vulnerability\0{vid}", "v", tiebreak,
+                              {"d": detail, "v": merge_vulnerability(vid, [detail]).decode()}))
+            stats["entries"] += 1
+    for bucket, src in sources.items():
+        lines.append((f"data-source\0{bucket}", "d", f"{dep:04d}", src.to_json_bytes().decode()))
+    lines.sort(key=lambda t: (t[0], t[2]))
+    with open(actx.output("kv.jsonl"), "w", encoding="utf-8") as out:
+        for line in lines:
+            out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return stats
+
+
+# -- TrivyDb ----------------------------------------------------------------------------------
+
+def _read_lines(path: Path) -> Iterator[list]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def _merged_items(paths: list[Path]) -> Iterator[tuple[list[str], str | None, bytes | None]]:
+    """(bucket path, key or None, value) in bbolt order, one per distinct key."""
+    from stella_build.rules.formats.trivy.schema import merge_advisories, merge_vulnerability
+
+    streams = [_read_lines(p) for p in paths]
+    streams.append(iter([["vulnerability", "b", "", None]]))  # Trivy needs this bucket
+    for sort_key, group in groupby(heapq.merge(*streams, key=itemgetter(0)), key=itemgetter(0)):
+        group = list(group)
+        if len(group) > 1:
+            group.sort(key=lambda t: (t[2], json.dumps(t[3], sort_keys=True)))
+        parts = sort_key.split("\0")
+        kind = group[0][1]
+        if kind == "b":
+            yield parts, None, None
+        elif kind == "a":
+            if len(group) == 1:
+                value = group[0][3]["v"].encode()
+            else:
+                value = merge_advisories([g[3]["m"] for g in group])
+            yield parts[:-1], parts[-1], value
+        elif kind == "v":
+            details = [group[0][3]["d"]] if len(group) == 1 else list(
+                {json.dumps(g[3]["d"], sort_keys=True): g[3]["d"] for g in group}.values())
+            value = (group[0][3]["v"].encode() if len(details) == 1
+                     else merge_vulnerability(parts[-1], details))
+            yield parts[:-1], parts[-1], value
+        elif kind == "d":
+            yield parts[:-1], parts[-1], group[0][3].encode()
+        else:
+            raise ActionError(f"unknown record kind {kind!r} in shard output")
+
+
+def write_trivy_db(dest: Path, paths: list[Path]) -> dict:
+    """Stream the merged shard files into a bbolt file at ``dest``; returns counts."""
+    from stella_build.rules.formats.trivy.bbolt import BboltWriter
+
+    stats = {"keys": 0, "buckets": 0}
+    with open(dest, "wb") as f:
+        w = BboltWriter(f)
+        current: list[str] = []
+        for path, key, value in _merged_items(paths):
+            common = 0
+            while common < min(len(current), len(path)) and current[common] == path[common]:
+                common += 1
+            for _ in range(len(current) - common):
+                w.end_bucket()
+            for name in path[common:]:
+                w.begin_bucket(name.encode())
+                stats["buckets"] += 1
+            current = list(path)
+            if key is not None:
+                w.put(key.encode(), value)
+                stats["keys"] += 1
+        w.close()
+        f.flush()
+        os.fsync(f.fileno())
+    stats["pages"] = os.path.getsize(dest) // 4096
+    return stats
+
+
+def _epoch(actx: ActionContext) -> int:
+    if actx.source_date_epoch is None:
+        raise ActionError("trivy DBs need SOURCE_DATE_EPOCH ([package] source_date_epoch) for "
+                          "metadata.json", field="source_date_epoch")
+    return int(actx.source_date_epoch)
+
+
+def _package(actx: ActionContext, db_name: str, archive: str, version: int, java: bool) -> None:
+    from stella_build.rules.formats.trivy.packaging import metadata_json, parse_interval, write_db_archive, write_oci_layout
+
+    epoch = _epoch(actx)
+    meta = metadata_json(version, epoch, parse_interval(actx.params["update_interval"]))
+    actx.write_output("metadata.json", meta)
+    db_path = actx.output(db_name)
+    arc = actx.output(archive)
+    write_db_archive(arc, {db_name: db_path, "metadata.json": meta}, epoch)
+    write_oci_layout(actx.output("oci/"), arc, rfc3339(epoch), java=java)
+
+
+def build_db(actx: ActionContext) -> dict:
+    paths = [actx.input(name) for name in sorted(actx.inputs)]
+    stats = write_trivy_db(actx.output("trivy.db"), paths)
+    _package(actx, "trivy.db", "db.tar.gz", 2, java=False)
+    return stats
+
+
+# -- TrivyJavaDb ------------------------------------------------------------------------------
+
+def _java_entries(actx: ActionContext) -> Iterator:
+    from stella_build.rules.formats.trivy.java_db import JavaDbInputError, parse_jsonl, parse_maven_repo
+
+    kinds: dict[str, str] = actx.params["kinds"]
+    maven = sorted((n, rel) for n, rel in kinds.items() if rel != "jsonl")
+    try:
+        if maven:
+            name, rel = maven[0]
+            root = actx.input(name).parents[len(Path(rel).parts) - 1]
+            yield from parse_maven_repo(root)
+        for name in sorted(n for n, k in kinds.items() if k == "jsonl"):
+            yield from parse_jsonl(actx.input(name))
+    except JavaDbInputError as exc:
+        raise ActionError(str(exc)) from None
+
+
+def build_java_db_action(actx: ActionContext) -> dict:
+    from stella_build.rules.formats.trivy.java_db import JavaDbInputError, build_java_db
+
+    try:
+        stats = build_java_db(actx.output("trivy-java.db"), _java_entries(actx))
+    except JavaDbInputError as exc:
+        raise ActionError(str(exc)) from None
+    _package(actx, "trivy-java.db", "javadb.tar.gz", 1, java=True)
+    return stats

@@ -1,0 +1,257 @@
+"""`stella-build build | query | explain | init`: the build-system verbs.
+
+`build` composes the engine (analysis, execution, materialization) with the product's post-build
+steps (keyless signing, delivery/keyless.py) and the no-op memo (entry.py). `--sign` and `--base`
+reach the rules as typed `BuildOptions`, never through the environment.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from stella_build.cli.common import CTX, click_option, emit, output_option
+from stella_build.cli.options import BUILD_MEMO_OPTIONS
+from stella_build.cli.progress import Progress
+from stella_build.engine.errors import UsageError
+from stella_build.engine.rule_api import BuildOptions
+
+
+def build_memo_options(f):
+    """`--sign` and `--base` (options.BUILD_MEMO_OPTIONS)."""
+    for spec in reversed(BUILD_MEMO_OPTIONS):
+        f = click_option(spec)(f)
+    return f
+
+
+
+@click.command(context_settings=CTX)
+@click.argument("patterns", nargs=-1, required=True)
+@click.option("--check", is_flag=True,
+              help="After building, re-execute every action in a fresh sandbox and fail on any byte difference.")
+@click.option("--output", type=click.Choice(["text", "json"]), default=None, help="Result format (overrides the global flag).")
+@build_memo_options
+@click.pass_obj
+def build(settings, patterns, check, output, sign, base):
+    """Build targets: LABEL is //pkg:target, :target, //pkg:all or //pkg/... .
+
+    \b
+    Prints the output paths (stella-out/<package>/<target>/...) and a summary. With
+    --output json, prints one object: ok, exit_code, targets, actions{total,executed,
+    cached,remote_hits}, outputs{label: [paths]}, errors[{target,file,line,field,message,
+    reason}], duration_s.
+    \b
+      stella-build build //profiles/...
+      stella-build build -j1 //profiles:json-raw --output json
+      stella-build build --sign keys/cosign.key //profiles:trivy-db
+      stella-build build --base OLD_MIRROR //profiles:mirror-delta
+    """
+    if output:
+        settings.output = output
+    options = build_options(sign, base)
+    run_build_command(settings, list(patterns), options, check=check)
+
+
+def build_options(sign: str | None, base: Path | str | None) -> BuildOptions:
+    """The typed build request options from `--sign` / `--base` (or STELLA_SIGN / STELLA_MIRROR_BASE)."""
+    sign = (sign or "").strip() or None
+    if sign is not None and sign != "keyless":
+        sign = str(Path(sign).expanduser().resolve())
+    return BuildOptions(sign=sign, base=Path(base).expanduser().resolve() if base else None)
+
+
+def run_build_command(settings, patterns: list[str], options: BuildOptions, *, check: bool = False) -> None:
+    """Analyze, check post-build readiness (keyless: exit 4 before any action), build, carry out
+    the post-build requests, print the summary, record the no-op memo; exits with the build's code."""
+    from stella_build.engine.analysis import analyze
+    from stella_build.engine.build import run_build
+
+    workspace = settings.workspace()
+    graph = analyze(workspace, patterns, options)
+    post_build = graph.post_build()
+    for label, request in post_build:
+        _require_post_build_ready(label, request)
+    progress = Progress(quiet=settings.quiet or settings.output == "json" and not sys.stderr.isatty())
+    remote = settings.remote()
+    summary = run_build(workspace, patterns, cache_dir=settings.cache_dir(), jobs=settings.jobs,
+                        check=check, progress=progress, remote=remote, graph=graph,
+                        warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    progress.finish()
+    data = summary.to_json()
+    text = _text_summary(summary, settings, check)
+    emit(settings, text, data)
+    if summary.hermetic:
+        _record_noop_memo(summary, data, text, workspace, settings)
+    for err in summary.errors:
+        click.echo(f"error: {err}", err=True)
+        if settings.debug and getattr(err, "traceback", None):
+            click.echo(err.traceback, err=True)
+    if summary.ok and post_build:
+        _carry_out_post_build(summary, workspace, settings)
+    sys.exit(summary.exit_code)
+
+
+def _require_post_build_ready(label, request) -> None:
+    from stella_build.delivery import keyless
+    from stella_build.engine.errors import StellaError
+    from stella_build.rules.signing import KEYLESS
+
+    if request.kind == KEYLESS:
+        try:
+            keyless.require_keyless_ready(source=request.source, field=request.field)
+        except StellaError as exc:  # name the target and its Exportfile, as analysis errors do
+            info = exc.errors[0]
+            raise type(exc)(info.message, target=str(label), field=info.field, reason=info.reason,
+                            file=request.file, line=request.line) from None
+    else:
+        raise UsageError(f"unknown post-build step {request.kind!r} (requested by {request.source})",
+                         reason="unknown-post-build")
+
+
+def _carry_out_post_build(summary, workspace, settings) -> None:
+    """Keyless signing of the materialized outputs (StellaError → exit 4/5/1/3, no traceback)."""
+    from stella_build.delivery import keyless
+    from stella_build.engine.materialize import out_dir
+
+    dirs = [out_dir(workspace.root, label) for label, _ in summary.post_build]
+    written = keyless.sign_outputs_keyless(dirs)
+    if not settings.quiet:
+        for path in written:
+            click.echo(f"signed keyless: {path}", err=True)
+
+
+def _record_noop_memo(summary, data: dict, text: str, workspace, settings) -> None:
+    """After a true no-op (everything cached, nothing failed), let the next identical command line
+    answer from the fast path (noop.py, engine/fastpath.py)."""
+    import re
+
+    from stella_build.cli import noop
+    from stella_build.engine import fastpath
+
+    plan = noop.ACTIVE_PLAN
+    if plan is None or not summary.ok or data["actions"]["executed"] or data["actions"]["remote_hits"]:
+        return
+    touched = fastpath.stop_collecting()
+    outputs = [str(workspace.root / p) for paths in summary.outputs.values() for p in paths]
+    outputs += [str(p) for p in (workspace.root / "stella-out").rglob(".*.stella-state.json")]
+    # source inputs are read by the workers (and their digests memoized), not by this process
+    outputs += sorted({a.path_str for o in summary.outcomes.values() for a in o.spec.inputs.values()
+                       if a.producer is None})
+    template = re.sub(r" in \d+\.\d\d s", " in {duration} s", text)
+    fastpath.record(plan["memo"], touched, outputs, code_roots=noop.code_roots(),
+                    exclude=[str(settings.cache_dir()) + "/", str(workspace.root / "stella-out") + "/"],
+                    summary_json=data, summary_text=template)
+
+
+def _text_summary(summary, settings, check: bool) -> str:
+    c = summary.counts()
+    lines = []
+    for label, paths in summary.outputs.items():
+        if not paths:
+            continue
+        pkg, _, name = label[2:].partition(":")
+        directory = "/".join(p for p in ("stella-out", pkg, name) if p)
+        lines.append(f"{label}: {directory}/ ({len(paths)} files)")
+        for p in _primary(summary, label, paths):
+            lines.append(f"  {p}")
+    for d in summary.check_differences:
+        if d.get("path") is None:
+            lines.append(f"check: {d['action']}: re-execution failed: {d.get('error')}")
+        else:
+            lines.append(f"check: {d['action']}: {d['path']} differs"
+                         + (f" at byte offset {d['offset']}" if d.get("offset") is not None else "")
+                         + f" (cached {str(d.get('expected'))[:12]}…, rebuilt {str(d.get('actual'))[:12]}…)")
+    status = "OK" if summary.ok else "FAILED"
+    check_note = ""
+    if check:
+        check_note = (f", check: {'reproducible' if not summary.check_differences else str(len(summary.check_differences)) + ' differences'}")
+    lines.append(f"{status}: {c['total']} actions ({c['executed']} executed, {c['cached']} cached"
+                 + (f", {c['remote_hits']} remote" if c['remote_hits'] else "")
+                 + (f", {c['failed']} failed" if c['failed'] else "")
+                 + f") in {summary.duration_s:.2f} s{check_note}")
+    return "\n".join(lines)
+
+
+def _primary(summary, label: str, paths: list[str]) -> list[str]:
+    primary = summary.primary.get(label, ())
+    return [p for p in paths if any(p.endswith("/" + x) for x in primary)]
+
+
+@click.command(context_settings=CTX)
+@click.argument("expression")
+@click.option("--output", type=click.Choice(["text", "json", "graph"]), default=None,
+              help="text: one label per line; json: labels with rule and deps; graph: Graphviz dot.")
+@click.pass_obj
+def query(settings, expression, output):
+    """Query the target graph: a pattern, deps(X), rdeps(X), rdeps(UNIVERSE, X), kind(RULE, X).
+
+    \b
+      stella-build query 'deps(//profiles:json-raw)'
+      stella-build query 'rdeps(//profiles:osv-sample)'
+      stella-build query 'kind(osv_source, //...)' --output json
+    """
+    from stella_build.engine.query import run_query, to_dot
+
+    fmt = output or settings.output
+    labels, graph = run_query(settings.workspace(), expression)
+    if fmt == "graph":
+        click.echo(to_dot(labels, graph), nl=False)
+    elif fmt == "json":
+        click.echo(__import__("json").dumps(
+            {"query": expression, "targets": [{"label": str(l), "rule": graph.rule_of(l),
+                                               "deps": [str(d) for d in graph.deps_of.get(l, [])]}
+                                              for l in labels]}, indent=2))
+    else:
+        for label in labels:
+            click.echo(str(label))
+
+
+@click.command(context_settings=CTX)
+@click.argument("label")
+@click.option("--output", type=click.Choice(["text", "json"]), default=None)
+@click.pass_obj
+def explain(settings, label, output):
+    """Say, field by field, why each action of LABEL will re-run or last re-ran.
+
+    Compares the action's current key record (rule, code, parameters, every input file's
+    digest, library versions, SOURCE_DATE_EPOCH) with the one stored by the last build.
+    """
+    from stella_build.engine.explain import explain as run_explain
+
+    if output:
+        settings.output = output
+    report = run_explain(settings.workspace(), label, settings.cache_dir())
+    lines = []
+    for entry in report:
+        lines.append(f"{entry['action']}: {entry['status']}")
+        for reason in entry.get("reason", []):
+            lines.append(f"    {reason}")
+    emit(settings, "\n".join(lines), {"label": label, "actions": report})
+
+
+@click.command(context_settings=CTX)
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@output_option
+@click.pass_obj
+def init(settings, directory):
+    """Scaffold a workspace: stella-workspace.toml and an example Exportfile."""
+    from stella_build.engine.workspace import EXPORTFILE, WORKSPACE_FILE
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / WORKSPACE_FILE
+    if marker.exists():
+        raise UsageError(f"{marker} already exists")
+    marker.write_text("[workspace]\n# Named roots outside the workspace, used as \"@name//path\" in srcs.\n"
+                      "external = {}\n", encoding="utf-8")
+    pkg = root / "exports"
+    pkg.mkdir(exist_ok=True)
+    (pkg / "advisories").mkdir(exist_ok=True)
+    if not (pkg / EXPORTFILE).exists():
+        (pkg / EXPORTFILE).write_text(
+            '[package]\nsource_date_epoch = 1735689600  # fixed build time: 2025-01-01T00:00:00Z\n\n'
+            '[targets.osv]\nrule = "osv_source"\nsrcs = ["advisories/**/*.json", "advisories/**/*.yaml"]\n\n'
+            '[targets.json-raw]\nrule = "json_raw"\ndeps = [":osv"]\n', encoding="utf-8")
+    emit(settings, f"initialized workspace in {root.resolve()}; put OSV files in {pkg}/advisories and run\n"
+                   f"  stella-build //exports:json-raw", {"workspace": str(root.resolve())})

@@ -1,0 +1,104 @@
+"""`stella-build cache stats | gc | verify | push-all | clean`: maintain the local cache
+(LMDB index + content-addressed blobs) and seed the remote cache."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from stella_build.cli.common import CTX, emit, output_option
+from stella_build.cli.progress import Progress
+from stella_build.engine.errors import UsageError
+
+
+@click.group(context_settings=CTX)
+def cache():
+    """Inspect and maintain the local cache (LMDB index + content-addressed blobs)."""
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+             "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    unit = t[len(num):]
+    try:
+        return int(float(num) * units[unit])
+    except (ValueError, KeyError):
+        raise UsageError(f"bad size '{text}' (examples: 500M, 2G, 1048576)", field="--max-size") from None
+
+
+@cache.command("stats")
+@output_option
+@click.pass_obj
+def cache_stats(settings):
+    """Counts and sizes of what the cache holds."""
+    from stella_build.engine.cache.maintenance import stats
+    data = stats(settings.cache_dir())
+    emit(settings, "\n".join(f"{k}: {v}" for k, v in data.items()), data)
+
+
+@cache.command("gc")
+@output_option
+@click.option("--max-size", required=True, help="Keep at most this many bytes of blobs (e.g. 2G, 500M).")
+@click.pass_obj
+def cache_gc(settings, max_size):
+    """Evict least recently used results until the blobs fit in --max-size."""
+    from stella_build.engine.cache.maintenance import gc
+    data = gc(settings.cache_dir(), _size(max_size))
+    emit(settings, "\n".join(f"{k}: {v}" for k, v in data.items()), data)
+
+
+@cache.command("verify")
+@output_option
+@click.pass_obj
+def cache_verify(settings):
+    """Re-hash every blob; corrupt blobs are deleted so their actions rebuild."""
+    from stella_build.engine.cache.maintenance import verify
+    data = verify(settings.cache_dir())
+    emit(settings, f"corrupt blobs removed: {len(data['corrupt_blobs_removed'])}\n"
+                   f"results with missing blobs: {data['results_with_missing_blobs']}", data)
+    sys.exit(3 if data["corrupt_blobs_removed"] else 0)
+
+
+@cache.command("push-all")
+@click.argument("patterns", nargs=-1, required=True)
+@output_option
+@click.pass_obj
+def cache_push_all(settings, patterns):
+    """Seed the remote cache with every action result of LABEL... (builds them locally first)."""
+    from stella_build.engine.build import run_build
+
+    remote = settings.remote()
+    if remote is None:
+        raise UsageError("cache push-all needs --remote-cache URL or STELLA_REMOTE_CACHE", field="--remote-cache")
+    from stella_build.engine.scheduler import Executor
+    summary = run_build(settings.workspace(), list(patterns), cache_dir=settings.cache_dir(),
+                        jobs=settings.jobs, progress=Progress(quiet=settings.quiet))
+    if not summary.ok:
+        for err in summary.errors:
+            click.echo(f"error: {err}", err=True)
+        sys.exit(summary.exit_code)
+    executor = Executor(settings.cache_dir(), 1, remote=remote,
+                        warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    from stella_build.engine.cache.remote import RemoteCacheError
+    from stella_build.engine.errors import BuildFailed
+    try:
+        remote.required = True
+        sent = executor.upload(summary.outcomes, all_cached=True)
+    except RemoteCacheError as exc:
+        raise BuildFailed(f"remote cache upload failed: {exc}", field="--remote-cache") from None
+    finally:
+        executor.close()
+    data = {"actions_uploaded": sent, "remote": remote.stats.as_dict()}
+    emit(settings, f"uploaded {sent} action results ({data['remote']['bytes_up']} bytes on the wire)", data)
+
+
+@cache.command("clean")
+@output_option
+@click.pass_obj
+def cache_clean(settings):
+    """Delete the whole local cache."""
+    from stella_build.engine.cache.maintenance import clean
+    data = clean(settings.cache_dir())
+    emit(settings, f"cleaned {data['cache_dir']}", data)

@@ -1,0 +1,105 @@
+"""What every command module shares: the settings of one invocation, result output (text or JSON)
+and the `--output` option of subcommands."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from stella_build.cli.options import GLOBAL_OPTIONS, OptionSpec
+from stella_build.engine.errors import StellaError, UsageError
+
+CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Settings:
+    """The global options of one invocation (main.py), as commands read them."""
+
+    def __init__(self, workspace, cache_dir, remote_cache, remote_upload, remote_required, jobs,
+                 output, quiet, debug):
+        self.workspace_arg = workspace
+        self.cache_dir_arg = cache_dir
+        self.remote_cache = remote_cache or os.environ.get("STELLA_REMOTE_CACHE")
+        self.remote_upload = remote_upload
+        self.remote_required = remote_required
+        self.jobs = jobs or os.cpu_count() or 1
+        self.output = output
+        self.quiet = quiet
+        self.debug = debug
+
+    def workspace(self):
+        from stella_build.engine.workspace import Workspace
+        return Workspace.find(explicit=Path(self.workspace_arg) if self.workspace_arg else None)
+
+    def remote(self):
+        """A RemoteCache when --remote-cache / STELLA_REMOTE_CACHE is set, else None."""
+        if not self.remote_cache:
+            return None
+        from stella_build.engine.cache.remote import RemoteCache
+        try:
+            return RemoteCache.from_url(self.remote_cache, upload=self.remote_upload,
+                                        required=self.remote_required)
+        except ValueError as exc:
+            raise UsageError(f"bad remote cache URL: {exc}", field="--remote-cache",
+                             reason="bad-remote-cache-url") from None
+
+    def cache_dir(self) -> Path:
+        from stella_build.engine.cache import default_cache_dir
+        return Path(self.cache_dir_arg).resolve() if self.cache_dir_arg else default_cache_dir()
+
+
+def emit(settings: Settings, text: str | None, data) -> None:
+    """Print a command's result: `data` as one JSON object with --output json, else `text`."""
+    if settings.output == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    elif text is not None:
+        click.echo(text)
+
+
+def output_option(f):
+    """`--output` on a subcommand, overriding the global flag (both spellings work)."""
+    def set_output(ctx, _param, value):
+        if value:
+            ctx.obj.output = value
+        return value
+    return click.option("--output", type=click.Choice(["text", "json"]), default=None,
+                        expose_value=False, callback=set_output, help="Result format.")(f)
+
+
+class CommandFailed(StellaError):
+    """A consumer-side failure carrying the exit code its library chose (e.g. MirrorError)."""
+
+    def __init__(self, message: str, exit_code: int, *, reason: str | None = None,
+                 field: str | None = None, file: str | None = None):
+        self.exit_code = exit_code
+        super().__init__(message, reason=reason, field=field, file=file)
+
+
+_CLICK_TYPES = {
+    "text": None, "dir": click.Path(file_okay=False), "path": click.Path(),
+    "output": click.Choice(["text", "json"]), "jobs": click.IntRange(1, 256), "bool": click.BOOL,
+}
+
+
+def click_option(spec: OptionSpec, **extra):
+    """The click option decorator of an OptionSpec (options.py is the one table)."""
+    kwargs: dict = {"help": spec.help, "envvar": spec.envvar, "metavar": spec.metavar}
+    if spec.kind == "flag":
+        kwargs["is_flag"] = True
+    else:
+        kwargs["type"] = _CLICK_TYPES[spec.kind]
+    if spec.kind == "bool":
+        kwargs.update(default=True, show_default=True)
+    if spec.kind == "output":
+        kwargs["default"] = "text"
+    kwargs.update(extra)
+    return click.option(*spec.flags, spec.dest, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def global_options(f):
+    """Apply every global option of options.GLOBAL_OPTIONS, in table order."""
+    for spec in reversed(GLOBAL_OPTIONS):
+        f = click_option(spec)(f)
+    return f

@@ -1,0 +1,102 @@
+"""`stella-build verify` for the profiles whose output is not a plain JSON bundle directory.
+
+- trivy:db / trivy:java-db (a signed build, rules/trivy/signed.py): the directory is a bundle
+  (manifests/export.json lists the DB, metadata.json and the archive) plus `oci/`, which is checked
+  by recomputing the signed layout from the signed archive digest and comparing every file's
+  sha256; the Sigstore bundle found as the artifact's referrer must verify the layer digest.
+- mirror:full (rules/mirror.py): the output directory is presented under bundle names
+  (mirror/export.json as manifests/export.json, mirror/signatures/* as the signature files,
+  mirror/<path> as the content files) so the generic checks apply; `oci/` and `mirror.json` are
+  recomputed from the verified tree and compared file by file; TUF metadata is checked when present.
+Messages name the real files (`show`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stella_build.engine.encode.timefmt import parse_rfc3339
+
+from stella_build.rules.formats import signing
+from stella_build.rules.formats.oci import ANNOTATION_TITLE, LayoutDigests, fallback_tag
+from stella_build.rules.formats.bundle import SIGSTORE_SUFFIX
+from stella_build.delivery.verify.core import (
+    MANIFEST, DirectoryView, _Bad, _strict_bundle, _Verifier,
+)
+from stella_build.delivery.verify.core import compare_tree, manifest_entry, OCI_DIR
+
+
+# -- trivy ---------------------------------------------------------------------------------------
+
+class TrivyView(DirectoryView):
+    """A signed trivy:db / trivy:java-db output directory."""
+
+    kind = "trivy-db"
+
+    def __init__(self, root: Path, java: bool):
+        super().__init__(root)
+        self.java = java
+        if java:
+            self.kind = "trivy-java-db"
+
+    def content_names(self) -> list[str]:
+        return [n for n in self.names() if not n.startswith(OCI_DIR)]
+
+    def extra_checks(self, v: _Verifier) -> None:
+        from stella_build.rules.formats.trivy.packaging import PROFILES, build_layout
+
+        names = PROFILES[self.java]
+        archive, bundle_file = names["archive"], names["archive"] + SIGSTORE_SUFFIX
+        if not (self.has(archive) and self.has(bundle_file)):
+            return  # already reported by the signature checks
+        try:
+            created = json.loads(self.read(MANIFEST))["generatedAt"]
+            parse_rfc3339(created)
+        except (KeyError, ValueError, TypeError):
+            v.add("oci-layout", None, f"skipped: {MANIFEST} has no valid generatedAt")
+            return
+        # The layer is what the signed manifest says the archive is (not the file, which may be changed).
+        digest, size = manifest_entry(self, archive) or self.digest(archive)
+        expected = LayoutDigests()
+        layer = expected.add_known_blob("sha256:" + digest, size, names["layer"], {ANNOTATION_TITLE: archive})
+        bundle = self._referrer_bundle(v, layer, names)
+        build_layout(expected, layer, bundle if bundle is not None else self.read(bundle_file), created,
+                     self.java)
+        actual = {n[len(OCI_DIR):]: self.digest(n)[0] for n in self.names() if n.startswith(OCI_DIR)}
+        compare_tree(v, expected.files, actual, OCI_DIR, "signed OCI layout")
+
+    def _referrer_bundle(self, v: _Verifier, layer, names) -> bytes | None:
+        """The Sigstore bundle the layout holds as the artifact's referrer, if it verifies the layer."""
+        from stella_build.rules.formats.oci import TRIVY_ARTIFACT_TYPE
+
+        probe = LayoutDigests()
+        probe.add_known_blob(layer.digest, layer.size, layer.media_type, layer.annotations)
+        artifact = probe.add_manifest(TRIVY_ARTIFACT_TYPE, None, [layer],
+                                      created=json.loads(self.read(MANIFEST))["generatedAt"])
+        try:
+            index = json.loads(self.read(OCI_DIR + "index.json"))
+            tag = fallback_tag(artifact.digest)
+            ref_index = next(m for m in index["manifests"]
+                             if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag)
+            blob = lambda d: self.read(OCI_DIR + "blobs/sha256/" + d["digest"].split(":", 1)[1])  # noqa: E731
+            referrer = json.loads(blob(ref_index))["manifests"][0]
+            manifest = json.loads(blob(referrer))
+            if manifest["subject"]["digest"] != artifact.digest:
+                raise _Bad("its subject is not the DB artifact")
+            data = blob(manifest["layers"][0])
+        except (KeyError, ValueError, TypeError, IndexError, StopIteration, _Bad) as exc:
+            v.add("oci-referrer-signature", False, f"{OCI_DIR}: no readable Sigstore bundle referrer of "
+                  f"the DB artifact {artifact.digest} ({exc!r})")
+            return None
+        if v.key is None:
+            return data
+        try:
+            _strict_bundle(data, v.hint, "messageSignature")
+            signing.verify_sigstore_digest(data, bytes.fromhex(layer.hex), v.key, name="referrer")
+        except (_Bad, signing.SignatureInvalid) as exc:
+            v.add("oci-referrer-signature", False, f"the referrer bundle in {OCI_DIR} does not verify the "
+                  f"layer {layer.digest}: {exc}")
+            return None
+        v.add("oci-referrer-signature", True, f"the referrer bundle in {OCI_DIR} verifies the DB layer "
+              f"{layer.digest} ({names['archive']})")
+        return data
