@@ -30,6 +30,10 @@ class BuildSummary:
     # Requests of PostBuild providers (e.g. keyless signing) the caller must carry out; a build
     # with any is not hermetic, so it is never recorded for the no-op memo.
     post_build: list = field(default_factory=list)
+    # Warnings the actions reported (stats key "warnings": [{file, field, reason, message}], e.g.
+    # a quarantined evidence file), from executed AND cached actions, so a rebuild that runs
+    # nothing still shows them; deduplicated, sorted. They never change the exit code.
+    warnings: list[dict] = field(default_factory=list)
 
     @property
     def hermetic(self) -> bool:
@@ -53,6 +57,7 @@ class BuildSummary:
         return {"ok": self.ok, "exit_code": self.exit_code, "targets": self.targets,
                 "actions": self.counts(), "outputs": self.outputs,
                 "errors": [e.to_json() for e in self.errors],
+                "warnings": self.warnings,
                 "check": {"differences": self.check_differences},
                 "remote": self.remote_stats,
                 "duration_s": round(self.duration_s, 3)}
@@ -81,13 +86,17 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
     graph = graph or analyze(workspace, patterns, options)
     actions = graph.actions_for(graph.requested)
     executor = Executor(cache_dir, jobs, progress=progress, remote=remote, warn=warn)
+    # A build that signs (an action with secrets: the Sign action, TUF keys; or a post-build step
+    # such as keyless signing) must not sign bytes that anyone with write access to a shared cache
+    # chose: it serves only results executed here or authenticated by a trusted key.
+    signing = any(a.secrets for a in actions) or bool(graph.post_build())
     errors: list[ErrorInfo] = []
     outputs: dict[str, list[str]] = {}
     diffs: list[dict] = []
     outcomes: dict[str, Outcome] = {}
     try:
         for attempt in range(3):
-            outcomes = executor.run(actions, check=check)
+            outcomes = executor.run(actions, check=check, signing=signing)
             failed = [o for o in outcomes.values() if o.status == "failed"]
             corrupt = [o.error["corrupt_blob"] for o in failed if o.error.get("corrupt_blob")]
             if corrupt and attempt < 2:
@@ -133,7 +142,26 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
                         outputs=outputs, errors=errors, duration_s=time.perf_counter() - started,
                         check_differences=diffs, primary=primary, remote_hits=executor.remote_hits,
                         remote_stats=remote.stats.as_dict() if remote is not None else None,
-                        post_build=graph.post_build())
+                        post_build=graph.post_build(), warnings=collect_warnings(outcomes))
+
+
+def collect_warnings(outcomes: dict[str, Outcome]) -> list[dict]:
+    """The ``warnings`` of every action that ran or was served from a cache, as
+    [{"target", "action", "file", "field", "reason", "message"}] sorted by (file, field, reason,
+    message), each (file, field, reason, message) once. Rule-agnostic: any action may return them
+    in its stats; entries that are not mappings are ignored (stats come from the cache too)."""
+    seen: dict[tuple, dict] = {}
+    for o in outcomes.values():
+        if o.status not in ("cached", "executed"):
+            continue
+        for w in (o.stats or {}).get("warnings") or ():
+            if not isinstance(w, dict):
+                continue
+            item = {"file": w.get("file"), "field": w.get("field"),
+                    "reason": w.get("reason") or "warning", "message": str(w.get("message", ""))}
+            ident = (item["file"] or "", item["field"] or "", item["reason"], item["message"])
+            seen.setdefault(ident, {"target": str(o.spec.label), "action": o.spec.id, **item})
+    return [seen[k] for k in sorted(seen)]
 
 
 def _drop_results_naming(executor: Executor, outcomes: dict[str, Outcome], digest: str) -> None:

@@ -15,21 +15,22 @@ The models are the single source of truth for `exportfile.schema.json`
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Iterator, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from stella_build.engine.errors import ErrorInfo, UsageError
+from stella_build.engine.labels import target_name_problem
 from stella_build.engine.registry import rules as registered_rules
 from stella_build.engine.rule_api import Selectors, TargetParams
 
 SCHEMA_FILE = "exportfile.schema.json"
-_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 class PackageConfig(BaseModel):
@@ -167,27 +168,148 @@ def _validation_errors(exc: ValidationError, display: str, lines, rule_names,
     return infos
 
 
-def load_exportfile(path: Path, display: str, package: str = "") -> LoadedExportfile:
+# -- limits tomllib does not enforce ---------------------------------------------------------
+# tomllib parses recursively and converts integers with int(): a 5,000-deep array is a
+# RecursionError and a 100,000-digit integer a ValueError, neither a TOMLDecodeError. The TOML
+# spec itself bounds integers to 64 bits; nesting is bounded here far above any real Exportfile.
+
+MAX_NESTING = 64
+MAX_EXPORTFILE_BYTES = 4 << 20
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _nesting_problem(text: str) -> tuple[int, int] | None:
+    """(line, depth) where `[`/`{` nesting first exceeds MAX_NESTING, skipping strings and
+    comments; None if it never does. Hand-written because tomllib reports no position for it."""
+    depth, line, i, n = 0, 1, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            triple = text.startswith(c * 3, i)
+            quote = c * 3 if triple else c
+            j = i + len(quote)
+            while j < n and not text.startswith(quote, j):
+                if c == '"' and text[j] == "\\":
+                    j += 1
+                elif text[j] == "\n" and not triple:
+                    break  # an unterminated one-line string: tomllib reports it
+                j += 1
+            line += text.count("\n", i, j)
+            i = j + len(quote) if text.startswith(quote, j) else j + 1
+            if j < n and text[j] == "\n":
+                line += 1
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line, depth
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
+def _value_problems(data: Any) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(key path, problem) of every integer outside 64 bits and every NaN/infinite float:
+    TOML allows `nan` and `inf`, but no Exportfile key means anything by them."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((loc + (str(k),), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((loc, v) for v in value)
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            yield loc, "integer out of the 64-bit range TOML allows"
+        elif isinstance(value, float) and not math.isfinite(value):
+            yield loc, f"{value} is not a usable number here"
+
+
+def _field_of(loc: tuple[str, ...]) -> tuple[str | None, str]:
+    """(target label name or None, dotted field) for a key path."""
+    if len(loc) >= 2 and loc[0] == "targets":
+        return loc[1], ".".join(loc[2:]) or loc[1]
+    return None, ".".join(loc)
+
+
+def _key_at(text: str, line: int | None) -> tuple[str | None, str | None]:
+    """(target, dotted field) of the key defined on `line` (the key a value error is about)."""
+    if line is None:
+        return None, None
+    for loc, number in key_lines(text).items():
+        if number == line and len(loc) > 1:
+            return _field_of(loc)
+    return None, None
+
+
+def _toml_error(message: str, text: str, display: str, package: str, line: int | None) -> UsageError:
+    target, fld = _key_at(text, line)
+    return UsageError(message, file=display, line=line, field=fld,
+                      target=f"//{package}:{target}" if target else None, reason="toml-invalid")
+
+
+def _parse_toml(text: str, display: str, package: str) -> dict:
+    # The scan is only needed when there are enough brackets to nest that deep at all.
+    deep = _nesting_problem(text) if text.count("[") + text.count("{") > MAX_NESTING else None
+    if deep is not None:
+        raise _toml_error(f"invalid TOML: arrays/tables nested more than {MAX_NESTING} levels deep",
+                          text, display, package, deep[0])
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError("Exportfile not found", file=display, reason="exportfile-missing") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"Exportfile is not UTF-8: {exc}", file=display, reason="exportfile-encoding") from None
-    try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         line = int(match.group(1)) if match else None
         if line is None and "end of document" in str(exc):
             line = len(text.splitlines()) or 1
         raise UsageError(f"invalid TOML: {exc}", file=display, line=line, reason="toml-invalid") from None
+    except RecursionError:  # nesting the scan above missed (it is a safety net, not the check)
+        raise UsageError("invalid TOML: nested too deeply", file=display, reason="toml-invalid") from None
+    except ValueError:  # int() of an integer with more digits than Python converts
+        digits = re.search(r"[0-9_]{4000,}", text)
+        line = text.count("\n", 0, digits.start()) + 1 if digits else None
+        raise _toml_error("invalid TOML: integer out of the 64-bit range TOML allows", text,
+                          display, package, line) from None
+
+
+def load_exportfile(path: Path, display: str, package: str = "") -> LoadedExportfile:
+    """Read, parse and validate one Exportfile. Raises UsageError (exit 2) naming `display`,
+    the line and the key for anything wrong, including what TOML parsers do not bound (nesting
+    deeper than MAX_NESTING, integers beyond 64 bits, NaN/infinity, files over 4 MiB)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_EXPORTFILE_BYTES:
+            raise UsageError(f"Exportfile is {size} bytes (at most {MAX_EXPORTFILE_BYTES})",
+                             file=display, reason="exportfile-invalid")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError("Exportfile not found", file=display, reason="exportfile-missing") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"Exportfile is not UTF-8: {exc}", file=display, reason="exportfile-encoding") from None
+    except OSError as exc:
+        raise UsageError(f"Exportfile cannot be read: {exc.strerror}", file=display,
+                         reason="exportfile-unreadable") from None
+    data = _parse_toml(text, display, package)
     lines = key_lines(text)
+    for loc, problem in _value_problems(data):
+        target, fld = _field_of(loc)
+        raise UsageError(f"{fld}: {problem}", file=display, line=_line_for(lines, loc),
+                         target=f"//{package}:{target}" if target else None, field=fld,
+                         reason="exportfile-invalid")
     for name in data.get("targets", {}) if isinstance(data.get("targets"), dict) else {}:
-        if not _TARGET_NAME.match(name):
-            raise UsageError(f"bad target name '{name}' (letters, digits, '.', '_', '+', '-')",
+        problem = target_name_problem(name)
+        if problem is not None:
+            shown = name if len(name) <= 120 else f"{name[:100]}…"
+            raise UsageError(f"bad target name '{shown}': {problem}",
                              file=display, line=_line_for(lines, ("targets", name)),
-                             field=f"targets.{name}", reason="bad-target-name")
+                             field=f"targets.{shown}", reason="bad-target-name")
     rule_names = set(registered_rules())
     try:
         model = exportfile_model().model_validate(data)

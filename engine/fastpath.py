@@ -107,10 +107,13 @@ def record(memo: Path, touched: set[str], extra_files: list[str], exclude: list[
         if sig is not None and now - max(sig[1], sig[3]) < _RACY_NS:
             return  # racy: a change within the timestamp granularity could go unseen
         sigs[path] = sig
-    memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"paths": sigs, "json": summary_json, "text": summary_text}))
-    os.replace(tmp, memo)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"paths": sigs, "json": summary_json, "text": summary_text}))
+        os.replace(tmp, memo)
+    except OSError:  # a full disk or a read-only cache: the memo is an optimisation, skip it
+        tmp.unlink(missing_ok=True)
 
 
 def try_noop(memo: Path, code_roots: list[Path]) -> dict | None:

@@ -9,6 +9,23 @@ from stella_build.engine.errors import UsageError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _PKG = re.compile(r"^(|[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*)*)$")
 
+# Length limits, so that every file name derived from a label fits the filesystem's 255-byte
+# NAME_MAX: the longest is `.<target>.stella-state.json` (+19) next to `stella-out/<pkg>/<target>/`,
+# and `.<target>.tmp-<pid>` (+13). Package segments are directory names (255); the whole package
+# path is kept well under PATH_MAX (4096) so that `stella-out/<package>/<target>/<output>` fits.
+MAX_TARGET_NAME = 200
+MAX_PACKAGE_SEGMENT = 255
+MAX_PACKAGE = 1024
+
+
+def target_name_problem(name: str) -> str | None:
+    """Why `name` is not a valid target name, or None."""
+    if len(name) > MAX_TARGET_NAME:
+        return f"target name is {len(name)} characters long (at most {MAX_TARGET_NAME})"
+    if not _NAME.match(name):
+        return f"target name '{name}' is not valid (letters, digits, '.', '_', '+', '-')"
+    return None
+
 
 @dataclass(frozen=True, order=True)
 class Label:
@@ -38,9 +55,18 @@ class Pattern:
         return package == self.package
 
 
+def _short(text: str) -> str:
+    """`text` for a message: a 5,000-character label is shown by its start and its length."""
+    return text if len(text) <= 120 else f"{text[:100]}… ({len(text)} characters)"
+
+
 def _check_package(pkg: str, text: str) -> str:
+    if len(pkg) > MAX_PACKAGE or any(len(seg) > MAX_PACKAGE_SEGMENT for seg in pkg.split("/")):
+        raise UsageError(f"bad label '{_short(text)}': package path is too long (at most "
+                         f"{MAX_PACKAGE} characters, {MAX_PACKAGE_SEGMENT} per directory)",
+                         reason="bad-label")
     if not _PKG.match(pkg):
-        raise UsageError(f"bad label '{text}': package path '{pkg}' is not valid", reason="bad-label")
+        raise UsageError(f"bad label '{_short(text)}': package path '{_short(pkg)}' is not valid", reason="bad-label")
     return pkg
 
 
@@ -54,15 +80,18 @@ def parse_label(text: str, current_package: str | None = None) -> Label:
         if not sep:
             name = pkg.rsplit("/", 1)[-1]
             if not name:
-                raise UsageError(f"bad label '{text}': the root package needs an explicit ':name'", reason="bad-label")
+                raise UsageError(f"bad label '{_short(text)}': the root package needs an explicit ':name'", reason="bad-label")
     elif text.startswith(":"):
         if current_package is None:
-            raise UsageError(f"bad label '{text}': a relative label needs a package (use //pkg{text})", reason="bad-label")
+            raise UsageError(f"bad label '{_short(text)}': a relative label needs a package (use //pkg{_short(text)})", reason="bad-label")
         pkg, name = current_package, text[1:]
     else:
-        raise UsageError(f"bad label '{text}': labels look like //package:target or :target", reason="bad-label")
+        raise UsageError(f"bad label '{_short(text)}': labels look like //package:target or :target", reason="bad-label")
+    if len(name) > MAX_TARGET_NAME:
+        raise UsageError(f"bad label '{_short(text)}': target name is {len(name)} characters long "
+                         f"(at most {MAX_TARGET_NAME})", reason="bad-label")
     if not _NAME.match(name):
-        raise UsageError(f"bad label '{text}': target name '{name}' is not valid", reason="bad-label")
+        raise UsageError(f"bad label '{_short(text)}': target name '{_short(name)}' is not valid", reason="bad-label")
     return Label(pkg, name)
 
 
@@ -75,7 +104,7 @@ def parse_pattern(text: str, current_package: str | None = None) -> Pattern:
     if stripped.endswith(":all") or stripped.endswith(":*"):
         pkg = stripped[2:].rpartition(":")[0] if stripped.startswith("//") else current_package
         if pkg is None:
-            raise UsageError(f"bad pattern '{text}'", reason="bad-label")
+            raise UsageError(f"bad pattern '{_short(text)}'", reason="bad-label")
         return Pattern(_check_package(pkg, text))
     label = parse_label(stripped, current_package)
     return Pattern(label.package, label.name)

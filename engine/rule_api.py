@@ -208,9 +208,12 @@ class AnalysisContext:
         if request not in self.post_builds:
             self.post_builds.append(request)
 
-    def glob(self, patterns: Iterable[str]) -> list[Artifact]:
+    def glob(self, patterns: Iterable[str], field: str = "srcs") -> list[Artifact]:
+        """Source artifacts of the regular files matching `patterns` (package-relative,
+        `//`-workspace-relative or `@root//`); `field` is the Exportfile key they come from, named
+        in errors (symlink leaving its root, bad glob: exit 2)."""
         return [Artifact(logical=logical, path=path)
-                for logical, path in self.workspace.glob(list(patterns), self.package)]
+                for logical, path in self.workspace.glob(list(patterns), self.package, field=field)]
 
     def action(self, *, mnemonic: str, fn: Callable[["ActionContext"], dict | None],
                inputs: dict[str, Artifact], outputs: list[str],

@@ -8,6 +8,7 @@ Outputs are hashed and moved into the CAS by the worker; the parent writes the i
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 import blake3
 
 from stella_build.engine.cache.cas import Cas
+from stella_build.engine.cache.storage import StorageError, is_storage_errno, storage_error
 from stella_build.engine.encode.digest import file_digests
 from stella_build.engine.errors import ActionError
 from stella_build.engine.rule_api import ActionContext
@@ -55,7 +57,14 @@ class CorruptInput(Exception):
 def _stage_file(src: str, dest: Path, expected: str, cas_root: Path | None = None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     h = blake3.blake3()
-    with open(src, "rb") as f, open(dest, "wb") as out:
+    try:
+        # O_NOFOLLOW: a source replaced by a symlink after analysis checked it is never followed
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputChanged(f"{src} became a symbolic link") from None
+        raise
+    with os.fdopen(fd, "rb") as f, open(dest, "wb") as out:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             out.write(chunk)
@@ -105,9 +114,9 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
     sandbox = cache_dir / "sandbox" / task["sandbox_name"]
     if sandbox.exists():
         shutil.rmtree(sandbox, ignore_errors=True)
-    (sandbox / "out").mkdir(parents=True)
     started = time.perf_counter()
     try:
+        (sandbox / "out").mkdir(parents=True)
         os.chdir(sandbox)
         inputs: dict[str, Path] = {}
         cas_root = cache_dir / "cas"
@@ -148,12 +157,22 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
     except InputChanged as exc:
         return {"error": {"message": f"input changed while the build was running: {exc}",
                           "file": str(exc), "field": None, "reason": "input-changed"}}
-    except Exception as exc:  # a rule bug: keep the traceback for --debug
+    except StorageError as exc:  # the cache's filesystem is full or failing: not a rule bug
+        return {"error": _storage_error_dict(exc)}
+    except Exception as exc:
+        if is_storage_errno(exc):  # ENOSPC/EIO while staging or while the rule wrote its outputs
+            return {"error": _storage_error_dict(storage_error(exc, sandbox, "action sandbox"))}
+        # a rule bug: keep the traceback for --debug
         return {"error": {"message": f"{type(exc).__name__}: {exc}", "file": None, "field": None,
                           "traceback": traceback.format_exc(), "reason": "rule-bug"}}
     finally:
         os.chdir(cache_dir)
         _remove_tree(sandbox)
+
+
+def _storage_error_dict(exc: StorageError) -> dict[str, Any]:
+    info = exc.errors[0]
+    return {"message": info.message, "file": info.file, "field": None, "reason": info.reason}
 
 
 def _differences(cas: Cas, expected: dict[str, str], records: list[dict], out_dir: Path) -> list[dict]:

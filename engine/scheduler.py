@@ -2,7 +2,10 @@
 pool of hermetic worker processes (`-j`), and store results.
 
 Keys of derived inputs are known only once their producers finish, so keys are computed as actions
-become ready. A hit is served only if every blob it names is present with the right size.
+become ready. A hit is served only if its record lists exactly the action's declared outputs
+(engine/cache/records.py; a local entry that does not is dropped and the action re-runs) and every
+blob it names is present with the right size. A build that signs (an action with secrets, or a
+post-build signing step) serves only results this machine executed or a trusted key signed.
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ from typing import Any, Callable
 from stella_build.engine.actions import action_key, key_record
 from stella_build.engine.cache.cas import Cas
 from stella_build.engine.cache.index import Index
+from stella_build.engine.cache.records import (
+    ORIGIN_LOCAL, ORIGIN_REMOTE, from_wire, outputs_problem, result_problem, to_wire, vouchable,
+)
 from stella_build.engine.encode.digest import file_digests
 from stella_build.engine.rule_api import ActionSpec, Artifact
 from stella_build.engine.sandbox import SCRUBBED_ENV, run_action, worker_init
@@ -75,6 +81,8 @@ class Executor:
         self.remote = remote  # engine.cache.remote.RemoteCache or None
         self.warn = warn or (lambda msg: None)
         self.remote_hits = 0
+        self.dropped: list[dict] = []  # local entries dropped on read: [{action, key, problem}]
+        self.upload_skipped = 0  # results the last upload() left out: not vouchable (see upload)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(cache_dir)
         self.cas = Cas(cache_dir)
@@ -148,7 +156,13 @@ class Executor:
 
     # -- the run loop -----------------------------------------------------------------------
     def run(self, actions: list[ActionSpec], *, force: bool = False, check: bool = False,
-            keep_going: bool = False) -> dict[str, Outcome]:
+            keep_going: bool = False, signing: bool | None = None) -> dict[str, Outcome]:
+        """Run `actions` (hits from the caches, misses on the worker pool); outcome per action id.
+
+        `signing`: this build signs something (default: any action has secrets), so only results
+        that were executed here or authenticated by a trusted remote-cache key are served."""
+        if signing is None:
+            signing = any(a.secrets for a in actions)
         done: dict[str, Outcome] = {}
         pending = {a.id: a for a in actions}
         waiting_on = {a.id: {i.producer for i in a.inputs.values() if i.producer} for a in actions}
@@ -171,10 +185,10 @@ class Executor:
                     staged = self._staged_inputs(spec, done)
                     outcome.record = key_record(spec, [(s[0], s[2]) for s in staged])
                     outcome.key = action_key(outcome.record)
-                    hit = None if force else self._lookup(outcome.key)
+                    hit = None if force else self._lookup(outcome.key, spec, signing)
                     remote_hit = False
                     if hit is None and not force and self.remote is not None:
-                        hit = self._remote_lookup(outcome.key, outcome.record, spec.id)
+                        hit = self._remote_lookup(outcome.key, outcome.record, spec, signing)
                         remote_hit = hit is not None
                     if hit is not None:
                         outcome.outputs = {o["path"]: o for o in hit["outputs"]}
@@ -218,7 +232,8 @@ class Executor:
                 self.index.put_result(outcome.key, {"outputs": result["outputs"],
                                                     "stats": outcome.stats,
                                                     "action": outcome.spec.id,
-                                                    "seconds": result.get("seconds")},
+                                                    "seconds": result.get("seconds"),
+                                                    "origin": ORIGIN_LOCAL},
                                       outcome.record, outcome.spec.id)
                 self.progress("executed", outcome, len(done), total)
         if used:
@@ -227,78 +242,165 @@ class Executor:
             self._check(actions, done)
         return done
 
-    def _lookup(self, key: str) -> dict | None:
+    def _lookup(self, key: str, spec: ActionSpec | None = None, signing: bool = False) -> dict | None:
+        """The local result under `key` when it can be served, else None.
+
+        With `spec`, an entry that does not list exactly the action's declared outputs (a damaged
+        or poisoned index entry) is dropped, so the action re-runs and writes a good one. Without
+        `spec` (read-only callers such as explain), the declared outputs come from the stored key
+        record and nothing is dropped. `signing`: only entries this machine can vouch for."""
         hit = self.index.get_result(key)
         if hit is None:
+            return None
+        if spec is not None:
+            problem = result_problem(hit, spec.outputs)
+            if problem is not None:
+                self.index.drop_result(key)
+                self.dropped.append({"action": spec.id, "key": key, "problem": problem})
+                self.warn(f"dropped the local cache entry of {spec.id}: {problem}; the action runs again")
+                return None
+        else:
+            stored = self.index.get_key_record(key)
+            if stored is None or result_problem(hit, stored.get("outputs") or []) is not None:
+                return None
+        if signing and not self._authenticated(hit):
             return None
         for out in hit["outputs"]:
             if not self.cas.has(out["blake3"], out["size"]):
                 return None  # an evicted or damaged blob: rebuild rather than fail
         return hit
 
+    def _authenticated(self, result: dict) -> bool:
+        """May a signing build use this local entry? Executed here, or adopted from a remote record
+        signed by a key that is (still) trusted; not an unauthenticated adoption, not an entry of
+        unknown origin (written before origins were recorded)."""
+        if result.get("origin") == ORIGIN_LOCAL:
+            return True
+        if result.get("origin") != ORIGIN_REMOTE or not result.get("signed_by"):
+            return False
+        remote = self.remote
+        return remote is None or not remote.authenticates or result["signed_by"] in remote.trust
+
     # -- remote cache ---------------------------------------------------------------------------
-    def _remote_lookup(self, key: str, record: dict, action_id: str) -> dict | None:
-        """A remote AC hit, trusted only once every blob is downloaded and verified (sha256 by the
-        transport, BLAKE3 here); then stored locally. Missing or bad blobs make it a miss."""
+    def _remote_lookup(self, key: str, record: dict, spec: ActionSpec, signing: bool = False) -> dict | None:
+        """A remote AC hit, served only when its record lists exactly the declared outputs, is
+        signed by a trusted key (whenever trust is configured, and always in a signing build), and
+        every blob is downloaded and verified (sha256 by the transport, BLAKE3 here; blobs already
+        in the local CAS are re-hashed against both digests); then stored locally with its origin.
+        Anything else is a miss and the action runs here."""
         from stella_build.engine.cache.remote import Outcome as RemoteOutcome, RemoteCacheError
 
-        if not self.remote.available:
+        remote = self.remote
+        if not remote.available:
+            return None
+        if signing and not remote.authenticates:
+            remote.warn_once("signing-unauthenticated",
+                             "this build signs: remote cache results are not used because no "
+                             "--remote-cache-trust key is configured to authenticate them", self.warn)
             return None
         try:
-            raw = self.remote.get_ac(key)
+            raw = remote.get_ac(key)
             if raw is None:
                 return None
-            result = _parse_remote_record(raw)
-            if result is None:
-                return None
-            wanted = [o for o in result["outputs"] if not self.cas.has(o["blake3"], o["size"])]
-            temps = {o["sha256"]: self.cas.tmp / f"remote-{o['sha256']}-{os.getpid()}" for o in wanted}
-            fetched = self.remote.fetch_blobs([(o["sha256"], o["size"], str(temps[o["sha256"]]))
-                                               for o in wanted])
+            parsed = from_wire(raw)
+            if parsed is None:
+                return self._reject(spec, "not a stella-build result record")
+            result, signature = parsed
+            problem = outputs_problem(result["outputs"], spec.outputs)
+            if problem is not None:
+                return self._reject(spec, problem)
+            signed_by = remote.trust.verify(key, result, signature) if remote.authenticates else None
+            if remote.authenticates and signed_by is None:
+                return self._reject(spec, _signature_problem(signature, remote.trust))
+            blobs: dict[str, dict] = {}
+            for o in result["outputs"]:
+                seen = blobs.setdefault(o["blake3"], o)
+                if (seen["sha256"], seen["size"]) != (o["sha256"], o["size"]):
+                    return self._reject(spec, f"outputs {seen['path']!r} and {o['path']!r} have the same "
+                                              "BLAKE3 digest but different SHA-256 digests or sizes")
+            wanted = []
+            for o in blobs.values():
+                if not self.cas.has(o["blake3"], o["size"]):
+                    wanted.append(o)
+                elif file_digests(self.cas.path(o["blake3"]))[:2] != (o["blake3"], o["sha256"]):
+                    return self._reject(spec, f"output {o['path']!r}: its SHA-256 digest does not "
+                                              "match the content of its BLAKE3 digest")
+            temps = {o["blake3"]: self.cas.tmp / f"remote-{o['blake3']}-{os.getpid()}" for o in wanted}
+            fetched = remote.fetch_blobs([(o["sha256"], o["size"], str(temps[o["blake3"]]))
+                                          for o in wanted])
+            errors = [r.error for r in fetched if r.outcome is RemoteOutcome.ERROR and r.error]
             ok = all(r.outcome is RemoteOutcome.HIT for r in fetched)
             for o in wanted:
-                tmp = temps[o["sha256"]]
+                tmp = temps[o["blake3"]]
                 if ok and tmp.exists() and file_digests(tmp)[0] == o["blake3"]:
                     self.cas.adopt(tmp, o["blake3"], o["size"])
                 else:
                     ok = False
                     tmp.unlink(missing_ok=True)
+            if errors:
+                remote.handle_error(errors[0], self.warn)  # raises when the remote is required
             if not ok:
                 return None
-            self.index.put_result(key, result, record, action_id)
-            return result
+            if signed_by is None:
+                remote.stats.add(unauthenticated=1)
+                remote.warn_once("unauthenticated",
+                                 "remote cache results are used without authentication (no "
+                                 "--remote-cache-trust key is configured): whoever can write to the "
+                                 "cache chooses these outputs; signing builds never use them", self.warn)
+            local = dict(result, origin=ORIGIN_REMOTE, signed_by=signed_by)
+            self.index.put_result(key, local, record, spec.id)
+            return local
         except RemoteCacheError as err:
-            self.remote.handle_error(err, self.warn)
+            remote.handle_error(err, self.warn)
             return None
+
+    def _reject(self, spec: ActionSpec, problem: str) -> None:
+        """A remote record that must not be used: counted, reported once per run, a miss."""
+        self.remote.stats.add(rejected=1)
+        self.remote.warn_once("rejected", f"remote cache record for {spec.id} rejected ({problem}); "
+                                          "the action runs locally", self.warn)
+        return None
 
     def upload(self, outcomes: dict[str, Outcome], *, all_cached: bool = False) -> int:
         """Upload executed (or, for push-all, every) result and its blobs; AC entries go last so
-        a reader never sees an AC entry whose blobs are not there yet."""
+        a reader never sees an AC entry whose blobs are not there yet. Records are signed when a
+        writer key is configured; a result this machine cannot vouch for (adopted from the remote
+        without a trusted signature, or of unknown origin) is never uploaded.
+
+        Returns the number of AC records sent. A failed upload goes through
+        `RemoteCache.handle_error`: one warning, or RemoteCacheError when the remote is required."""
         from stella_build.engine.cache.remote import Outcome as RemoteOutcome, RemoteCacheError
 
         if self.remote is None or not self.remote.upload or not self.remote.available:
             return 0
         chosen = [o for o in outcomes.values()
                   if o.status == "executed" or (all_cached and o.status == "cached")]
+        sent = 0
         try:
+            results: dict[str, dict] = {}
+            for o in chosen:
+                result = self.index.get_result(o.key)
+                if result is not None and vouchable(result):
+                    results[o.key] = result
+            self.upload_skipped = len({o.key for o in chosen} - set(results))
             blobs = {}
-            for o in chosen:
-                for rec in o.outputs.values():
+            for result in results.values():
+                for rec in result["outputs"]:
                     blobs[rec["sha256"]] = str(self.cas.path(rec["blake3"]))
-            results = self.remote.upload_blobs(sorted(blobs.items()))
-            failed = {r.sha256 for r in results if r.outcome is RemoteOutcome.ERROR}
-            sent = 0
-            for o in chosen:
-                if any(rec["sha256"] in failed for rec in o.outputs.values()):
+            uploaded = self.remote.upload_blobs(sorted(blobs.items()))
+            failed = {r.sha256 for r in uploaded if r.outcome is RemoteOutcome.ERROR}
+            errors = [r.error for r in uploaded if r.outcome is RemoteOutcome.ERROR and r.error]
+            for key, result in results.items():
+                if any(rec["sha256"] in failed for rec in result["outputs"]):
                     continue
-                record = self.index.get_result(o.key)
-                if record is not None:
-                    self.remote.put_ac(o.key, _remote_record(record))
-                    sent += 1
+                self.remote.put_ac(key, to_wire(key, result, self.remote.signer))
+                sent += 1
+            if errors:
+                raise errors[0]
             return sent
         except RemoteCacheError as err:
             self.remote.handle_error(err, self.warn)
-            return 0
+            return sent
 
     def _task(self, spec: ActionSpec, key: str, staged: list, mode: str, expected=None) -> dict[str, Any]:
         return {"id": spec.id, "label": str(spec.label), "fn": spec.fn, "params": spec.params,
@@ -328,29 +430,9 @@ class Executor:
             self.progress("checked", outcome, 0, 0)
 
 
-def _remote_record(result: dict) -> bytes:
-    """The AC value shared through the remote: outputs and stats only (no local paths)."""
-    import json
-
-    keep = {"outputs": result["outputs"], "stats": result.get("stats", {}), "action": result.get("action")}
-    return json.dumps(keep, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _parse_remote_record(raw: bytes) -> dict | None:
-    """Validate a remote AC value's shape; anything odd is a miss, never an error."""
-    import json
-    import re
-
-    try:
-        data = json.loads(raw)
-        outs = data["outputs"]
-        for o in outs:
-            if not (isinstance(o["path"], str) and re.fullmatch(r"[0-9a-f]{64}", o["blake3"])
-                    and re.fullmatch(r"[0-9a-f]{64}", o["sha256"]) and isinstance(o["size"], int)
-                    and o["size"] >= 0 and o["mode"] in (0o644, 0o755)):
-                return None
-            if o["path"].startswith("/") or ".." in o["path"].split("/"):
-                return None
-        return {"outputs": outs, "stats": data.get("stats") or {}, "action": data.get("action")}
-    except (ValueError, KeyError, TypeError):
-        return None
+def _signature_problem(signature: dict | None, trust) -> str:
+    if signature is None:
+        return "it is not signed, and only records signed by a --remote-cache-trust key are accepted"
+    if signature.get("keyid") not in trust:
+        return f"signed by key {str(signature.get('keyid'))[:16]}…, which is not a --remote-cache-trust key"
+    return "its signature does not verify"

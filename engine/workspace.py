@@ -8,8 +8,10 @@ location, so action keys are the same in every checkout:
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,29 +109,68 @@ class Workspace:
     # -- sources --------------------------------------------------------------------------
     def resolve_glob(self, pattern: str, package: str) -> tuple[Path, str, str]:
         """(base directory, glob relative to it, logical prefix) for a source pattern."""
+        base, rel, prefix, _root = self._resolve(pattern, package)
+        return base, rel, prefix
+
+    def _resolve(self, pattern: str, package: str) -> tuple[Path, str, str, Path]:
+        """(base directory, glob relative to it, logical prefix, the root the files must stay in:
+        the workspace root or the named external root)."""
         if pattern.startswith("@"):
             name, sep, rest = pattern[1:].partition("//")
             if not sep or name not in self.external:
                 known = ", ".join(sorted(self.external)) or "none"
                 raise UsageError(f"unknown external root in '{pattern}' (known: {known})", reason="unknown-external-root")
-            return self.external[name], rest, f"@{name}//"
+            return self.external[name], rest, f"@{name}//", self.external[name]
         if pattern.startswith("//"):
-            return self.root, pattern[2:], ""
+            return self.root, pattern[2:], "", self.root
         prefix = f"{package}/" if package else ""
-        return self.package_dir(package), pattern, prefix
+        return self.package_dir(package), pattern, prefix, self.root
 
-    def glob(self, patterns: list[str], package: str) -> list[tuple[str, Path]]:
-        """Sorted (logical path, absolute path) of the regular files matching `patterns`."""
+    def glob(self, patterns: list[str], package: str, field: str | None = "srcs") -> list[tuple[str, Path]]:
+        """Sorted (logical path, absolute path) of the regular files matching `patterns`.
+
+        Every file is inside its root (the workspace or the declared external root): a symlink
+        is followed only when it names a regular file inside that same root (the path returned
+        is then the resolved one, which is what gets read), directory symlinks are never
+        descended into by a wildcard, and a literal directory in the pattern must also resolve
+        inside the root. Anything else is a UsageError (exit 2) naming the link, with `field`
+        (the Exportfile key the patterns come from) and a reason: `source-symlink`,
+        `source-outside-root`, `source-root-missing`, `source-unreadable`, `glob-invalid`."""
         found: dict[str, Path] = {}
         for pattern in patterns:
-            base, rel, prefix = self.resolve_glob(pattern, package)
+            base, rel, prefix, root = self._resolve(pattern, package)
+            if "\x00" in pattern:
+                raise UsageError(f"source pattern {pattern!r} contains a NUL character",
+                                 field=field, reason="glob-invalid")
             if ".." in Path(rel).parts or Path(rel).is_absolute():
-                raise UsageError(f"source pattern '{pattern}' must stay inside its root", reason="source-outside-root")
+                raise UsageError(f"source pattern '{pattern}' must stay inside its root", field=field,
+                                 reason="source-outside-root")
             if not base.is_dir():
-                raise UsageError(f"source root for '{pattern}' does not exist: {base}", reason="source-root-missing")
-            for rel_path, path in _glob_files(base, rel):
+                raise UsageError(f"source root for '{pattern}' does not exist: {base}", field=field,
+                                 reason="source-root-missing")
+            try:
+                matches = _glob_files(base, rel, root=root)
+            except GlobError as exc:
+                shown = self._display(exc.path, root, prefix if root != self.root else "")
+                raise UsageError(f"source pattern '{pattern}': {exc.message}"
+                                 + (f": {shown}" if shown else ""), field=field,
+                                 reason=exc.reason) from None
+            for rel_path, path in matches:
                 found[prefix + rel_path] = path
         return sorted(found.items())
+
+    def _display(self, path: str | None, root: Path, external_prefix: str) -> str | None:
+        """A path for messages: workspace-relative, or `@name//...` for an external root."""
+        if path is None:
+            return None
+        try:
+            rel = Path(path).relative_to(root).as_posix()
+        except ValueError:
+            return path
+        if root == self.root:
+            return rel
+        name = next((n for n, p in self.external.items() if p == root), None)
+        return f"@{name}//{rel}" if name else external_prefix + rel
 
     def logical_to_path(self, logical: str) -> Path:
         if logical.startswith("@"):
@@ -138,8 +179,30 @@ class Workspace:
         return self.root / logical
 
 
+class GlobError(Exception):
+    """A source pattern that cannot be expanded safely; `path` is the offending file or link."""
+
+    def __init__(self, message: str, reason: str, path: str | None = None):
+        super().__init__(message)
+        self.message, self.reason, self.path = message, reason, path
+
+
+# A pattern with more wildcards than this is refused: each `*` adds a level of backtracking to
+# the regex, and a hostile Exportfile must not be able to make globbing take hours.
+MAX_WILDCARDS = 32
+
+
 def _glob_regex(pattern: str) -> re.Pattern:
-    """Regex for a glob where `*` and `?` stay within a path segment and `**` spans segments."""
+    """Regex for a glob where `*` and `?` stay within a path segment and `**` spans segments.
+
+    `[...]` is a character class as in fnmatch (`[!...]` negates; every other character in it is
+    literal except `-` between two characters). Raises GlobError for an invalid class such as
+    `[z-a]` or for more than MAX_WILDCARDS wildcards."""
+    # Consecutive `**/` mean the same as one and would only add backtracking.
+    while "**/**/" in pattern:
+        pattern = pattern.replace("**/**/", "**/")
+    if pattern.count("*") + pattern.count("?") > MAX_WILDCARDS:
+        raise GlobError(f"more than {MAX_WILDCARDS} wildcards", "glob-invalid")
     out, i = [], 0
     while i < len(pattern):
         if pattern.startswith("**/", i):
@@ -156,20 +219,35 @@ def _glob_regex(pattern: str) -> re.Pattern:
             i += 1
         elif pattern[i] == "[" and "]" in pattern[i + 1:]:
             j = pattern.index("]", i + 1)
-            body = pattern[i + 1:j].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            body = pattern[i + 1:j]
+            negate = body.startswith("!")
+            body = body[1:] if negate else body
+            # Escape everything but range dashes, so `^`, `\`, `[`, `&&`, `~~`, `||` are literal
+            # (the `re` module would otherwise read them as syntax or warn about nested sets).
+            escaped = "".join("-" if c == "-" else re.escape(c) for c in body)
+            out.append("[" + ("^" if negate else "") + escaped + "]")
             i = j + 1
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out) + r"\Z")
+    try:
+        return re.compile("".join(out) + r"\Z")
+    except re.error as exc:
+        raise GlobError(f"invalid glob: {exc.msg}", "glob-invalid") from None
 
 
-def _glob_files(base: Path, pattern: str) -> list[tuple[str, Path]]:
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _glob_files(base: Path, pattern: str, root: Path | None = None) -> list[tuple[str, Path]]:
     """Regular files under `base` matching `pattern`, as (relative posix path, path).
 
     Hand-written because pathlib's glob builds a Path and a stat per file (0.2 s for the 7,000
-    corpus files, on every build); this walks with os.scandir from the pattern's literal prefix."""
+    corpus files, on every build); this walks with os.scandir from the pattern's literal prefix,
+    iteratively (no recursion limit on deep trees). Symlinks: see Workspace.glob; `root`
+    (default `base`) is the directory every file must resolve inside. Raises GlobError."""
+    root_real = os.path.realpath(root if root is not None else base)
     parts = pattern.split("/")
     literal = []
     for part in parts[:-1]:
@@ -182,19 +260,61 @@ def _glob_files(base: Path, pattern: str) -> list[tuple[str, Path]]:
     regex = _glob_regex(pattern)
     found: list[tuple[str, Path]] = []
     prefix = "/".join(literal) + "/" if literal else ""
+    # The literal prefix is named by the author, so a symlinked directory there is followed,
+    # but only if it resolves inside the root.
+    if not _inside(os.path.realpath(start), root_real):
+        raise GlobError("a directory of the pattern is a symlink that leaves its root",
+                        "source-symlink", _first_symlink(base, literal) or str(start))
 
-    def walk(directory: str, rel: str, level: int) -> None:
+    stack = [(str(start), prefix, 0)]
+    while stack:
+        directory, rel, level = stack.pop()
         try:
             entries = list(os.scandir(directory))
         except (FileNotFoundError, NotADirectoryError):
-            return
+            continue
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise GlobError("symlink loop", "source-symlink", directory) from None
+            if exc.errno == errno.ENAMETOOLONG:
+                continue  # no such directory can exist
+            raise GlobError(f"cannot read directory ({exc.strerror})", "source-unreadable",
+                            directory) from None
         for entry in entries:
             child = rel + entry.name
-            if entry.is_dir():
+            if entry.is_symlink():
+                # Never descended into (no loops, no escaping through a directory link); a link
+                # matching the pattern must name a regular file inside the same root.
+                if not regex.match(child):
+                    continue
+                target = os.path.realpath(entry.path)
+                try:
+                    st = os.stat(target)
+                except OSError:
+                    raise GlobError("dangling symlink (or a symlink loop)", "source-symlink",
+                                    entry.path) from None
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # a directory link: not a file, and never followed
+                if not _inside(target, root_real):
+                    raise GlobError("symlink to a file outside its root (sources must be regular "
+                                    "files inside the workspace or a declared external root)",
+                                    "source-symlink", entry.path)
+                if not stat.S_ISREG(st.st_mode):
+                    raise GlobError("symlink to something that is not a regular file",
+                                    "source-symlink", entry.path)
+                found.append((child, Path(target)))
+            elif entry.is_dir(follow_symlinks=False):
                 if recursive or level + 1 < depth:
-                    walk(entry.path, child + "/", level + 1)
-            elif entry.is_file() and regex.match(child):
+                    stack.append((entry.path, child + "/", level + 1))
+            elif entry.is_file(follow_symlinks=False) and regex.match(child):
                 found.append((child, Path(entry.path)))
-
-    walk(str(start), prefix, 0)
     return found
+
+
+def _first_symlink(base: Path, parts: list[str]) -> str | None:
+    path = base
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            return str(path)
+    return None

@@ -89,10 +89,11 @@ class JsonPolicy(Rule):
         inputs: dict = {}
         # 1. json:raw content, exactly as json_raw declares it
         for dep_label, aset in raw_sets:
+            raw_stats = dict(getattr(aset, "stats", ()))  # osv_source: quarantined files per shard
             for shard, art in aset.shards:
                 name = f"{_slug(dep_label.name)}-{shard}"
                 spec = ctx.action(mnemonic="RawShard", id=name, fn=json_bundle.raw_shard,
-                                  inputs={"records.jsonl": art}, outputs=["out/"],
+                                  inputs=json_bundle.shard_inputs(art, raw_stats.get(shard)), outputs=["out/"],
                                   params={"selectors": sel, "level": level, "shard": name})
                 inputs[f"raw/{name}"] = spec.out("out/")
         # 2. normalized advisories (OSV deps normalized here unless an osv_normalize dep covers them)
@@ -122,7 +123,7 @@ class JsonPolicy(Rule):
         eval_inputs.update(sbom_inputs)
         eval_params: dict = {"level": level}
         if params.policy_file is not None:
-            files = ctx.glob([params.policy_file])
+            files = ctx.glob([params.policy_file], field="policy_file")
             if len(files) != 1:
                 raise UsageError(f"policy_file {params.policy_file!r} matched {len(files)} files",
                                  field="policy_file")
@@ -204,7 +205,7 @@ def _component_index(actx: ActionContext) -> dict[tuple[str, str], list[dict]]:
 
 def policy_shard(actx: ActionContext) -> dict:
     """Select one normalized shard's records, write them (zstd) and match them to components."""
-    from stella_build.rules.evidence.policy import match_components
+    from stella_build.rules.evidence.policy import advisory_keys, data_release, match_components
 
     sel, level, shard = actx.params["selectors"], actx.params["level"], actx.params["shard"]
     since = json_bundle._since(sel)
@@ -213,6 +214,8 @@ def policy_shard(actx: ActionContext) -> dict:
                      for k in stats.get(key, [])}
     components = _component_index(actx)
     lines, matches, errors, filtered, newest, withdrawn = [], [], [], 0, None, 0
+    not_evaluated: set[tuple] = set()
+    releases: set[tuple[str, str]] = set()  # distribution releases this shard holds records for
     for adv in _read_jsonl(actx.input("records.jsonl")):
         if adv.get("withdrawn"):
             withdrawn += 1
@@ -224,11 +227,18 @@ def policy_shard(actx: ActionContext) -> dict:
         stamp = adv.get("modified") or adv.get("published")
         if stamp and (newest is None or parse_rfc3339(stamp) > parse_rfc3339(newest)):
             newest = stamp
-        key = (adv["ecosystem"], adv["package"]["normalized"])
-        if key in components and (adv["id"], adv["ecosystem"], key[1], adv["source_path"]) not in not_evaluable:
-            found, errs = match_components(adv, components[key])
-            matches += found
-            errors += errs
+        release = data_release(adv["ecosystem"])
+        if release is not None:
+            releases.add(release)
+        marker = (adv["id"], adv["ecosystem"], adv["package"]["normalized"], adv["source_path"])
+        if marker in not_evaluable:
+            continue
+        for key in advisory_keys(adv):
+            if key in components:
+                found, errs, skipped = match_components(adv, components[key])
+                matches += found
+                errors += errs
+                not_evaluated.update(tuple(t) for t in skipped)
     path = f"data/normalized/advisories/{shard}.jsonl.zst"
     records = {}
     if lines:
@@ -238,7 +248,8 @@ def policy_shard(actx: ActionContext) -> dict:
         for m in matches:
             out.write(canonical_json.dumps_line(m))
     meta = {"records": records, "filtered": filtered, "modified": newest, "errors": sorted(errors),
-            "stats": stats, "withdrawn_excluded": withdrawn, "source_label": actx.params["source_label"]}
+            "not_evaluated": sorted(list(t) for t in not_evaluated), "stats": stats, "withdrawn_excluded": withdrawn, "source_label": actx.params["source_label"],
+            "releases": sorted(list(r) for r in releases)}
     actx.write_output(f"out/meta/{shard}.json", canonical_json.dumps(meta))
     return {"records": len(lines), "matches": len(matches)}
 
@@ -262,10 +273,12 @@ def _load_policy(actx: ActionContext) -> tuple[Policy, dict]:
 
 def evaluate(actx: ActionContext) -> dict:
     """Apply the policy and the VEX statements to every match; write snapshot and findings."""
-    from stella_build.rules.evidence.policy import component_key, evaluate as run_policy
+    from stella_build.rules.evidence.policy import component_key, components_without_data, evaluate as run_policy
 
     policy, origin = _load_policy(actx)
     matches, errors, newest = [], [], None
+    skipped: set[tuple] = set()  # components an advisory's release suffix could not be compared with
+    releases: set[tuple[str, str]] = set()  # distribution releases the advisories hold data for
     statements, components = [], []
     for name in sorted(actx.inputs):
         if name.startswith("norm/"):
@@ -275,6 +288,8 @@ def evaluate(actx: ActionContext) -> dict:
                 elif rel.startswith("meta/"):
                     meta = json.loads(path.read_bytes())
                     errors += meta["errors"]
+                    skipped.update(tuple(t) for t in meta.get("not_evaluated", ()))
+                    releases.update(tuple(r) for r in meta.get("releases", ()))
                     m = meta["modified"]
                     if m and (newest is None or parse_rfc3339(m) > parse_rfc3339(newest)):
                         newest = m
@@ -295,7 +310,8 @@ def evaluate(actx: ActionContext) -> dict:
     actx.write_output("out/data/policy/snapshot.json", canonical_json.dumps(snapshot))
     not_evaluated = sorted({(c["purl"], c["source_path"],
                              "unsupported purl type" if not c.get("ecosystem") else "no version")
-                            for c in components if component_key(c) is None or not c.get("version")})
+                            for c in components if component_key(c) is None or not c.get("version")}
+                           | skipped | {tuple(t) for t in components_without_data(components, releases)})
     decisions = {d: sum(1 for f in findings if f["decision"] == d) for d in ("allow", "block", "warn")}
     index = {
         "schema": "https://stella-build.dev/schemas/findings-index/v1",
@@ -340,8 +356,9 @@ def assemble(actx: ActionContext) -> dict:
     records: dict[str, int] = {}
     withdrawn, materials, raw_index, filtered, newest = [], set(), [], 0, None
     evidence = {"sources": {}, "withdrawn": [], "invalid": [], "git_only": [], "no_ranges": [],
-                "unfixed_marker": [], "filteredOut": 0}
+                "unfixed_marker": [], "filteredOut": 0, "quarantined": []}
     policy_meta: dict = {}
+    raw_ids: list[list[str]] = []  # [id, path] of the raw records: duplicate-id warnings
     sbom_paths: set[str] = set()
     counts = {"vexStatements": 0, "sbomComponents": 0}
     for name in sorted(actx.inputs):
@@ -350,6 +367,8 @@ def assemble(actx: ActionContext) -> dict:
                 data = path.read_bytes()
                 if rel.startswith("meta/"):
                     meta = json.loads(data)
+                    evidence["quarantined"] += meta.get("quarantined", [])
+                    raw_ids += meta.get("ids", [])
                     raw_records.update(meta["records"])
                     withdrawn += meta["withdrawn"]
                     materials.update(tuple(m) for m in meta["materials"])
@@ -395,17 +414,20 @@ def assemble(actx: ActionContext) -> dict:
         elif name.startswith("stats/"):
             stats = json.loads(actx.input(name).read_bytes())
             materials.update(tuple(m) for m in stats.get("materials", []))
+            evidence["quarantined"] += stats.get("quarantined", [])
     if policy_meta.get("policy_material"):
         materials.add(tuple(policy_meta["policy_material"]))
     epoch = actx.source_date_epoch
     if epoch is None:
         epoch = policy_meta["epoch"]
+    quarantined = json_bundle.merge_quarantined(evidence["quarantined"])
     files["indexes/advisories.index.json"] = canonical_json.dumps(
-        json_bundle._index(raw_index, raw_records, sorted(set(withdrawn)), filtered))
+        json_bundle._index(raw_index, raw_records, sorted(set(withdrawn)), filtered, quarantined))
     files["indexes/evidence.index.json"] = canonical_json.dumps({
         "schema": "https://stella-build.dev/schemas/evidence-index/v1",
         "sources": evidence["sources"],
-        "excluded": {"withdrawn": sorted(evidence["withdrawn"]), "filteredOut": evidence["filteredOut"]},
+        "excluded": {"withdrawn": sorted(evidence["withdrawn"]), "filteredOut": evidence["filteredOut"],
+                     **({"quarantined": quarantined} if quarantined else {})},
         "notEvaluable": {camel: sorted(evidence[key]) for key, camel in _NOT_EVALUABLE.items()},
     })
     records.update(raw_records)
@@ -416,7 +438,9 @@ def assemble(actx: ActionContext) -> dict:
         "normalizedWithdrawnExcluded": len(evidence["withdrawn"]), **counts,
         "findings": policy_meta["findings"], "decisions": policy_meta["decisions"],
     }
-    return _finish(actx, files, records, manifest_counts, sorted(materials), epoch)
+    result = _finish(actx, files, records, manifest_counts, sorted(materials), epoch, quarantined)
+    warnings = json_bundle.duplicate_id_warnings(raw_ids)
+    return {**result, **({"warnings": warnings} if warnings else {})}
 
 
 def _add_evidence_meta(evidence: dict, meta: dict, materials: set, records: dict) -> None:
@@ -427,13 +451,13 @@ def _add_evidence_meta(evidence: dict, meta: dict, materials: set, records: dict
     src["kept"] += sum(meta["records"].values())
     records.update(meta["records"])
     evidence["filteredOut"] += meta["filtered"]
-    for key in ("withdrawn", "invalid", "git_only", "no_ranges", "unfixed_marker"):
+    for key in ("withdrawn", "invalid", "git_only", "no_ranges", "unfixed_marker", "quarantined"):
         evidence[key] += stats.get(key, [])
     materials.update(tuple(m) for m in stats.get("materials", []))
 
 
 def _finish(actx: ActionContext, files: dict[str, bytes], records: dict[str, int], counts: dict,
-            materials: list, epoch: int) -> dict:
+            materials: list, epoch: int, quarantined: list[dict] | None = None) -> dict:
     """Manifest, archive and provenance exactly as json:raw writes them."""
-    contents = json_bundle.write_bundle(actx, files, records, counts, materials, epoch)
+    contents = json_bundle.write_bundle(actx, files, records, counts, materials, epoch, quarantined)
     return {"records": counts["records"], "findings": counts["findings"], "files": len(contents)}

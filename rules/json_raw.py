@@ -57,11 +57,12 @@ class JsonRaw(Rule):
         shard_trees = {}
         for dep_label, aset in ctx.providers(AdvisorySet):
             source_slug = _SAFE.sub("_", dep_label.name)
+            stats = dict(getattr(aset, "stats", ()))  # osv_source: quarantined files per shard
             for shard, art in aset.shards:
                 spec = ctx.action(
                     mnemonic="RawShard", id=f"{source_slug}-{shard}",
                     fn=raw_shard,
-                    inputs={"records.jsonl": art}, outputs=["out/"],
+                    inputs=shard_inputs(art, stats.get(shard)), outputs=["out/"],
                     params={"selectors": sel, "level": params.compression_level,
                             "shard": f"{source_slug}-{shard}"})
                 shard_trees[f"shards/{source_slug}-{shard}"] = spec.out("out/")
@@ -87,6 +88,41 @@ class JsonRaw(Rule):
                                primary=("bundle.tar.gz", "manifests/export.json"))]
 
 
+def shard_inputs(records, stats=None) -> dict:
+    """RawShard inputs: the shard's records.jsonl and, when the source has one, its stats.json
+    (which lists the quarantined files)."""
+    return {"records.jsonl": records, **({"stats.json": stats} if stats is not None else {})}
+
+
+def shard_quarantined(actx: ActionContext) -> list[dict]:
+    """The shard's quarantined files ({path, field, reason, message}) from its stats.json."""
+    if "stats.json" not in actx.inputs:
+        return []
+    return json.loads(actx.input("stats.json").read_bytes()).get("quarantined") or []
+
+
+def duplicate_id_warnings(ids: list) -> list[dict]:
+    """Build-summary warnings for an advisory id written by more than one file ([id, path] pairs
+    from the RawShard metas). The records stay apart (both exported); the warning names each
+    file after the first, with reason ``duplicate-id``."""
+    paths: dict[str, set[str]] = {}
+    for adv_id, path in ids:
+        paths.setdefault(adv_id, set()).add(path)
+    out = []
+    for adv_id, found in sorted(paths.items()):
+        first, *others = sorted(found)
+        out += [{"file": other, "field": "id", "reason": "duplicate-id",
+                 "message": f"advisory id {adv_id!r} is also written by {first}; both records are kept"}
+                for other in others]
+    return out
+
+
+def merge_quarantined(*lists) -> list[dict]:
+    """Quarantined file entries from several shards, one per (path, field), sorted."""
+    out = {(q["path"], q["field"]): q for entries in lists for q in entries}
+    return [out[k] for k in sorted(out)]
+
+
 # -- actions -----------------------------------------------------------------------------
 
 
@@ -96,11 +132,12 @@ def raw_shard(actx: ActionContext) -> dict:
     since = _since(sel)
     by_eco: dict[str, list[bytes]] = {}
     meta = {"withdrawn": [], "filtered": 0, "materials": [], "records": {}, "modified": [],
-            "index": []}
+            "index": [], "ids": []}
     with open(actx.input("records.jsonl"), "rb") as f:
         for line in f:
             rec = json.loads(line)
             meta["materials"].append([rec["path"], rec["sha256"]])
+            meta["ids"].append([rec["id"], rec["path"]])
             if rec.get("withdrawn"):
                 meta["withdrawn"].append(rec["id"])
                 continue
@@ -116,6 +153,9 @@ def raw_shard(actx: ActionContext) -> dict:
         actx.write_output(f"out/{path}", zstd_bytes(b"".join(lines), level))
         meta["records"][path] = len(lines)
     meta["modified"] = max(meta["modified"], default=None)
+    quarantined = shard_quarantined(actx)
+    if quarantined:  # only then: clean shards keep their bytes
+        meta["quarantined"] = quarantined
     actx.write_output(f"out/meta/{shard}.json", canonical_json.dumps(meta))
     return {"records": sum(meta["records"].values()), "withdrawn": len(meta["withdrawn"])}
 
@@ -124,11 +164,15 @@ def assemble(actx: ActionContext) -> dict:
     files: dict[str, bytes] = {}
     records: dict[str, int] = {}
     withdrawn, materials, index, filtered, newest = [], [], [], 0, None
+    quarantined: list[dict] = []
+    ids: list[list[str]] = []
     for name in sorted(actx.inputs):
         for rel, path in actx.tree_files(name):
             data = path.read_bytes()
             if rel.startswith("meta/"):
                 meta = json.loads(data)
+                quarantined += meta.get("quarantined", [])
+                ids += meta.get("ids", [])
                 records.update(meta["records"])
                 withdrawn += meta["withdrawn"]
                 materials += meta["materials"]
@@ -141,17 +185,22 @@ def assemble(actx: ActionContext) -> dict:
     epoch = actx.source_date_epoch
     if epoch is None:  # derived from the evidence, never from the wall clock
         epoch = parse_rfc3339(newest) if newest else 0
-    index_doc = _index(index, records, sorted(set(withdrawn)), filtered)
+    quarantined = merge_quarantined(quarantined)
+    index_doc = _index(index, records, sorted(set(withdrawn)), filtered, quarantined)
     files["indexes/advisories.index.json"] = canonical_json.dumps(index_doc)
     counts = {"records": sum(records.values()), "withdrawnExcluded": len(withdrawn), "filteredOut": filtered}
-    contents = write_bundle(actx, files, records, counts, sorted(materials), epoch)
-    return {"records": counts["records"], "withdrawn": len(withdrawn), "files": len(contents)}
+    contents = write_bundle(actx, files, records, counts, sorted(materials), epoch, quarantined)
+    warnings = duplicate_id_warnings(ids)
+    return {"records": counts["records"], "withdrawn": len(withdrawn), "files": len(contents),
+            **({"warnings": warnings} if warnings else {})}
 
 
 def write_bundle(actx: ActionContext, files: dict[str, bytes], records: dict[str, int], counts: dict,
-                 materials: list, epoch: int) -> list[dict]:
+                 materials: list, epoch: int, quarantined: list[dict] | None = None) -> list[dict]:
     """Manifest, archive, provenance and sidecar of a JSON bundle from its data files; every JSON
-    profile (raw, policy) ends here so they share one manifest and provenance format."""
+    profile (raw, policy) ends here so they share one manifest and provenance format.
+    ``quarantined``: malformed input files left out ({path, field, reason, message}); listed in
+    the manifest (``quarantined``, ``counts.quarantined``) only when there are some."""
     p = actx.params
     contents = manifest_contents(files, records)
     rerun = rerun_hash(contents)
@@ -162,6 +211,9 @@ def write_bundle(actx: ActionContext, files: dict[str, bytes], records: dict[str
         "generatedAt": rfc3339(epoch), "contents": contents, "rerunHash": rerun,
         "counts": counts, "sources": p["sources"],
     }
+    if quarantined:  # absent otherwise, so bundles without one keep their bytes
+        manifest["counts"] = {**counts, "quarantined": len(quarantined)}
+        manifest["quarantined"] = quarantined
     manifest_bytes = canonical_json.dumps(manifest)
     files["manifests/export.json"] = manifest_bytes
     archive = gzip_bytes(tar_bytes([TarEntry(path, data) for path, data in files.items()], mtime=epoch))
@@ -175,7 +227,8 @@ def write_bundle(actx: ActionContext, files: dict[str, bytes], records: dict[str
     return contents
 
 
-def _index(index: list, records: dict[str, int], withdrawn: list[str], filtered: int) -> dict:
+def _index(index: list, records: dict[str, int], withdrawn: list[str], filtered: int,
+           quarantined: list[dict] | None = None) -> dict:
     ecosystems: dict[str, dict] = {}
     for path, n in sorted(records.items()):
         eco = path.split("/")[3]
@@ -184,7 +237,8 @@ def _index(index: list, records: dict[str, int], withdrawn: list[str], filtered:
         e["files"].append(path)
     return {"schema": "https://stella-build.dev/schemas/advisories-index/v1",
             "records": sum(records.values()), "ecosystems": ecosystems,
-            "advisories": sorted(index), "excluded": {"withdrawn": withdrawn, "filteredOut": filtered}}
+            "advisories": sorted(index), "excluded": {"withdrawn": withdrawn, "filteredOut": filtered,
+                                                      **({"quarantined": quarantined} if quarantined else {})}}
 
 
 def _provenance(p: dict, manifest: bytes, archive_sha: str, materials: list, epoch: int) -> dict:

@@ -162,10 +162,27 @@ def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: di
     return diff, patches, blobs
 
 
+def _check_base(base_export: bytes) -> None:
+    """The base export.json is read from outside the workspace (a published mirror): a document that
+    is not one is an ActionError naming the field, not a rule bug. Its paths are only compared, never
+    opened, so their shape does not matter here."""
+    try:
+        doc = json.loads(base_export)
+        ok = isinstance(doc.get("exportId"), str) and isinstance(doc.get("contents"), list) and all(
+            isinstance(c, dict) and isinstance(c.get("path"), str) and isinstance(c.get("digest"), str)
+            for c in doc["contents"])
+    except (ValueError, AttributeError, RecursionError):
+        ok = False
+    if not ok:
+        raise ActionError(f"{BASE_MISSING}: the base export.json is not a mirror manifest (exportId, contents[] "
+                          "with path and digest)", file="base/export.json", field="contents", reason="base-invalid")
+
+
 def mirror_delta(actx: ActionContext) -> dict:
     base_export = actx.input("base/export.json").read_bytes()
     if sha256_hex(base_export) != actx.params["base_sha256"]:
         raise ActionError(f"{BASE_MISSING}: base export.json changed since analysis", file="base/export.json")
+    _check_base(base_export)
     base_meta = {name[len("base/"):]: actx.input(name).read_bytes() for name in actx.inputs
                  if name.startswith("base/") and name != "base/export.json"}
     new_files = dict(actx.tree_files("new"))

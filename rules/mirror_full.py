@@ -87,6 +87,11 @@ class TufParams(BaseModel):
                                      description="environment variable holding the keys' password")
     expires_days: dict[Literal["root", "targets", "snapshot", "timestamp"], int] = Field(
         default_factory=dict, description="days after SOURCE_DATE_EPOCH each role expires (default 365)")
+    root_expires: str | None = Field(
+        None, pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$",
+        description="pin the root's expiry to this UTC time (e.g. 2030-01-01T00:00:00Z) instead of "
+                    "SOURCE_DATE_EPOCH + expires_days.root, so the root (the trust anchor) stays the same "
+                    "across builds and deltas between builds with different epochs can be applied")
 
 
 class EncryptionParams(BaseModel):
@@ -152,7 +157,39 @@ def _tuf_config(ctx: AnalysisContext, tuf: TufParams) -> tuple[dict, dict]:
     secrets = {f"tuf_{r}": p for r, p in files.items()}
     if password is not None:
         secrets["tuf_password"] = password
-    return {"keyids": keyids, "durations": durations}, secrets
+    config: dict[str, Any] = {"keyids": keyids, "durations": durations}
+    if tuf.root_expires is not None:
+        try:
+            config["root_expires"] = parse_rfc3339(tuf.root_expires)
+        except ValueError as exc:
+            raise UsageError(f"tuf.root_expires: {exc}", field="tuf.root_expires") from None
+        if ctx.source_date_epoch is not None and config["root_expires"] <= ctx.source_date_epoch:
+            raise UsageError(f"tuf.root_expires {tuf.root_expires} is not after SOURCE_DATE_EPOCH "
+                             f"{rfc3339(ctx.source_date_epoch)}", field="tuf.root_expires")
+    _warn_if_expired(ctx, config)
+    return config, secrets
+
+
+def _warn_if_expired(ctx: AnalysisContext, config: Mapping[str, Any]) -> None:
+    """A warning (stderr) when the TUF metadata this build writes is already expired, or expires
+    within a week, by the wall clock: its expiry is SOURCE_DATE_EPOCH + expires_days, and clients
+    (python-tuf's ngclient) refuse expired metadata. The clock is read for this warning only,
+    never for bytes. Unknown epoch (derived from the inputs in the action): no warning."""
+    import sys
+    import time
+
+    from stella_build.rules.formats.tuf import earliest_expiry
+
+    if ctx.source_date_epoch is None:
+        return
+    first = earliest_expiry(ctx.source_date_epoch, config["durations"], config.get("root_expires"))
+    now = time.time()
+    if first <= now + 7 * _DAY:
+        state = "is already expired" if first <= now else "expires within a week"
+        print(f"warning: {ctx.label}: the TUF metadata of this mirror {state} ({rfc3339(first)}: "
+              f"SOURCE_DATE_EPOCH {rfc3339(ctx.source_date_epoch)} + tuf.expires_days); clients such as "
+              "`stella-build mirror verify` and python-tuf refuse expired metadata. Raise tuf.expires_days "
+              "or build with a later SOURCE_DATE_EPOCH.", file=sys.stderr)
 
 
 class MirrorFull(Rule):
@@ -171,10 +208,14 @@ class MirrorFull(Rule):
                             ("vex", VexSet), ("sboms", SbomSet)):
             for dep, prov in ctx.providers(ptype):
                 sources.append(prov.source.to_json())
+                # each source shard's stats.json lists its quarantined files (export.json)
+                stats = dict(getattr(prov, "stats", ()))
                 for shard, art in prov.shards:
                     sid = f"{kind}-{_slug(dep.name)}-{shard}"
+                    shard_stats = {"stats.json": stats[shard]} if shard in stats else {}
                     spec = ctx.action(mnemonic="MirrorShard", id=sid, fn=mirror_shard,
-                                      inputs={"records.jsonl": art}, outputs=["entries.jsonl", "meta.json"],
+                                      inputs={"records.jsonl": art, **shard_stats},
+                                      outputs=["entries.jsonl", "meta.json"],
                                       # the label keeps keys distinct per target: the engine names
                                       # sandboxes by key, so two same-key actions collide when run at once
                                       params={"kind": kind, "selectors": sel, "target": str(ctx.label)})
@@ -297,6 +338,10 @@ def mirror_shard(actx: ActionContext) -> dict:
         for _, e in entries:
             out.write(canonical_json.dumps_line(e))
     meta["withdrawn"] = sorted(w for w in meta["withdrawn"] if w)
+    if "stats.json" in actx.inputs:
+        quarantined = json.loads(actx.input("stats.json").read_bytes()).get("quarantined")
+        if quarantined:  # only then: clean shards keep their bytes
+            meta["quarantined"] = quarantined
     actx.write_output("meta.json", canonical_json.dumps(meta))
     return {"records": len(entries)}
 
@@ -347,6 +392,7 @@ def mirror_assemble(actx: ActionContext) -> dict:
     by_kind: dict[str, list[dict]] = {}
     withdrawn: list[str] = []
     materials: list[list[str]] = []
+    quarantined: dict[tuple[str, str], dict] = {}
     filtered, newest = 0, None
     files: dict[str, bytes] = {}
     for name in sorted(actx.inputs):
@@ -354,6 +400,7 @@ def mirror_assemble(actx: ActionContext) -> dict:
             meta = json.loads(actx.input(name).read_bytes())
             withdrawn += meta["withdrawn"]
             materials += meta["materials"]
+            quarantined.update({(q["path"], q["field"]): q for q in meta.get("quarantined", ())})
             filtered += meta["filtered"]
             if meta["modified"] and (newest is None or meta["modified"] > newest):
                 newest = meta["modified"]
@@ -410,6 +457,9 @@ def mirror_assemble(actx: ActionContext) -> dict:
                    "withdrawnExcluded": len(set(withdrawn)), "filteredOut": filtered},
         "sources": p["sources"],
     }
+    if quarantined:  # malformed input files left out; absent otherwise, so clean mirrors keep their bytes
+        manifest["counts"]["quarantined"] = len(quarantined)
+        manifest["quarantined"] = [quarantined[k] for k in sorted(quarantined)]
     files["export.json"] = canonical_json.dumps(manifest)
     files["provenance.json"] = canonical_json.dumps(_provenance(p, files["export.json"], sorted(materials), epoch))
     if "tuf" in p:
@@ -427,7 +477,9 @@ def mirror_assemble(actx: ActionContext) -> dict:
 def _tuf_files(actx: ActionContext, files: Mapping[str, bytes], epoch: int) -> dict[str, bytes]:
     import tempfile
 
-    from stella_build.rules.formats.tuf import ROLES, TufKeys, TufRepoError, build_tuf_repo, load_signer
+    from stella_build.rules.formats.tuf import (
+        ROLES, TufKeys, TufRepoError, build_tuf_repo, load_signer, version_for_epoch,
+    )
 
     p = actx.params["tuf"]
     password = actx.secrets.get("tuf_password")
@@ -441,9 +493,15 @@ def _tuf_files(actx: ActionContext, files: Mapping[str, bytes], epoch: int) -> d
     for role in ROLES:
         if signers[role][0].public_key.keyid != p["keyids"][role]:
             raise ActionError(f"TUF {role} key changed between analysis and the build")
-    with tempfile.TemporaryDirectory(dir=actx.sandbox) as tmp:
-        repo = build_tuf_repo(Path(tmp), dict(files), TufKeys(**signers), epoch, p["durations"],
-                              custom={rel: {"mediaType": media_type(rel)} for rel in files})
+    # Versions follow SOURCE_DATE_EPOCH: they grow with every publication whose epoch grows (consumers
+    # refuse a mirror going backwards) and stay reproducible (docs/mirror.md "TUF").
+    try:
+        with tempfile.TemporaryDirectory(dir=actx.sandbox) as tmp:
+            repo = build_tuf_repo(Path(tmp), dict(files), TufKeys(**signers), epoch, p["durations"],
+                                  custom={rel: {"mediaType": media_type(rel)} for rel in files},
+                                  version=version_for_epoch(epoch), root_expires=p.get("root_expires"))
+    except TufRepoError as exc:
+        raise ActionError(str(exc), field="tuf") from None
     return {f"tuf/{name}": data for name, data in repo.files.items()}
 
 

@@ -17,7 +17,10 @@ parsers of ``stella_build.rules.evidence.sources`` and writes:
   (a version the ecosystem cannot order), ``git_only``, ``no_ranges``, ``unfixed_marker``;
 - for VEX and SBOMs, ``documents.jsonl``: the raw documents (canonical JSON), one per file.
 
-A malformed file fails its action with an ``ActionError`` naming the file and the field. Withdrawn
+A malformed file is quarantined: the shard skips it, lists it in ``stats.json`` ``quarantined``
+({path, field, reason, message}) and returns it in the action's ``warnings`` (the build summary
+prints them; exit 0). With ``strict = true`` on the source target it fails its action instead with
+an ``ActionError`` naming the file and the field (reason ``evidence-invalid``). Withdrawn
 records are never dropped here: they are kept (``withdrawn`` set) and listed in ``stats.json``;
 consumers decide (json:policy excludes them from data and matching and lists them in its index).
 
@@ -27,6 +30,7 @@ action per raw shard, leaving ``osv_source`` itself (and json:raw) untouched.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import blake3
@@ -57,6 +61,25 @@ class OsvSourceParams(TargetParams):
         "globs of OSV JSON/YAML files: package-relative, '//'-workspace-relative or '@root//' external"))
     shards: int = Field(16, ge=1, le=4096, description="number of shard actions the files are split into")
     source: SourceInfoParams | None = Field(None, description="provenance/licence of the data")
+    strict: bool = Field(False, description=(
+        "fail the build (exit 1, reason evidence-invalid) on a malformed file instead of "
+        "quarantining it (skipped, listed in stats.json and the bundles, a warning)"))
+
+
+@dataclass(frozen=True)
+class OsvSourceSet(AdvisorySet):
+    """The AdvisorySet of an ``osv_source``, with each shard's ``stats.json`` (files read and
+    ``quarantined`` files) and the target's ``strict`` flag, which rules normalizing or mapping
+    the raw shards honour too. (Belongs in providers.py as fields of AdvisorySet; kept here
+    because that file is shared; consumers read it with ``getattr(aset, "stats", ())``.)"""
+
+    stats: tuple[tuple[str, Artifact], ...] = ()
+    strict: bool = False
+
+
+def strict_params(strict: bool) -> dict:
+    """Action params for ``strict``: only when set, so non-strict action keys stay as they were."""
+    return {"strict": True} if strict else {}
 
 
 def shard_of(logical_path: str, shards: int) -> int:
@@ -78,7 +101,7 @@ class OsvSource(Rule):
         buckets: dict[int, list] = {}
         for art in files:
             buckets.setdefault(shard_of(art.logical, params.shards), []).append(art)
-        shards = []
+        shards, stats = [], []
         width = len(str(params.shards - 1))
         for idx in sorted(buckets):
             shard = f"{idx:0{width}d}"
@@ -86,12 +109,13 @@ class OsvSource(Rule):
                 mnemonic="OsvShard", id=shard,
                 fn=osv_shard,
                 inputs={input_name(a): a for a in buckets[idx]},
-                outputs=["records.jsonl"],
-                params={"source": meta.to_json()},
+                outputs=["records.jsonl", "stats.json"],
+                params={"source": meta.to_json(), **strict_params(params.strict)},
             )
             shards.append((shard, spec.out("records.jsonl")))
-        return [AdvisorySet(source=meta, shards=tuple(shards)),
-                DefaultOutputs(files={f"shards/{name}.jsonl": art for name, art in shards})]
+            stats.append((shard, spec.out("stats.json")))
+        return [OsvSourceSet(source=meta, shards=tuple(shards), stats=tuple(stats), strict=params.strict),
+                DefaultOutputs(files=_shard_files(shards, stats))]
 
 
 def _ecosystems_and_packages(doc: dict) -> tuple[list[str], list[list[str]]]:
@@ -107,18 +131,23 @@ def _ecosystems_and_packages(doc: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def osv_shard(actx: ActionContext) -> dict:
-    """Parse every OSV file of the shard into one canonical JSONL record per file."""
-    from stella_build.rules.evidence.model import EvidenceError
+    """Parse every OSV file of the shard into one canonical JSONL record per file.
+
+    Writes records.jsonl (sorted by (id, path)) and stats.json {"files", "records",
+    "quarantined": [{path, field, reason, message}]}; returns {"records"(, "quarantined",
+    "warnings")}. A malformed file is quarantined, or fails the action when params["strict"]."""
+    from stella_build.rules.evidence.model import EvidenceError, read_evidence_file
     from stella_build.rules.evidence.sources.osv import load_osv_document
 
-    records = []
+    records, quarantined = [], []
     for name in sorted(actx.inputs):
         logical = logical_from_input_name(name)
-        data = actx.input(name).read_bytes()
         try:
+            data = read_evidence_file(actx.input(name), logical)  # size-capped before reading
             doc = load_osv_document(data, logical)
         except EvidenceError as exc:
-            raise ActionError(exc.message, file=exc.path, field=exc.field) from None
+            _quarantine(actx, exc, quarantined)
+            continue
         ecos, pkgs = _ecosystems_and_packages(doc)
         records.append({
             "id": doc["id"], "modified": doc["modified"], "published": doc.get("published"),
@@ -130,7 +159,10 @@ def osv_shard(actx: ActionContext) -> dict:
     with open(actx.output("records.jsonl"), "wb") as out:
         for rec in records:
             out.write(canonical_json.dumps_line(rec))
-    return {"records": len(records)}
+    quarantined.sort(key=lambda q: (q["path"], q["field"]))
+    actx.write_output("stats.json", canonical_json.dumps(
+        {"files": len(actx.inputs), "records": len(records), "quarantined": quarantined}))
+    return {"records": len(records), **quarantine_summary(quarantined)}
 
 
 # -- normalized evidence sources ------------------------------------------------------------
@@ -144,6 +176,9 @@ class _SourceParams(TargetParams):
         "globs of input files: package-relative, '//'-workspace-relative or '@root//' external"))
     shards: int = Field(16, ge=1, le=4096, description="number of shard actions the files are split into")
     source: SourceInfoParams | None = Field(None, description="provenance/licence of the data")
+    strict: bool = Field(False, description=(
+        "fail the build (exit 1, reason evidence-invalid) on a malformed file instead of "
+        "quarantining it (skipped, listed in stats.json and the bundles, a warning)"))
 
 
 class RustsecSourceParams(_SourceParams):
@@ -197,7 +232,7 @@ class _ShardedSource(Rule):
             spec = ctx.action(
                 mnemonic=self.mnemonic, id=shard, fn=evidence_shard,
                 inputs={input_name(a): a for a in buckets[idx]}, outputs=outputs,
-                params={"format": self.format, "source": meta.to_json()})
+                params={"format": self.format, "source": meta.to_json(), **strict_params(params.strict)})
             shards.append((shard, spec.out("records.jsonl")))
             stats.append((shard, spec.out("stats.json")))
             if self.documents:
@@ -266,7 +301,8 @@ def normalize_advisory_set(ctx: AnalysisContext, dep_label, aset: AdvisorySet,
         spec = ctx.action(
             mnemonic=mnemonic, id=f"{slug}-{shard}", fn=evidence_shard,
             inputs={"raw.jsonl": art}, outputs=["records.jsonl", "stats.json"],
-            params={"format": "osv-raw", "source": aset.source.to_json()})
+            params={"format": "osv-raw", "source": aset.source.to_json(),
+                    **strict_params(getattr(aset, "strict", False))})
         shards.append((f"{slug}-{shard}", spec.out("records.jsonl")))
         stats.append((f"{slug}-{shard}", spec.out("stats.json")))
     return NormalizedAdvisorySet(source=aset.source, shards=tuple(shards), stats=tuple(stats),
@@ -298,7 +334,28 @@ def _shard_files(shards, stats) -> dict[str, Artifact]:
 # -- the shard action ------------------------------------------------------------------------
 
 def _evidence_error(exc) -> ActionError:
-    return ActionError(exc.message, file=exc.path, field=exc.field)
+    """The ActionError for an EvidenceError: file, field and reason (evidence-invalid or
+    evidence-too-large) carried over, so the build fails with exit 1 naming the file."""
+    return ActionError(exc.message, file=exc.path, field=exc.field, reason=exc.reason)
+
+
+def _quarantine(actx: ActionContext, exc, quarantined: list) -> None:
+    """Record a malformed file (an EvidenceError) in ``quarantined``, or fail the action with it
+    when the source target is ``strict``. One bad upstream record must not stop a daily build."""
+    if actx.params.get("strict"):
+        raise _evidence_error(exc) from None
+    quarantined.append({"path": exc.path, "field": exc.field, "reason": exc.reason,
+                        "message": exc.message})
+
+
+def quarantine_summary(quarantined: list[dict]) -> dict:
+    """The action stats for quarantined files: a count and the generic ``warnings`` list
+    ({file, field, reason, message}) the engine collects into the build summary."""
+    if not quarantined:
+        return {}
+    return {"quarantined": len(quarantined),
+            "warnings": [{"file": q["path"], "field": q["field"], "reason": q["reason"],
+                          "message": f"quarantined (skipped): {q['message']}"} for q in quarantined]}
 
 
 def _source_info(params: dict):
@@ -315,6 +372,13 @@ def _advisory_notes(adv, notes: dict[str, list]) -> None:
     if adv.withdrawn:
         notes["withdrawn"].append(key)
     evaluable = [r for r in adv.ranges if r.type != "GIT"]
+    # A package-less entry (ecosystem "GIT", the repository as the package) is never evaluated by
+    # version, even with the `versions` list the OSV schema asks producers to add (git tags, in no
+    # ecosystem's order): it is git_only, not invalid.
+    if adv.ecosystem == "GIT" and adv.versions:
+        notes["git_only"].append(key + ["GIT-only entry: its versions are repository tags, not "
+                                        "evaluated by version (affected commits only)"])
+        return
     if not evaluable and not adv.versions:
         reason = ("unfixed_marker" if (adv.database_specific.get("alpine") or {}).get("unfixed_marker")
                   else "git_only" if adv.ranges else "no_ranges")
@@ -352,8 +416,9 @@ def _parse_file(fmt: str, data: bytes, logical: str, source) -> tuple[list, Any]
     raise ActionError(f"unknown evidence format {fmt!r}")
 
 
-def _osv_raw_records(actx: ActionContext, source) -> tuple[list, list]:
-    """Normalize every document of an osv_source shard (records.jsonl with 'document')."""
+def _osv_raw_records(actx: ActionContext, source, quarantined: list) -> tuple[list, list]:
+    """Normalize every document of an osv_source shard (records.jsonl with 'document'); a
+    document that does not normalize is quarantined (or fails the action when strict)."""
     from stella_build.rules.evidence.model import EvidenceError
     from stella_build.rules.evidence.sources.osv import normalize_osv
 
@@ -365,29 +430,35 @@ def _osv_raw_records(actx: ActionContext, source) -> tuple[list, list]:
             try:
                 records += normalize_osv(raw["document"], raw["path"], source)
             except EvidenceError as exc:
-                raise _evidence_error(exc) from None
+                _quarantine(actx, exc, quarantined)
     return records, materials
 
 
 def evidence_shard(actx: ActionContext) -> dict:
     """Parse and normalize one shard of evidence files (see the module docstring)."""
-    from stella_build.rules.evidence.model import EvidenceError
+    from stella_build.rules.evidence.model import EvidenceError, read_evidence_file
 
     fmt = actx.params["format"]
     source = _source_info(actx.params)
     documents: list[dict] = []
+    quarantined: list[dict] = []
     if fmt == "osv-raw":
-        records, materials = _osv_raw_records(actx, source)
+        records, materials = _osv_raw_records(actx, source, quarantined)
     else:
         records, materials = [], []
         for name in sorted(actx.inputs):
             logical = logical_from_input_name(name)
-            data = actx.input(name).read_bytes()
+            try:
+                data = read_evidence_file(actx.input(name), logical)  # size-capped before reading
+            except EvidenceError as exc:
+                _quarantine(actx, exc, quarantined)
+                continue
             materials.append([logical, sha256_hex(data)])
             try:
                 recs, doc = _parse_file(fmt, data, logical, source)
             except EvidenceError as exc:
-                raise _evidence_error(exc) from None
+                _quarantine(actx, exc, quarantined)
+                continue
             records += recs
             if doc is not None:
                 documents.append({"path": logical, "sha256": sha256_hex(data), **doc})
@@ -406,8 +477,10 @@ def evidence_shard(actx: ActionContext) -> dict:
                 out.write(canonical_json.dumps_line(doc))
     stats = {"files": len(materials), "records": len(records), "materials": sorted(materials),
              **{k: sorted(v) for k, v in notes.items() if fmt not in ("vex", "sbom")}}
+    if quarantined:  # only when there is one, so the stats (and bundles) of clean shards keep their bytes
+        stats["quarantined"] = sorted(quarantined, key=lambda q: (q["path"], q["field"]))
     actx.write_output("stats.json", canonical_json.dumps(stats))
-    summary = {"records": len(records)}
+    summary = {"records": len(records), **quarantine_summary(stats.get("quarantined", []))}
     if notes["withdrawn"]:
         summary["withdrawn"] = len(notes["withdrawn"])
     if notes["invalid"]:

@@ -6,11 +6,14 @@ trivy_db actions:
   ``kv.jsonl``, lines ``[sort key, kind, tiebreak, payload]`` sorted by (sort key, tiebreak). The
   sort key is the bucket path and key joined by NUL, so its code-point order is bbolt's byte order.
   Kinds: ``a`` advisory (payload: merge member + precomputed value), ``v`` vulnerability detail,
-  ``d`` data source, ``b`` bucket only.
+  ``d`` data source, ``b`` bucket only. It also writes ``report.json``: the records it could not
+  map (ecosystem, reason, ids) and the distribution records Trivy reads approximately.
 - one ``TrivyDb`` that k-way merges the sorted shard files (``heapq.merge``), merges the records
   of each key (collisions across shards/sources), streams them into ``BboltWriter`` (memory bounded
   by one key's records plus the writer's open pages), then writes ``metadata.json``,
-  ``db.tar.gz`` and the OCI layout under ``oci/``.
+  ``db.tar.gz``, the OCI layout under ``oci/`` and ``mapping.json`` (keys per top-level bucket,
+  the records not mapped grouped by ecosystem and reason, the approximated records): a record
+  Trivy cannot read is listed there, never dropped silently.
 A changed advisory re-runs its source shard, its TrivyShard and TrivyDb.
 
 trivy_java_db: one ``TrivyJavaDb`` action over a local Maven repository tree of ``*.jar.sha1``
@@ -31,7 +34,7 @@ from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from stella_build.engine.rule_api import rfc3339
+from stella_build.engine.rule_api import canonical_json, rfc3339
 from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, DefaultOutputs, Rule, TargetParams, UsageError,
     input_name,
@@ -54,6 +57,9 @@ KNOWN_SOURCE_IDS = {
 
 # Trivy's own data source of the `alpine <release>` buckets (trivy-db pkg/vulnsrc/alpine).
 ALPINE_DS = {"id": "alpine", "name": "Alpine Secdb", "url": "https://secdb.alpinelinux.org/"}
+MAPPING_SCHEMA = "https://stella-build.dev/schemas/trivy-db-mapping/v1"
+# ids listed per not-mapped (ecosystem, code, reason) group in mapping.json; the count is always exact
+MAPPING_EXAMPLES = 20
 
 
 class DataSourceParams(BaseModel):
@@ -157,26 +163,34 @@ class TrivyDb(Rule):
                         evidence[f"records/{index:04d}-{dep_id}-{shard}.jsonl"] = art
                     elif shard in stats:  # normalized shards list their files in stats.json
                         evidence[f"stats/{index:04d}-{dep_id}-{shard}.json"] = stats[shard]
+                    # the source shard's stats.json lists its quarantined files (mapping.json)
+                    shard_stats = {"stats.json": stats[shard]} if shard in stats else {}
                     spec = ctx.action(
                         mnemonic="TrivyShard", id=f"{dep_id}-{shard}", fn=map_shard,
-                        inputs={"records.jsonl": art}, outputs=["kv.jsonl"],
+                        inputs={"records.jsonl": art, **shard_stats}, outputs=["kv.jsonl", "report.json"],
                         params={"format": fmt, "dep": index, "data_source": ds, "os_data_source": os_ds,
-                                "source": prov.source.to_json()})
+                                "override": override is not None, "source": prov.source.to_json(),
+                                **({"strict": True} if getattr(prov, "strict", False) else {})})
                     shard_outputs[f"kv/{index:04d}-{dep_id}-{shard}.jsonl"] = spec.out("kv.jsonl")
+                    shard_outputs[f"report/{index:04d}-{dep_id}-{shard}.json"] = spec.out("report.json")
                 index += 1
         if not shard_outputs:
             raise UsageError("trivy_db needs at least one advisory dep (osv_source, rustsec_source, "
                              "alpine_secdb_source, osv_normalize)", field="deps")
         signer = resolve_signer(ctx, params.sign)  # exit 4 here on a missing key or password
         db = ctx.action(mnemonic="TrivyDb", fn=build_db, inputs=shard_outputs,
-                        outputs=["trivy.db", "metadata.json", "db.tar.gz", "oci/"],
+                        outputs=["trivy.db", "metadata.json", "db.tar.gz", "oci/", "mapping.json"],
                         params={"update_interval": params.update_interval})
-        files = {name: db.out(name) for name in ("trivy.db", "metadata.json", "db.tar.gz")}
+        files = {name: db.out(name) for name in ("trivy.db", "metadata.json", "db.tar.gz", "mapping.json")}
         oci = db.out("oci/")
         if signer is not None:  # only adds actions: the unsigned outputs keep their bytes
             added, oci = _sign(ctx, signer, False, files, evidence, self.version)
             files.update(added)
-        return [DefaultOutputs(files=files, trees={"oci": oci}, primary=("db.tar.gz",)),
+        # mapping.json (what was mapped, what was not and why) is listed with the primary outputs
+        # so the build summary names it; it is not part of the DB archive, and a signed build lists
+        # it in manifests/export.json (rules/trivy_signed.py) so `stella-build verify` covers it.
+        primary: tuple[str, ...] = ("db.tar.gz", "mapping.json")
+        return [DefaultOutputs(files=files, trees={"oci": oci}, primary=primary),
                 TrivyArtifacts("trivy-db", {n: files[n] for n in ("db.tar.gz", "metadata.json")})]
 
 
@@ -235,8 +249,10 @@ RULES: tuple[type[Rule], ...] = (TrivyDb, TrivyJavaDb)
 
 # -- TrivyShard ------------------------------------------------------------------------------
 
-def _records(actx: ActionContext) -> Iterator:
-    """Normalized advisories of the shard (raw OSV records are normalized here)."""
+def _records(actx: ActionContext, quarantined: list | None = None) -> Iterator:
+    """Normalized advisories of the shard (raw OSV records are normalized here; one that does not
+    normalize is appended to ``quarantined`` as {path, field, reason, message} and skipped, or
+    fails the action when the source is strict)."""
     from stella_build.rules.evidence.model import Advisory, EvidenceError, SourceInfo
 
     fmt = actx.params["format"]
@@ -253,9 +269,14 @@ def _records(actx: ActionContext) -> Iterator:
             if raw.get("withdrawn"):
                 continue
             try:
-                yield from normalize_osv(raw["document"], raw["path"], source)
+                advisories = normalize_osv(raw["document"], raw["path"], source)
             except EvidenceError as exc:
-                raise ActionError(exc.message, file=exc.path, field=exc.field) from None
+                if actx.params.get("strict") or quarantined is None:
+                    raise ActionError(exc.message, file=exc.path, field=exc.field, reason=exc.reason) from None
+                quarantined.append({"path": exc.path, "field": exc.field, "reason": exc.reason,
+                                    "message": exc.message})
+                continue
+            yield from advisories
 
 
 def _check_name(text: str, what: str, adv) -> None:
@@ -264,34 +285,60 @@ def _check_name(text: str, what: str, adv) -> None:
                           field="id" if what == "vulnerability id" else "package")
 
 
+def _distro_ds(distro, ds, override: bool):
+    """The data source of a distribution bucket: the dep's ``data_sources`` override when given,
+    else the distribution's own (its trivy-db source id, so Trivy's severity selection reads the
+    VendorSeverity these records carry)."""
+    from stella_build.rules.formats.trivy.distros import OS_DATA_SOURCES
+    from stella_build.rules.formats.trivy.schema import DataSource
+
+    if override:
+        return ds
+    sid, name, url = OS_DATA_SOURCES[distro.base]
+    return DataSource(sid, name, url)
+
+
 def map_shard(actx: ActionContext) -> dict:
-    """One shard's records → sorted Trivy key/value lines (see the module docstring)."""
+    """One shard's records → sorted Trivy key/value lines and the shard's mapping report (see
+    the module docstring)."""
     from stella_build.rules.formats.trivy.schema import (
-        DataSource, advisory_entries, alpine_bucket, dumps_member, merge_advisories,
-        merge_vulnerability, trivy_ecosystem, vulnerability_detail,
+        DataSource, NotMappable, dumps_member, merge_advisories, merge_vulnerability, record_entries,
+        trivy_route, vulnerability_detail,
     )
 
     dep = actx.params["dep"]
     ds = DataSource(**actx.params["data_source"])
     alpine_ds = DataSource(**actx.params["os_data_source"])
+    override = actx.params.get("override", False)
     lines: list[tuple[str, str, str, object]] = []
     sources: dict[str, DataSource] = {}
-    stats = {"records": 0, "entries": 0, "skipped": 0}
+    stats = {"records": 0, "entries": 0, "skipped": 0, "not_mapped": 0, "approximated": 0}
+    not_mapped: dict[tuple[str, str, str], list[str]] = {}
+    approximated: list[list[str]] = []
     details_seen: set[tuple[str, str]] = set()
-    for adv in _records(actx):
+    late_quarantined: list[dict] = []  # raw OSV documents that do not normalize
+    for adv in _records(actx, late_quarantined):
         stats["records"] += 1
-        eco = trivy_ecosystem(adv.ecosystem)
-        if eco is None:
-            stats["skipped"] += 1
+        try:
+            kind, where, distro = trivy_route(adv.ecosystem)
+            if kind == "alpine":
+                bucket, bucket_ds = where, alpine_ds
+            elif kind == "lang":
+                bucket, bucket_ds = f"{where}::{ds.name}", ds
+            else:
+                bucket, bucket_ds = where, _distro_ds(distro, ds, override)
+            entries, note = record_entries(adv, bucket, distro)
+        except NotMappable as exc:
+            # kept in json:raw; listed in mapping.json with the ecosystem and the reason
+            not_mapped.setdefault((adv.ecosystem, exc.code, str(exc)), []).append(adv.id)
+            stats["not_mapped"] += 1
             continue
-        if eco == "alpine":
-            bucket, bucket_ds = alpine_bucket(adv.ecosystem), alpine_ds
-        else:
-            bucket, bucket_ds = f"{eco}::{ds.name}", ds
-        entries = advisory_entries(adv, bucket)
         if not entries:
             stats["skipped"] += 1
             continue
+        if note is not None:
+            approximated.append([adv.id, adv.ecosystem, adv.package.name, adv.source_path, note])
+            stats["approximated"] += 1
         sources.setdefault(bucket, bucket_ds)
         tiebreak = f"{dep:04d}\0{adv.id}\0{adv.source_path}"
         detail = vulnerability_detail(adv, bucket_ds.id)
@@ -312,6 +359,20 @@ def map_shard(actx: ActionContext) -> dict:
     with open(actx.output("kv.jsonl"), "w", encoding="utf-8") as out:
         for line in lines:
             out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+    report = {"records": stats["records"],
+              "not_mapped": [[eco, code, reason, sorted(ids)]
+                             for (eco, code, reason), ids in sorted(not_mapped.items())],
+              "approximated": sorted(approximated)}
+    source_quarantined = (json.loads(actx.input("stats.json").read_bytes()).get("quarantined") or []
+                          if "stats.json" in actx.inputs else [])
+    if source_quarantined or late_quarantined:  # only then: clean shards keep their bytes
+        report["quarantined"] = sorted(source_quarantined + late_quarantined,
+                                       key=lambda q: (q["path"], q["field"]))
+    actx.write_output("report.json", canonical_json.dumps(report))
+    if late_quarantined:  # the source shard already warned about its own quarantined files
+        stats["quarantined"] = len(late_quarantined)
+        stats["warnings"] = [{"file": q["path"], "field": q["field"], "reason": q["reason"],
+                              "message": f"quarantined (skipped): {q['message']}"} for q in late_quarantined]
     return stats
 
 
@@ -355,8 +416,11 @@ def _merged_items(paths: list[Path]) -> Iterator[tuple[list[str], str | None, by
             raise ActionError(f"unknown record kind {kind!r} in shard output")
 
 
-def write_trivy_db(dest: Path, paths: list[Path]) -> dict:
-    """Stream the merged shard files into a bbolt file at ``dest``; returns counts."""
+def write_trivy_db(dest: Path, paths: list[Path], per_bucket: dict | None = None) -> dict:
+    """Stream the merged shard files into a bbolt file at ``dest``; returns counts.
+
+    ``per_bucket``, when given, receives ``{top-level bucket: {"packages": n, "keys": n}}``
+    (packages: second-level buckets; keys: every key below the bucket)."""
     from stella_build.rules.formats.trivy.bbolt import BboltWriter
 
     stats = {"keys": 0, "buckets": 0}
@@ -364,6 +428,12 @@ def write_trivy_db(dest: Path, paths: list[Path]) -> dict:
         w = BboltWriter(f)
         current: list[str] = []
         for path, key, value in _merged_items(paths):
+            if per_bucket is not None:
+                top = per_bucket.setdefault(path[0], {"packages": 0, "keys": 0})
+                if len(path) > 1 and (len(current) < 2 or current[:2] != path[:2]):
+                    top["packages"] += 1
+                if key is not None:
+                    top["keys"] += 1
             common = 0
             while common < min(len(current), len(path)) and current[common] == path[common]:
                 common += 1
@@ -403,10 +473,44 @@ def _package(actx: ActionContext, db_name: str, archive: str, version: int, java
 
 
 def build_db(actx: ActionContext) -> dict:
-    paths = [actx.input(name) for name in sorted(actx.inputs)]
-    stats = write_trivy_db(actx.output("trivy.db"), paths)
+    paths = [actx.input(name) for name in sorted(actx.inputs) if name.startswith("kv/")]
+    per_bucket: dict[str, dict] = {}
+    stats = write_trivy_db(actx.output("trivy.db"), paths, per_bucket)
     _package(actx, "trivy.db", "db.tar.gz", 2, java=False)
+    mapping = mapping_report([actx.input(n) for n in sorted(actx.inputs) if n.startswith("report/")], per_bucket)
+    actx.write_output("mapping.json", canonical_json.dumps(mapping))
+    stats["not_mapped"] = sum(g["records"] for g in mapping["notMapped"])
+    stats["approximated"] = len(mapping["approximated"])
     return stats
+
+
+def mapping_report(reports: list[Path], per_bucket: dict[str, dict]) -> dict:
+    """mapping.json: the DB's top-level buckets with their package and key counts; the records
+    no bucket holds, grouped by (ecosystem, code, reason) with an exact count and the first
+    ``MAPPING_EXAMPLES`` ids (sorted); the distribution records Trivy reads approximately."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    approximated: list[list[str]] = []
+    quarantined: dict[tuple[str, str], dict] = {}
+    records = 0
+    for path in reports:
+        report = json.loads(path.read_bytes())
+        records += report["records"]
+        quarantined.update({(q["path"], q["field"]): q for q in report.get("quarantined", ())})
+        for eco, code, reason, ids in report["not_mapped"]:
+            groups.setdefault((eco, code, reason), []).extend(ids)
+        approximated += report["approximated"]
+    return {
+        "schema": MAPPING_SCHEMA,
+        "records": records,
+        "buckets": {name: per_bucket[name] for name in sorted(per_bucket)},
+        "notMapped": [{"ecosystem": eco, "code": code, "reason": reason, "records": len(ids),
+                       "ids": sorted(set(ids))[:MAPPING_EXAMPLES]}
+                      for (eco, code, reason), ids in sorted(groups.items())],
+        "approximated": [dict(zip(("id", "ecosystem", "package", "path", "note"), a))
+                         for a in sorted(approximated)],
+        # malformed input files left out of the DB; the key is absent when there are none
+        **({"quarantined": [quarantined[k] for k in sorted(quarantined)]} if quarantined else {}),
+    }
 
 
 # -- TrivyJavaDb ------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ def add_trivy_signing(ctx: AnalysisContext, signer: Signer, *, java: bool, files
     names = PROFILES[java]
     inputs = {"db": files[names["db"]], "metadata.json": files["metadata.json"],
               "archive": files[names["archive"]]}
+    if "mapping.json" in files:  # trivy:db's report of what was mapped (not in the archive)
+        inputs["mapping"] = files["mapping.json"]
     inputs.update({f"materials/{n}": a for n, a in materials.items()})
     manifest = ctx.action(
         mnemonic="TrivyManifest", fn=trivy_manifest, inputs=inputs,
@@ -105,7 +107,9 @@ def trivy_manifest(actx: ActionContext) -> dict:
     epoch = _epoch(actx)
     contents = sorted([_entry(names["db"], actx.input("db"), names["db_type"]),
                        _entry("metadata.json", actx.input("metadata.json"), "application/json"),
-                       _entry(names["archive"], actx.input("archive"), names["layer"])],
+                       _entry(names["archive"], actx.input("archive"), names["layer"]),
+                       *([_entry("mapping.json", actx.input("mapping"), "application/json")]
+                         if "mapping" in actx.inputs else [])],
                       key=lambda e: e["path"])
     rerun = rerun_hash(contents)
     profile = {"kind": "trivy", "variant": names["variant"], "name": p["name"], "revision": "r1"}

@@ -71,11 +71,23 @@ def package_dirs() -> dict[str, Path]:
 def assemble_package(dest: Path) -> Path:
     """Copy the package's .py files to dest/stella_build/... as a wheel lays them out, for tools
     that follow directories (import-linter) and for runs of edited copies (PYTHONPATH=dest)."""
+    import tomllib
+
     for name, directory in package_dirs().items():
         target = dest / Path(*name.split("."))
         target.mkdir(parents=True, exist_ok=True)
         for src in directory.glob("*.py"):
             shutil.copyfile(src, target / src.name)
+    # package data (templates, assets) as pyproject's [tool.setuptools.package-data] lists it
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = package_dirs()
+    for name, globs in setuptools.get("package-data", {}).items():
+        for pattern in globs:
+            for src in dirs[name].glob(pattern):
+                if src.is_file() and "__pycache__" not in src.parts:
+                    target = dest / Path(*name.split(".")) / src.relative_to(dirs[name])
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, target)
     return dest
 
 

@@ -141,9 +141,14 @@ def test_cycle_and_unknown_key_reasons(sample_ws, tmp_path):
 def test_a_failed_action_has_a_reason(sample_ws, tmp_path):
     bad = sample_ws / "profiles/evidence/osv/zz-broken.json"
     bad.write_text('{"id": 5}')
+    # a malformed file is quarantined (exit 0) unless the source is strict (tests/test_quarantine.py)
+    exportfile = sample_ws / "profiles/Exportfile"
+    block = '[targets.osv-sample]\nrule = "osv_source"\n'
+    exportfile.write_text(exportfile.read_text().replace(block, block + "strict = true\n"))
     res = run_cli(["--output", "json", "//profiles:json-raw"], cwd=sample_ws, cache=tmp_path / "c")
     assert res.code == 1
-    assert res.json()["errors"][0]["reason"] == "action-failed"
+    error = res.json()["errors"][0]
+    assert error["reason"] == "evidence-invalid" and error["file"].endswith("zz-broken.json")
 
 
 def _module_level(actx):

@@ -105,7 +105,7 @@ def test_query_deps_rdeps_kind_and_graph(sample_ws):
     for label in rdeps:
         assert "//profiles:osv-sample" in run_cli(["query", f"deps({label})"], cwd=sample_ws, check=True).stdout
     kind = run_cli(["query", "kind(osv_source, //...)", "--output", "json"], cwd=sample_ws, check=True)
-    assert [t["label"] for t in kind.json()["targets"]] == ["//profiles:osv-sample"]
+    assert [t["label"] for t in kind.json()["targets"]] == ["//profiles:osv-os-sample", "//profiles:osv-sample"]
     dot = run_cli(["query", "deps(//profiles:json-raw)", "--output", "graph"], cwd=sample_ws, check=True)
     assert dot.stdout.startswith("digraph") and '"//profiles:json-raw" -> "//profiles:osv-sample"' in dot.stdout
     bad = run_cli(["query", "depz(//profiles:json-raw)"], cwd=sample_ws)

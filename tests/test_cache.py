@@ -147,6 +147,9 @@ def test_failed_action_leaves_no_output_and_no_cache_entry(sample_ws, tmp_path):
     cache = tmp_path / "c"
     bad = sample_ws / "profiles/evidence/osv/ZZZ-broken.json"
     bad.write_text('{"id": "ZZZ-1", "modified": "2024-01-01T00:00:00Z", "affected": [')
+    ef = sample_ws / "profiles/Exportfile"  # strict: a bad record fails the build (not quarantined)
+    original = ef.read_text()
+    ef.write_text(original.replace('[targets.osv-sample]\n', '[targets.osv-sample]\nstrict = true\n', 1))
     res = run_cli(["--output", "json", "//profiles:json-raw"], cwd=sample_ws, cache=cache)
     assert res.code == 1
     err = res.json()["errors"][0]
@@ -154,5 +157,6 @@ def test_failed_action_leaves_no_output_and_no_cache_entry(sample_ws, tmp_path):
     assert "Traceback" not in res.stderr
     assert not (sample_ws / "stella-out/profiles/json-raw").exists()
     bad.unlink()
+    ef.write_text(original)
     run_cli(["-q", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
     assert output_digests(sample_ws, "profiles", "json-raw") == GOLDEN

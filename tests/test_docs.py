@@ -22,7 +22,8 @@ the commands of its class.
 Placeholders become real things the tests create (`PLACEHOLDERS`): LABEL, OLD_MIRROR/BASE (a full
 mirror built from the sample evidence minus one advisory), DELTA, OUT, DIR (a project for Trivy to
 scan), PATH (a trivy-db output directory), keys/cosign.key, keys/cosign.pub and cosign.pub (the
-documents' own `keys generate` writes them), `http://cache:8080/` (a real bazel-remote on
+documents' own `keys generate` writes them), `~/.cache/trivy` (a fresh Trivy cache directory for
+`kit import`), `http://cache:8080/` (a real bazel-remote on
 127.0.0.1) and `registry:5000` / `registry.local` (a real docker-registry on 127.0.0.1).
 Glue the documents state in prose but do not show in a fenced block is in `_setup_*` (e.g. the
 signed builds signing.md verifies). Caches are temporary; the user's are never touched.
@@ -52,10 +53,10 @@ PASSWORD = "docs-test-pw-41d7"  # the $COSIGN_PASSWORD of every documented key
 KNOWN_PROGRAMS = {
     "stella-build", "python", "python3", "pip", "cosign", "trivy", "skopeo", "bazel-remote", "docker",
     "htpasswd", "tar", "cp", "mkdir", "node", "oras", "umoci", "age", "age-keygen", "dot", "curl",
-    "find", "nginx", "docker-registry", "openssl", "sha256sum",
+    "find", "nginx", "docker-registry", "openssl", "sha256sum", "sh",
 }
 # Third-party programs tests/interop/test_docs_interop.py knows how to run.
-INTEROP_PROGRAMS = {"cosign", "trivy", "skopeo", "bazel-remote", "node", "tar", "mkdir", "cp"}
+INTEROP_PROGRAMS = {"cosign", "trivy", "skopeo", "bazel-remote", "node", "tar", "mkdir", "cp", "sh"}
 # A stella-build line naming one of these needs a server, so it runs in the interop test.
 NEEDS_SERVER = re.compile(r"http://cache:8080/|\bregistry:5000/|\bregistry\.local/")
 
@@ -302,6 +303,8 @@ PLACEHOLDERS: list[tuple[str, str]] = [
     (r"…/node_modules", "node_modules"),
     (r"(?<![\w/.-])verify_bundle\.js(?![\w.-])", "verify_bundle.js"),
     (r"pip::…", "pip_bucket"),
+    (r"(?<=--listen )127\.0\.0\.1:8080", "listen"),  # `stella-build serve`: a free loopback port
+    (r"~/\.cache/trivy", "trivy_cache"),
     *((rf"(?<![\w$/.-]){name}(?![\w=/.-])", name)
       for name in ("OLD_MIRROR", "BASE", "DELTA", "OUT", "LABEL", "DIR", "PATH")),
 ]
@@ -328,6 +331,7 @@ class DocRun:
         self.env = {"STELLA_CACHE_DIR": str(self.tmp / "cache"), "XDG_CACHE_HOME": str(self.tmp / "xdg"),
                     "COSIGN_PASSWORD": PASSWORD}
         self.values["password"] = shlex.quote(PASSWORD)
+        self.values["listen"] = f"127.0.0.1:{_free_port()}"
 
     def substitute(self, cmd: DocCommand) -> str:
         text = marked = cmd.text
@@ -382,6 +386,8 @@ class DocRun:
             proc = subprocess.run([shutil.which("python3") or "python3", *words[1:]], cwd=self.ws,
                                   env=_hermetic_env(env), capture_output=True, text=True, timeout=180)
             code, out, err = proc.returncode, proc.stdout, proc.stderr
+        elif words[1] == "serve":
+            code, out, err = _serve_briefly(words[1:], cwd=self.ws, env=env)
         else:
             res = run_cli(words[1:], cwd=self.ws, env=env, timeout=180)
             code, out, err = res.code, res.stdout, res.stderr
@@ -391,6 +397,43 @@ class DocRun:
             data = json.loads(out)
             assert data.get("ok", True) is True, f"{cmd}: {out[-2000:]}"
         self.last_stdout = out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve_briefly(args: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    """A documented `stella-build serve ... --listen HOST:PORT` serves until stopped: start it, wait
+    (at most 30 s) until its /readyz answers 200, stop it with SIGTERM; a clean shutdown is exit 0
+    (uvicorn re-raises the SIGTERM it handled, so "killed by SIGTERM" after shutdown counts as 0)."""
+    import signal
+    import time
+    import urllib.request
+
+    listen = args[args.index("--listen") + 1]
+    proc = subprocess.Popen([CLI, *args], cwd=cwd, env=_hermetic_env(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ready = False
+    deadline = time.monotonic() + 30
+    while not ready and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ready = urllib.request.urlopen(f"http://{listen}/readyz", timeout=1).status == 200
+        except OSError:
+            time.sleep(0.1)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    code = 0 if proc.returncode == -signal.SIGTERM else proc.returncode
+    return (code if ready else 99), out, err + ("" if ready else "\n(never became ready)")
 
 
 def _hermetic_env(extra: dict[str, str]) -> dict[str, str]:
@@ -433,6 +476,7 @@ def _setup_readme(run: DocRun) -> None:
         "LABEL": "//profiles:json-raw",
         "cosign.key": str(ws / "keys" / "cosign.key"),  # written by the README's `keys generate`
         "cosign.pub": str(ws / "keys" / "cosign.pub"),
+        "trivy_cache": str(run.tmp / "trivy-cache"),    # `kit import --trivy-cache ~/.cache/trivy`
     })
 
 
@@ -466,6 +510,18 @@ def _setup_trivy_db(run: DocRun) -> None:
                        "pip_bucket": "pip::stella-build sample advisories"})
 
 
+def _setup_offline_kit(run: DocRun) -> None:
+    """offline-kit.md generates its keys and builds a signed kit itself. ~/.cache/trivy: a fresh
+    Trivy cache directory; DIR: a project with a requirements.txt a sample advisory affects."""
+    run.ws = make_workspace(run.tmp / "ws")
+    scan = run.tmp / "project"
+    scan.mkdir()
+    (scan / "requirements.txt").write_text("requests==2.19.0\n")
+    run.values.update({"cosign.key": str(run.ws / "keys" / "cosign.key"),
+                       "cosign.pub": str(run.ws / "keys" / "cosign.pub"),
+                       "trivy_cache": str(run.tmp / "trivy-cache"), "DIR": str(scan)})
+
+
 def _setup_workspace(run: DocRun) -> None:
     run.ws = make_workspace(run.tmp / "ws")
 
@@ -475,6 +531,7 @@ SETUPS: dict[str, tuple[Callable[[DocRun], None], list[tuple[str, Callable[[DocR
     "README.md": (_setup_readme, []),
     "docs/signing.md": (_setup_signing, [(r"^COSIGN_PASSWORD=\S+ stella-build keys generate", _signed_builds)]),
     "docs/trivy-db.md": (_setup_trivy_db, []),
+    "docs/offline-kit.md": (_setup_offline_kit, []),
 }  # any other document: a fresh sample workspace
 
 

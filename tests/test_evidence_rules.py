@@ -138,7 +138,7 @@ def test_malformed_file_fails_its_action_with_file_and_field(case, tmp_path):
     (ws / "ev" / "in" / name).write_text(content)
     if rule == "rustsec_source":  # a good file beside the bad one: only the bad one is named
         shutil.copy(RUSTSEC_OK, ws / "ev" / "in" / RUSTSEC_OK.name)
-    (ws / "ev" / "Exportfile").write_text(f'[targets.src]\nrule = "{rule}"\nsrcs = ["in/*"]\nshards = 1\n')
+    (ws / "ev" / "Exportfile").write_text(f'[targets.src]\nrule = "{rule}"\nsrcs = ["in/*"]\nshards = 1\nstrict = true\n')
     res = run_cli(["--output", "json", "//ev:src"], cwd=ws, cache=tmp_path / "c")
     assert res.code == 1, res.stdout + res.stderr
     (err,) = res.json()["errors"]

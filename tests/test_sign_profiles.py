@@ -171,8 +171,8 @@ def test_mirror_verify_checks_signatures_with_key(signed, tmp_path):
     assert unsigned.code == 4, unsigned.stdout + unsigned.stderr
 
 
-@pytest.mark.parametrize("profile,prefix,count", [("trivy-db", "profiles/evidence/osv/", 30),
-                                                  ("trivy-java-db", "profiles/evidence/maven/", 5)])
+@pytest.mark.parametrize("profile,prefix,count", [("trivy-db", ("profiles/evidence/osv/", "profiles/evidence/os/"), 37),
+                                                  ("trivy-java-db", ("profiles/evidence/maven/",), 5)])
 def test_trivy_provenance_lists_the_source_evidence(signed, profile, prefix, count):
     """Materials are the evidence files (with sha256), not intermediate shard files."""
     import hashlib

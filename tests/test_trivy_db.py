@@ -296,10 +296,12 @@ def test_records_colliding_after_normalization_merge(tmp_path):
     ws = colliding_workspace(tmp_path / "ws", COLLIDING_EXPORTFILE)
     run_cli(["-q", "//merge:trivy-db"], cwd=ws, cache=tmp_path / "c", check=True)
     r = BboltReader(ws / "stella-out/merge/trivy-db/trivy.db")
-    assert r.buckets((b"pip::Merged Feed",)) == [b"foo-bar"]
-    value = json.loads(r.get((b"pip::Merged Feed", b"foo-bar"), b"CVE-2099-0001"))
-    assert value == {"PatchedVersions": ["2.0"], "VendorIDs": ["PYSEC-A", "GHSA-bbbb-bbbb-bbbb"],
-                     "VulnerableVersions": ["<1.5", ">=1.5, <2.0"]}
+    # one project under PEP 503 (foo-bar) and the all-dot spelling Trivy looks up as written (foo.bar)
+    assert r.buckets((b"pip::Merged Feed",)) == [b"foo-bar", b"foo.bar"]
+    for spelling in (b"foo-bar", b"foo.bar"):
+        value = json.loads(r.get((b"pip::Merged Feed", spelling), b"CVE-2099-0001"))
+        assert value == {"PatchedVersions": ["2.0"], "VendorIDs": ["PYSEC-A", "GHSA-bbbb-bbbb-bbbb"],
+                         "VulnerableVersions": ["<1.5", ">=1.5, <2.0"]}
     vuln = json.loads(r.get((b"vulnerability",), b"CVE-2099-0001"))
     assert vuln["Title"] == "from A"  # first in canonical (dep) order
     # swapping the deps swaps the order: the merge is defined by deps order, nothing else

@@ -18,6 +18,13 @@ from tests.conftest import make_workspace, output_digests, run_cli  # noqa: E402
 GOLDEN = ROOT / "golden" / "digests.json"
 DEFAULT_TARGETS = ["//profiles:json-raw", "//profiles:json-policy", "//profiles:trivy-db",
                    "//profiles:trivy-java-db", "//profiles:mirror-full", "//profiles:mirror-delta"]
+# Locked in digests.json and signed.json too; verified by tests/test_offline_kit.py (`kit verify`),
+# not by `stella-build verify` like the bundles above.
+KIT_TARGETS = ["//profiles:offline-kit"]
+# Locked too; verified by tests/test_devportal.py (`devportal verify`, verify-offline.sh). Its inputs are
+# the repository's docs/*.md, docs/openapi.json, exportfile.schema.json and CHANGELOG.md (through
+# profiles/devportal/), so editing one of them changes these digests: refresh them with --update.
+DEVPORTAL_TARGETS = ["//profiles:devportal-offline"]
 # The full shared corpora (../shared/data); locked separately because they take longer to build.
 CORPORA = ROOT / "golden" / "corpora.json"
 CORPORA_TARGETS = ["//corpora:json-raw", "//corpora:trivy-db"]
@@ -50,9 +57,9 @@ def main() -> int:
     check = "--check" in sys.argv[1:]
     bad = 0
     for path, targets, packages, shared, signed in (
-            (GOLDEN, DEFAULT_TARGETS, ("profiles",), False, False),
+            (GOLDEN, DEFAULT_TARGETS + KIT_TARGETS + DEVPORTAL_TARGETS, ("profiles",), False, False),
             (CORPORA, CORPORA_TARGETS, ("corpora",), True, False),
-            (SIGNED, DEFAULT_TARGETS, ("profiles",), False, True)):
+            (SIGNED, DEFAULT_TARGETS + KIT_TARGETS + DEVPORTAL_TARGETS, ("profiles",), False, True)):
         if check and not path.exists():
             print(f"{path} missing")
             bad += 1

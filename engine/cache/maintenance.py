@@ -6,6 +6,7 @@ from pathlib import Path
 
 from stella_build.engine.cache.cas import Cas
 from stella_build.engine.cache.index import Index
+from stella_build.engine.cache.records import drop_bad_results
 
 
 def stats(cache_dir: Path) -> dict:
@@ -42,6 +43,8 @@ def gc(cache_dir: Path, max_size: int) -> dict:
             cas.discard(digest)
         for leftover in ("tmp", "sandbox", "noop-memo"):
             shutil.rmtree(cache_dir / leftover, ignore_errors=True)
+        for damaged in cache_dir.glob("index-v*.damaged-*"):  # a repair killed half-way
+            shutil.rmtree(damaged, ignore_errors=True)
         return {"evicted_actions": len(evict), "kept_actions": len(keep_keys),
                 "removed_blobs": len(removed), "removed_bytes": sum(sizes[d] for d in removed),
                 "blob_bytes": total}
@@ -50,18 +53,31 @@ def gc(cache_dir: Path, max_size: int) -> dict:
 
 
 def verify(cache_dir: Path) -> dict:
-    """Re-hash every blob; delete corrupt ones (their results become misses and rebuild)."""
-    index, cas = Index(cache_dir), Cas(cache_dir)
+    """Check the index's structure (replacing a damaged index by an empty one) and re-hash every
+    blob, deleting corrupt ones (their results become misses and rebuild).
+
+    → {"corrupt_blobs_removed": [digest], "results_with_missing_blobs": n,
+       "bad_results_removed": [{key, action, problem}] (AC entries not matching their declared outputs),
+       "index": {"repaired": why | None, "problems": [str]}}; `repaired` is set when the index
+    was damaged (found by the cheap check on opening or by the full structural walk)."""
+    notes: list[str] = []
+    index, cas = Index(cache_dir, warn=notes.append), Cas(cache_dir)
     try:
         shutil.rmtree(cache_dir / "noop-memo", ignore_errors=True)
+        problems = index.verify_structure()
         corrupt = [d for d, _, _ in cas.iter_blobs() if not cas.verify(d)]
         for digest in corrupt:
             cas.discard(digest)
+        # AC entries that do not match their action's declared outputs (damaged, or a bad record
+        # copied in from a remote) are deleted: they would be dropped on read anyway.
+        bad_results = index.drop_malformed_results() + drop_bad_results(index)
         missing = 0
         for key, result, _ in index.all_results():
             if any(not cas.has(o["blake3"], o["size"]) for o in result["outputs"]):
                 missing += 1
-        return {"corrupt_blobs_removed": corrupt, "results_with_missing_blobs": missing}
+        return {"corrupt_blobs_removed": corrupt, "results_with_missing_blobs": missing,
+                "bad_results_removed": bad_results,
+                "index": {"repaired": index.repaired, "problems": problems[:20]}}
     finally:
         index.close()
 
@@ -70,4 +86,5 @@ def clean(cache_dir: Path) -> dict:
     existed = cache_dir.exists()
     for child in ("cas", "tmp", "sandbox", "noop-memo") + tuple(p.name for p in cache_dir.glob("index-v*")):
         shutil.rmtree(cache_dir / child, ignore_errors=True)
+    (cache_dir / "index.lock").unlink(missing_ok=True)
     return {"cache_dir": str(cache_dir), "removed": existed}

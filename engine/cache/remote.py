@@ -10,11 +10,20 @@ with WebDAV PUT, object stores behind a proxy. What this module guarantees:
 
 - A blob is written to its destination only after its size and SHA-256 were checked while it streamed
   into a temp file next to the destination. Truncated, corrupted or wrong-size bodies are a miss.
+- A compressed (zstd) body is decoded through a bounded stream reader, so a small "zstd bomb" costs at
+  most the expected size plus one chunk of memory and time, never the size it claims to expand to.
 - 404 is a miss, never an error. Connection errors, timeouts, 5xx and 429 are retried a bounded number
   of times with exponential backoff; other statuses fail at once. A failure raises
   :class:`RemoteCacheError` naming the URL (credentials redacted); the caller decides whether to
-  degrade. After a connection-level failure the client stops talking to the server (fails fast), so
-  a dead server costs one timeout budget per build, not one per action.
+  degrade (`handle_error`).
+- Every request, retries included, has a total deadline (`deadline` seconds plus the transfer at
+  `min_rate` bytes/s for a blob of known size), enforced by a watchdog that shuts the socket down:
+  urllib3's read timeout bounds each socket read only, so a server dripping one byte every few
+  seconds would otherwise hold a build forever. A deadline overrun is not retried.
+- A circuit breaker stops talking to the server (every later call fails at once) after a
+  connection-level failure, a deadline overrun, `max_failures` failed requests in a row, or
+  `error_budget` failed requests in all: a dead or broken server costs a bounded time per build,
+  not one timeout budget per action.
 - Read-only mode (``upload=False``) never sends a PUT.
 - zstd content encoding: downloads always offer ``Accept-Encoding: zstd`` (bazel-remote answers CAS
   reads compressed); uploads are compressed (``Content-Encoding: zstd`` + ``X-Digest-SizeBytes``, as
@@ -53,6 +62,7 @@ _MAX_AC_BYTES = 64 << 20            # result records are small; refuse to buffer
 _ZSTD_MIN_UPLOAD = 1024             # below this, compression saves nothing worth a CPU call
 _HEAD_BEFORE_PUT = 1 << 20          # large blobs: ask first, many CI runners upload the same outputs
 _ZSTD_LEVEL = 3
+_MIN_RATE = float(1 << 20)         # bytes/s a blob transfer may take before its deadline passes
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _PUT_OK = frozenset({200, 201, 204})
 # Constant content for the zstd-upload probe (a real, verifiable CAS blob, harmless to keep).
@@ -67,11 +77,12 @@ class RemoteCacheError(Exception):
     """A remote cache operation failed; the message names the operation and the (redacted) URL."""
 
     def __init__(self, message: str, *, url: str = "", status: int | None = None,
-                 connection: bool = False) -> None:
+                 connection: bool = False, deadline: bool = False) -> None:
         super().__init__(message)
         self.url = url
         self.status = status
         self.connection = connection  # True when the server could not be reached at all
+        self.deadline = deadline      # True when the request's total deadline passed
 
 
 class Outcome(enum.Enum):
@@ -113,6 +124,10 @@ class RemoteStats:
     zstd_uploads: int = 0
     retries: int = 0
     errors: int = 0
+    deadlines: int = 0         # requests stopped by their total deadline
+    breaker_open: int = 0      # 1 once the circuit breaker disabled the remote for this run
+    rejected: int = 0          # AC records refused (shape, declared outputs, signature)
+    unauthenticated: int = 0   # AC hits used without a trusted signature (no trust configured)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -209,13 +224,18 @@ class RemoteCache:
 
     def __init__(self, endpoint: _Endpoint, *, upload: bool, required: bool, timeout: float,
                  retries: int, max_parallel: int, compression: str, backoff: float,
-                 backoff_max: float, fsync: bool = True) -> None:
+                 backoff_max: float, fsync: bool = True, deadline: float | None = None,
+                 min_rate: float = _MIN_RATE, max_failures: int = 3, error_budget: int = 10,
+                 signer: Any = None, trust: Any = None) -> None:
         import urllib3  # lazy: only builds with a remote cache pay for it
 
         if compression not in ("auto", "zstd", "off"):
             raise ValueError(f"compression must be 'auto', 'zstd' or 'off', got {compression!r}")
         if timeout <= 0 or retries < 0 or max_parallel < 1:
             raise ValueError("timeout must be > 0, retries >= 0, max_parallel >= 1")
+        deadline = timeout if deadline is None else deadline
+        if deadline <= 0 or min_rate <= 0 or max_failures < 1 or error_budget < 1:
+            raise ValueError("deadline and min_rate must be > 0, max_failures and error_budget >= 1")
         self.base_url = endpoint.base
         self.upload = upload
         self.required = required
@@ -224,8 +244,26 @@ class RemoteCache:
         self.max_parallel = max_parallel
         self.compression = compression
         self.fsync = fsync
+        self.deadline = deadline
+        self.min_rate = min_rate
+        self.max_failures = max_failures
+        self.error_budget = error_budget
+        # Authentication of AC records (engine/cache/records.py): `signer` (RecordSigner) signs
+        # uploads; `trust` (TrustedKeys) are the keys whose records are accepted. The writer's own
+        # key is trusted too: it can produce those records anyway.
+        self.signer = signer
+        if trust is None:
+            from stella_build.engine.cache.records import TrustedKeys
+            trust = TrustedKeys()
+        if signer is not None and signer.keyid not in trust:
+            trust.add(signer.public_key)
+        self.trust = trust
         self.stats = RemoteStats()
         self._warned = False
+        self._warned_kinds: set[str] = set()
+        self._failures_in_a_row = 0
+        self._failures = 0
+        self._breaker_lock = threading.Lock()
         self._backoff = backoff
         self._backoff_max = backoff_max
         self._headers = {"User-Agent": "stella-build-remote-cache"}
@@ -237,6 +275,10 @@ class RemoteCache:
         self._http = urllib3.PoolManager(
             num_pools=2, maxsize=max_parallel, block=False, retries=False,
             timeout=urllib3.Timeout(connect=timeout, read=timeout), **pool_kw)
+        # Connections that let the watchdog find the socket of a request past its deadline.
+        http_pool, https_pool = _watched_pools()
+        self._http.pool_classes_by_scheme = {"http": http_pool, "https": https_pool}
+        self._watchdog = _Watchdog()
         self._down: RemoteCacheError | None = None
         self._zstd_upload: bool | None = {"zstd": True, "off": False}.get(compression)
         self._probe_lock = threading.Lock()
@@ -249,7 +291,9 @@ class RemoteCache:
     def from_url(cls, url: str, *, upload: bool = True, required: bool = False,
                  timeout: float = 10.0, retries: int = 3, max_parallel: int = 8,
                  compression: str = "auto", backoff: float = 0.1, backoff_max: float = 2.0,
-                 fsync: bool = True, env: dict[str, str] | None = None) -> "RemoteCache":
+                 fsync: bool = True, env: dict[str, str] | None = None,
+                 deadline: float | None = None, min_rate: float = _MIN_RATE, max_failures: int = 3,
+                 error_budget: int = 10, signer: Any = None, trust: Any = None) -> "RemoteCache":
         """Client for `url` (http[s]://[user:pass@]host[:port][/prefix/]).
 
         Auth comes from STELLA_REMOTE_CACHE_TOKEN (bearer), else STELLA_REMOTE_CACHE_USER/_PASSWORD
@@ -260,16 +304,24 @@ class RemoteCache:
         `fsync`: fsync each downloaded blob before renaming it into place (about half the cost of a
         small-blob download on loopback; turn off only if the caller syncs in bulk). `env` replaces
         os.environ for the auth/CA variables (tests).
+        `deadline` (seconds, default `timeout`) bounds each whole request, retries and backoff
+        included; a blob transfer of known size gets size / `min_rate` (bytes/s, default 1 MiB/s)
+        more. The circuit breaker disables the client after `max_failures` failed requests in a
+        row or `error_budget` in all (and at once on a connection failure or deadline overrun).
+        `signer` (records.RecordSigner) signs uploaded AC records; `trust` (records.TrustedKeys)
+        are the keys whose AC records readers accept (the signer's own key is added).
         """
         endpoint = _parse_url(url, os.environ if env is None else env)
         return cls(endpoint, upload=upload, required=required, timeout=timeout, retries=retries,
                    max_parallel=max_parallel, compression=compression, backoff=backoff,
-                   backoff_max=backoff_max, fsync=fsync)
+                   backoff_max=backoff_max, fsync=fsync, deadline=deadline, min_rate=min_rate,
+                   max_failures=max_failures, error_budget=error_budget, signer=signer, trust=trust)
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._watchdog.stop()
         self._http.clear()
 
     def __enter__(self) -> "RemoteCache":
@@ -292,10 +344,23 @@ class RemoteCache:
         if first:
             warn(f"remote cache unavailable, continuing with the local cache only: {err}")
 
+    def warn_once(self, kind: str, message: str, warn: Callable[[str], None]) -> None:
+        """Call `warn(message)` the first time only for each `kind` (one line per kind per run)."""
+        with self._probe_lock:
+            first = kind not in self._warned_kinds
+            self._warned_kinds.add(kind)
+        if first:
+            warn(message)
+
     @property
     def available(self) -> bool:
-        """False once a connection-level failure made the client stop contacting the server."""
+        """False once the circuit breaker made the client stop contacting the server."""
         return self._down is None
+
+    @property
+    def authenticates(self) -> bool:
+        """True when AC records are accepted only with a trusted signature (trust configured)."""
+        return bool(self.trust)
 
     # ---- action cache ------------------------------------------------------------------------
 
@@ -338,7 +403,7 @@ class RemoteCache:
             finally:
                 _release(resp)
 
-        self._with_retries("PUT", url, attempt)
+        self._with_retries("PUT", url, attempt, size=len(data))
         self.stats.add(ac_uploads=1, bytes_up=len(data), bytes_up_raw=len(data))
         return True
 
@@ -413,7 +478,7 @@ class RemoteCache:
             finally:
                 _release(resp)
 
-        outcome = self._with_retries("GET", url, attempt, body_failure=Outcome.CORRUPT)
+        outcome = self._with_retries("GET", url, attempt, body_failure=Outcome.CORRUPT, size=size)
         counter = {Outcome.HIT: "cas_hits", Outcome.MISS: "cas_misses"}.get(outcome, "corrupt")
         self.stats.add(**{counter: 1})
         return outcome
@@ -427,21 +492,26 @@ class RemoteCache:
         declared = resp.headers.get("Content-Length")
         if encoding == "identity" and declared is not None and declared.isdigit() and int(declared) != size:
             raise _Corrupt(f"Content-Length {declared} != expected size {size}")
-        decoder = None
+        wire = _WireReader(resp)
         if encoding == "zstd":
             import zstandard
-            decoder = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+            # A stream reader, not decompressobj(): decompress(chunk) returns everything one chunk
+            # expands to (64 KiB of zstd can expand to GiBs), read(n) returns at most n bytes.
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                wire, read_size=_CHUNK, read_across_frames=True, closefd=False)
             self.stats.add(zstd_downloads=1)
+        else:
+            reader = wire
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".remote-", suffix=".tmp", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                digest, got, wire = hashlib.sha256(), 0, 0
+                digest, got = hashlib.sha256(), 0
                 try:
-                    for chunk in resp.stream(_CHUNK, decode_content=False):
-                        wire += len(chunk)
-                        data = decoder.decompress(chunk) if decoder is not None else chunk
+                    # Never read more than one byte past the expected size: an endless or
+                    # oversized body costs at most size + 1 bytes.
+                    while data := reader.read(min(_CHUNK, size - got + 1)):
                         got += len(data)
                         if got > size:
                             raise _Corrupt(f"body longer than expected size {size}")
@@ -450,12 +520,12 @@ class RemoteCache:
                 except _Corrupt:
                     raise
                 except Exception as e:  # noqa: BLE001 - zstd errors, urllib3 protocol/timeouts
-                    if decoder is not None and _is_zstd_error(e):
+                    if encoding == "zstd" and _is_zstd_error(e):
                         raise _Corrupt(f"bad zstd stream: {e}") from e
-                    raise _Transient(f"body broke off after {wire} bytes: {_describe(e)}",
+                    raise _Transient(f"body broke off after {wire.count} bytes: {_describe(e)}",
                                      body=True) from e
                 finally:
-                    self.stats.add(bytes_down=wire)
+                    self.stats.add(bytes_down=wire.count)
                 if got != size:
                     raise _Corrupt(f"got {got} bytes, expected {size}")
                 if digest.hexdigest() != sha256:
@@ -501,7 +571,7 @@ class RemoteCache:
             finally:
                 src.close()
 
-        self._with_retries("PUT", url, attempt)
+        self._with_retries("PUT", url, attempt, size=size)
         src = sources[-1]
         if src.complete and src.sha256() != sha256:
             raise _local_mismatch(src, sha256, url)
@@ -527,11 +597,26 @@ class RemoteCache:
         packed = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(_PROBE_DATA)
         headers = {"Content-Type": "application/octet-stream", "Content-Encoding": "zstd",
                    "X-Digest-SizeBytes": str(len(_PROBE_DATA)), "Content-Length": str(len(packed))}
+        def put_zstd() -> bool:
+            resp = self._send("PUT", url, headers, body=packed)
+            try:
+                if resp.status in (401, 403):  # not about zstd: the plain PUT would fail alike
+                    self._expect(resp, _PUT_OK, "PUT", url)
+                return resp.status in _PUT_OK
+            finally:
+                _release(resp)
+
+        def put_plain() -> None:
+            plain = {"Content-Type": "application/octet-stream", "Content-Length": str(len(_PROBE_DATA))}
+            resp = self._send("PUT", url, plain, body=_PROBE_DATA)
+            try:
+                self._expect(resp, _PUT_OK, "PUT", url)
+            finally:
+                _release(resp)
+
         try:
-            resp = self._with_retries("PUT", url, lambda: self._send("PUT", url, headers, body=packed))
-            accepted = resp.status in _PUT_OK
-            _release(resp)
-            if accepted:
+            # Failed PUTs raise inside the attempt, so the circuit breaker counts them as failures.
+            if self._with_retries("PUT", url, put_zstd):
                 def read_back() -> tuple[int, str, bytes]:
                     r = self._send("GET", url, {"Accept-Encoding": "identity"})
                     try:
@@ -545,9 +630,7 @@ class RemoteCache:
                 if status == 200 and enc == "identity" and body == _PROBE_DATA:
                     return True
             # Not understood: make sure the probe key holds the right bytes.
-            plain = {"Content-Type": "application/octet-stream", "Content-Length": str(len(_PROBE_DATA))}
-            resp = self._with_retries("PUT", url, lambda: self._send("PUT", url, plain, body=_PROBE_DATA))
-            _release(resp)
+            self._with_retries("PUT", url, put_plain)
         except RemoteCacheError:
             if self._down is not None:
                 raise
@@ -617,41 +700,85 @@ class RemoteCache:
         return bytes(buf)
 
     def _with_retries(self, method: str, url: str, attempt: Callable[[], T],
-                      body_failure: Any = _RAISE) -> T:
-        """Run `attempt` up to 1 + retries times. A body that keeps breaking off returns
-        `body_failure` when given (a download miss); otherwise exhaustion raises RemoteCacheError."""
+                      body_failure: Any = _RAISE, size: int = 0) -> T:
+        """Run `attempt` up to 1 + retries times within one total deadline (`deadline` + `size` /
+        `min_rate` seconds, backoff included). A body that keeps breaking off returns
+        `body_failure` when given (a download miss); otherwise exhaustion raises RemoteCacheError.
+        Every failure is counted by the circuit breaker; a success resets its run of failures."""
         if self._down is not None:
             raise self._down
+        limit = self.deadline + size / self.min_rate
+        slot = self._watchdog.arm(limit)
         last: _Transient | None = None
-        for n in range(self.retries + 1):
-            if n:
-                self.stats.add(retries=1)
-                delay = min(self._backoff_max, self._backoff * (2 ** (n - 1)))
-                if last is not None and last.retry_after is not None:
-                    delay = min(self._backoff_max, max(delay, last.retry_after))
-                time.sleep(delay)
-                if self._down is not None:  # another thread found the server dead meanwhile
-                    raise self._down
-            try:
-                return attempt()
-            except _Transient as e:
-                last = e
-            except RemoteCacheError:
-                self.stats.add(errors=1)
-                raise
+        tries = 0
+        try:
+            for n in range(self.retries + 1):
+                if n:
+                    delay = min(self._backoff_max, self._backoff * (2 ** (n - 1)))
+                    if last is not None and last.retry_after is not None:
+                        delay = min(self._backoff_max, max(delay, last.retry_after))
+                    if slot.remaining() <= delay:  # no time left for another attempt
+                        break
+                    self.stats.add(retries=1)
+                    time.sleep(delay)
+                    if self._down is not None:  # another thread found the server dead meanwhile
+                        raise self._down
+                tries += 1
+                try:
+                    result = attempt()
+                except _Transient as e:
+                    if slot.expired:
+                        raise self._deadline_error(method, url, limit) from None
+                    last = e
+                    continue
+                except RemoteCacheError as e:
+                    if slot.expired:
+                        raise self._deadline_error(method, url, limit) from None
+                    self.stats.add(errors=1)
+                    raise self._failed(e) from None
+                if slot.expired:  # answered, but only because the watchdog cut the body short
+                    raise self._deadline_error(method, url, limit)
+                with self._breaker_lock:
+                    self._failures_in_a_row = 0
+                return result
+        finally:
+            self._watchdog.disarm(slot)
         assert last is not None
         self.stats.add(errors=1)
-        if last.body and body_failure is not _RAISE:
-            return body_failure
-        tries = self.retries + 1
         err = RemoteCacheError(
             f"remote cache {method} {url}: {last} (after {tries} attempt{'s' if tries > 1 else ''})",
             url=url, connection=last.connection)
-        if last.connection:
-            # Stop talking to a server we cannot reach: later calls fail at once with this error.
-            self._down = RemoteCacheError(f"{err} [remote cache disabled for the rest of this run]",
-                                          url=url, connection=True)
+        # A server we cannot reach at all is not asked again (trip at once).
+        err = self._failed(err, trip=last.connection and not last.body)
+        if last.body and body_failure is not _RAISE:
+            return body_failure
         raise err
+
+    def _deadline_error(self, method: str, url: str, limit: float) -> RemoteCacheError:
+        self.stats.add(errors=1, deadlines=1)
+        err = RemoteCacheError(f"remote cache {method} {url}: timed out: no complete answer within "
+                               f"{limit:.1f} s (the total deadline of a request; the server is too "
+                               "slow or stalls)", url=url, deadline=True)
+        return self._failed(err, trip=True)
+
+    def _failed(self, err: RemoteCacheError, trip: bool = False) -> RemoteCacheError:
+        """Count a failed request for the circuit breaker; returns the error to raise (the
+        breaker's own error, naming the cause, when this failure opened it)."""
+        with self._breaker_lock:
+            self._failures_in_a_row += 1
+            self._failures += 1
+            if not (trip or self._failures_in_a_row >= self.max_failures
+                    or self._failures >= self.error_budget):
+                return err
+            if self._down is None:
+                why = ("" if trip else f" ({self._failures_in_a_row} failed requests in a row)"
+                       if self._failures_in_a_row >= self.max_failures
+                       else f" ({self._failures} failed requests)")
+                self._down = RemoteCacheError(f"{err}{why} [remote cache disabled for the rest of this run]",
+                                              url=err.url, status=err.status,
+                                              connection=err.connection, deadline=err.deadline)
+                self.stats.add(breaker_open=1)
+            return self._down
 
     def _map(self, fn: Callable[[Any], Outcome], items: Sequence[Any]) -> list[BlobResult]:
         def one(item: Any) -> BlobResult:
@@ -674,6 +801,145 @@ class RemoteCache:
 
 
 _AC_HINT = "bazel-remote must run with --disable_http_ac_validation to store stella-build records"
+
+
+class _WireReader:
+    """File-like view of a response body (as sent, still encoded) that counts what it read."""
+
+    def __init__(self, resp: "urllib3.BaseHTTPResponse") -> None:
+        self._resp = resp
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._resp.read(n if n and n > 0 else _CHUNK, decode_content=False)
+        self.count += len(data)
+        return data
+
+
+# ---- total deadline per request ----------------------------------------------------------------
+#
+# Hand-written because urllib3 has none: its Timeout(read=...) bounds each socket operation (the
+# time between bytes) and Timeout(total=...) only shortens that per-operation bound, so a server
+# dripping one byte every few seconds holds a request forever. A watchdog thread shuts down the
+# socket of a request past its deadline, which makes the blocked read fail at once in the
+# requesting thread; this is what urllib3's HTTPResponse.shutdown() does, but that exists only
+# once the headers arrived, and a stalling server may never send them.
+
+_local = threading.local()   # the deadline slot of the request running on this thread
+
+
+class _Slot:
+    __slots__ = ("deadline", "conn", "expired", "previous")
+
+    def __init__(self, deadline: float, previous: "_Slot | None") -> None:
+        self.deadline = deadline
+        self.conn: Any = None        # the connection the request runs on (set by _Watched.request)
+        self.expired = False
+        self.previous = previous
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+class _Watchdog:
+    """One daemon thread per client, started on first use, sleeping until the nearest deadline."""
+
+    _RECHECK = 0.05  # a slot whose request has no socket yet (connecting) is looked at again
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._slots: set[_Slot] = set()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def arm(self, seconds: float) -> _Slot:
+        slot = _Slot(time.monotonic() + seconds, getattr(_local, "slot", None))
+        _local.slot = slot
+        with self._cond:
+            self._slots.add(slot)
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name="stella-remote-deadline",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return slot
+
+    def disarm(self, slot: _Slot) -> None:
+        _local.slot = slot.previous
+        with self._cond:
+            self._slots.discard(slot)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+            self._thread = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                for slot in [s for s in self._slots if s.deadline <= now]:
+                    slot.expired = True
+                    if _shut_down(slot):
+                        self._slots.discard(slot)
+                    else:
+                        slot.deadline = now + self._RECHECK
+                nearest = min((s.deadline for s in self._slots), default=None)
+                self._cond.wait(None if nearest is None else max(0.0, nearest - time.monotonic()))
+
+
+def _shut_down(slot: _Slot) -> bool:
+    """Shut down the socket of the slot's request; False when it has none (yet)."""
+    import socket
+
+    conn = slot.conn
+    sock = getattr(conn, "sock", None)
+    if sock is None or getattr(conn, "_stella_slot", None) is not slot:
+        return False
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the request fails (or has finished) anyway
+    return True
+
+
+_POOLS: tuple[Any, Any] | None = None
+
+
+def _watched_pools() -> tuple[Any, Any]:
+    """urllib3 pool classes whose connections tell the running request's slot which socket to
+    shut down (pool classes are chosen per scheme by PoolManager.pool_classes_by_scheme)."""
+    global _POOLS
+    if _POOLS is None:
+        import urllib3
+        from urllib3.connection import HTTPConnection as _Plain, HTTPSConnection as _TLS
+
+        class _Watched:
+            def request(self, *args: Any, **kwargs: Any) -> Any:
+                slot = getattr(_local, "slot", None)
+                self._stella_slot = slot  # a reused connection belongs to its newest request only
+                if slot is not None:
+                    slot.conn = self
+                return super().request(*args, **kwargs)  # type: ignore[misc]
+
+        # Named as urllib3's own classes: their names appear in connection error messages.
+        class HTTPConnection(_Watched, _Plain):
+            pass
+
+        class HTTPSConnection(_Watched, _TLS):
+            pass
+
+        class _HTTPPool(urllib3.HTTPConnectionPool):
+            ConnectionCls = HTTPConnection
+
+        class _HTTPSPool(urllib3.HTTPSConnectionPool):
+            ConnectionCls = HTTPSConnection
+
+        _POOLS = (_HTTPPool, _HTTPSPool)
+    return _POOLS
 
 
 class _FileSource:

@@ -20,16 +20,20 @@ Conventions (documented for bundle consumers):
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
+import os
 import re
-import json
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stella_build.rules.evidence.bounded import MAX_JSON_BYTES, DocumentError, load_json, read_capped
 
 __all__ = [
     "EvidenceError",
+    "MAX_EVIDENCE_BYTES",
     "SourceInfo",
     "Package",
     "RangeEvent",
@@ -39,6 +43,9 @@ __all__ = [
     "Advisory",
     "VexStatement",
     "SbomComponent",
+    "load_json_document",
+    "read_evidence_file",
+    "model_errors",
     "normalize_package_name",
     "trivy_package_name",
     "rfc3339",
@@ -49,16 +56,28 @@ __all__ = [
 
 
 class EvidenceError(Exception):
-    """Bad evidence input: names the file (``path``), the field and what is wrong."""
+    """Bad evidence input: names the file (``path``), the field and what is wrong.
 
-    def __init__(self, path: str, field: str, message: str) -> None:
+    ``reason`` is the machine-readable reason the build reports: ``evidence-invalid`` (bad
+    syntax, a bad field, a parsing limit of ``evidence.bounded`` exceeded) or
+    ``evidence-too-large`` (the file is over its size limit).
+    """
+
+    def __init__(self, path: str, field: str, message: str, reason: str = "evidence-invalid") -> None:
         super().__init__(f"{path}: {field}: {message}")
         self.path = path
         self.field = field
         self.message = message
+        self.reason = reason
+
+    @classmethod
+    def from_document(cls, path: str, exc: DocumentError) -> "EvidenceError":
+        """The EvidenceError for a DocumentError of the bounded loaders, naming ``path``."""
+        return cls(path, exc.field, exc.message,
+                   "evidence-too-large" if exc.too_large else "evidence-invalid")
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep it picklable across worker processes
-        return (EvidenceError, (self.path, self.field, self.message))
+        return (EvidenceError, (self.path, self.field, self.message, self.reason))
 
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
@@ -211,17 +230,46 @@ class SbomComponent(BaseModel):
 # --------------------------------------------------------------------------- helpers
 
 _PEP503 = re.compile(r"[-_.]+")
+# The largest evidence file a source action reads at all (each format then has its own, smaller or
+# equal, limit in evidence.bounded).
+MAX_EVIDENCE_BYTES = MAX_JSON_BYTES
 
 
 def load_json_document(data: bytes, path: str) -> Any:
-    """Parse a JSON evidence file; bad UTF-8 or JSON is an EvidenceError naming file and position."""
+    """Parse a JSON evidence file within the limits of ``evidence.bounded`` (size, nesting, numbers).
+
+    Raises EvidenceError naming ``path``, the field and the position for bad UTF-8 or JSON, NaN or
+    Infinity, oversized numbers, nesting deeper than ``MAX_DEPTH`` and files over
+    ``MAX_JSON_BYTES`` (reason ``evidence-too-large``).
+    """
     try:
-        return json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise EvidenceError(path, "<document>", f"not UTF-8: {exc.reason}") from None
-    except json.JSONDecodeError as exc:
-        raise EvidenceError(path, "<document>",
-                            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        return load_json(data)
+    except DocumentError as exc:
+        raise EvidenceError.from_document(path, exc) from None
+
+
+@contextlib.contextmanager
+def model_errors(path: str) -> Iterator[None]:
+    """Turn a pydantic ValidationError raised while building models from ``path`` into an
+    EvidenceError naming the file and the model field (a safety net: parsers check the fields they
+    read, so a value the model refuses is still bad evidence, not a bug)."""
+    try:
+        yield
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ())) or "<document>"
+        raise EvidenceError(path, field, f"{first.get('msg', 'invalid value')} "
+                            f"(got {type(first.get('input')).__name__})") from None
+
+
+def read_evidence_file(file: str | os.PathLike, path: str, limit: int = MAX_EVIDENCE_BYTES) -> bytes:
+    """The bytes of the evidence file ``file`` (logical path ``path``), refused with an
+    EvidenceError (reason ``evidence-too-large``) when it is larger than ``limit`` bytes, before
+    it is read. Source actions read their inputs through here."""
+    try:
+        return read_capped(file, limit, "the file")
+    except DocumentError as exc:
+        raise EvidenceError.from_document(path, exc) from None
 
 
 def normalize_package_name(ecosystem: str, name: str) -> str:

@@ -14,27 +14,54 @@ wins:
    ``SOURCE_DATE_EPOCH < expires``; an expired one is reported in the finding but not applied;
 3. ``severity.block_at`` → block, ``severity.warn_at`` → warn, else ``severity.below_warn`` → allow.
 
-Effective severity: the highest CVSS base score of the newest CVSS version the advisory carries
-(v4, else v3, else v2) with the rating the ``cvss`` library computed; else the highest vendor label
-(CRITICAL, HIGH, MODERATE/MEDIUM, LOW); else ``severity.unknown_as``.
+Effective severity: ``rules/evidence/severity.py`` (CVSS v4 > v3.1 > v3.0 > v2 > textual labels),
+the same function the Trivy mapping uses; an advisory without any gets ``severity.unknown_as``.
+
+Matching (``advisory_key`` / ``component_key`` / ``release_applies``): advisories and SBOM
+components meet on (base ecosystem, match name): PyPI names PEP 503-normalized, crates.io
+lower-case with ``_`` = ``-``, Go module paths and Swift URLs as written (case-sensitive, as Trivy
+looks them up), every other ecosystem lower-case (npm, Maven ``group:artifact``, NuGet, Packagist,
+RubyGems, Hex, Pub: Trivy lower-cases them too). An ecosystem's ``:<suffix>`` (OSV allows one)
+then has to agree with the component: a distribution release (``Debian:12``, ``Ubuntu:22.04:LTS``,
+``Alpine:v3.18``) with the purl's ``distro`` qualifier (``debian-12``, ``debian-12.5``,
+``bookworm``, ``ubuntu-22.04``, ``jammy``, ``alpine-3.18.4``, ``3.18.4``), a repository URL
+(``Maven:https://…``, ``Packagist:https://…``) with the purl's ``repository_url``. A component
+that cannot be compared (no or an unknown ``distro``) is listed in ``componentsNotEvaluated`` with
+the reason, never silently dropped. Alpine secdb records use the secdb rule
+(``versions.alpine_fixed_version``: affected below the branch's highest fixed version).
+
+Operating-system packages (``evidence/distros.py``): a ``pkg:deb``, ``pkg:rpm`` or ``pkg:apk``
+purl names its distribution by its namespace (``debian``, ``ubuntu``, ``alma``/``almalinux``,
+``rocky``, ``opensuse``, ``suse``, ``wolfi``, ``chainguard``, ``alpine``) and is matched the way
+that distribution's Trivy detector looks packages up: dpkg and apk packages by their source
+package (the purl's ``upstream`` qualifier, ``name[@version]`` as Syft writes it, else the binary
+name) and the source version when the qualifier gives one, RPM packages by their own name
+(case-sensitive, as RPM names are) and ``epoch:version-release`` (the ``epoch`` qualifier). RPM
+records that list their binaries (``ecosystem_specific.binaries``) match each of them. Releases:
+AlmaLinux and Rocky Linux by major version (``AlmaLinux:9`` ~ ``distro=alma-9.3``), openSUSE /
+SUSE by product line (``SUSE:Linux Enterprise Server 15 SP5`` ~ ``distro=sles-15.5``), Wolfi and
+Chainguard have none. A component of a distribution release for which the inputs hold no
+advisory at all is listed in ``componentsNotEvaluated`` (``components_without_data``): no
+finding there means "no data", not "not vulnerable".
 """
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
-    "Policy", "PolicyError", "load_policy_toml", "policy_from_dict", "component_key",
-    "match_components", "effective_severity", "evaluate", "purl_matches", "LEVELS",
+    "Policy", "PolicyError", "load_policy_toml", "policy_from_dict", "component_key", "advisory_key",
+    "match_name", "release_applies", "match_components", "effective_severity", "evaluate",
+    "purl_matches", "LEVELS", "advisory_keys", "component_version", "data_release",
+    "components_without_data",
 ]
 
 Level = Literal["none", "low", "medium", "high", "critical"]
 LEVELS: tuple[str, ...] = ("none", "low", "medium", "high", "critical")
-_VENDOR_LEVELS = {"CRITICAL": "critical", "HIGH": "high", "MODERATE": "medium", "MEDIUM": "medium",
-                  "LOW": "low", "NONE": "none"}
 _FORBID = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -133,22 +160,183 @@ def _purl(text: str):
     return PackageURL.from_string(text)
 
 
+_PEP503 = re.compile(r"[-_.]+")
+# Ecosystems whose names are case-sensitive where Trivy looks them up (trivy-db NormalizePkgName
+# keeps Go, CocoaPods and Julia as written; Swift URLs too, minus https:// and .git).
+_CASE_SENSITIVE = {"Go", "SwiftURL", "AlmaLinux", "Rocky Linux", "openSUSE", "SUSE"}  # RPM names too
+
+
+def match_name(ecosystem: str, name: str) -> str:
+    """The spelling advisories and components are matched on (see the module docstring)."""
+    base = ecosystem.split(":", 1)[0]
+    if base == "PyPI":
+        return _PEP503.sub("-", name).lower()
+    if base == "crates.io":
+        return name.lower().replace("_", "-")
+    if base in _CASE_SENSITIVE:
+        return name
+    return name.lower()
+
+
+def advisory_key(adv: dict) -> tuple[str, str]:
+    """(base ecosystem, match name) of a normalized advisory (canonical dict)."""
+    base = adv["ecosystem"].split(":", 1)[0]
+    return base, match_name(base, adv["package"]["normalized"])
+
+
+def advisory_keys(adv: dict) -> list[tuple[str, str]]:
+    """Every (base ecosystem, match name) an advisory applies to: ``advisory_key``, or for an RPM
+    distribution record listing its binaries (``ecosystem_specific.binaries``) one key per binary,
+    as the Trivy mapping writes it."""
+    from stella_build.rules.evidence.distros import distro, record_binaries
+
+    base, _ = key = advisory_key(adv)
+    d = distro(base)
+    if d is not None and d.lookup == "binary":
+        binaries = record_binaries(adv.get("ecosystem_specific") or ())
+        if binaries:
+            return list(dict.fromkeys((base, match_name(base, b)) for b in binaries))
+    return [key]
+
+
+def _os_distro(p):
+    """The distribution of an OS package purl (deb / rpm / apk with a known namespace), or None."""
+    from stella_build.rules.evidence.distros import distro_for_purl
+
+    if p.type.lower() not in ("deb", "rpm", "apk"):
+        return None
+    return distro_for_purl(p.type, p.namespace)
+
+
 def component_key(component: dict) -> Optional[tuple[str, str]]:
-    """(ecosystem, normalized package name) of an SBOM component, as advisories are keyed."""
-    from stella_build.rules.evidence.model import normalize_package_name
+    """(base ecosystem, match name) of an SBOM component, or None for an unsupported purl type."""
+    from stella_build.rules.evidence.distros import source_from_purl
 
     eco = component.get("ecosystem")
     if not eco:
         return None
     p = _purl(component["purl"])
     base = eco.split(":", 1)[0]
+    d = _os_distro(p)
+    if d is not None:
+        # the distribution's own records, looked up as its scanner does: source packages for
+        # dpkg and apk (upstream qualifier), RPM names for RPM distributions
+        name = p.name if d.lookup == "binary" else source_from_purl(p.type, p.name, p.version, p.qualifiers)[0]
+        return d.base, match_name(d.base, name)  # pkg:deb/ubuntu/…: Ubuntu's records, not Debian's
     if base in ("Go", "npm") and p.namespace:
         name = f"{p.namespace}/{p.name}"
     elif base == "Maven" and p.namespace:
         name = f"{p.namespace}:{p.name}"
+    elif base == "Packagist" and p.namespace:
+        name = f"{p.namespace}/{p.name}"
     else:
         name = p.name
-    return eco, normalize_package_name(eco, name)
+    return base, match_name(base, name)
+
+
+_MAVEN_CENTRAL = "https://repo.maven.apache.org/maven2"
+
+
+def _repo_url(text: Optional[str]) -> str:
+    return (text or _MAVEN_CENTRAL).strip().rstrip("/")
+
+
+def release_applies(adv_ecosystem: str, component: dict) -> tuple[bool, Optional[str]]:
+    """Does an advisory of ``adv_ecosystem`` (e.g. "Debian:12") apply to ``component``?
+
+    Returns (applies, reason): ``reason`` is set when the question cannot be answered (the
+    component is then reported as not evaluated). Without a suffix every component of the base
+    ecosystem qualifies (a plain "Maven" record: Maven Central and its mirrors).
+    """
+    base, sep, suffix = adv_ecosystem.partition(":")
+    if not sep:
+        return True, None
+    qualifiers = _purl(component["purl"]).qualifiers or {}
+    if base in ("Maven", "Packagist"):
+        # OSV: the suffix is the repository URL, without a trailing slash
+        default = _MAVEN_CENTRAL if base == "Maven" else "https://packagist.org"
+        return _repo_url(suffix) == _repo_url(qualifiers.get("repository_url") or default), None
+    from stella_build.rules.evidence.distros import DistroError, distro, osv_release, purl_release
+
+    d = distro(base)
+    if d is None:
+        return False, f"release-suffixed ecosystem {adv_ecosystem!r} is not supported"
+    try:
+        # the release itself; an Ubuntu stream (Pro, FIPS) applies to its release's packages
+        wanted = osv_release(adv_ecosystem)[1].version
+    except DistroError:
+        return False, f"unrecognized release in ecosystem {adv_ecosystem!r}"
+    distro_q = qualifiers.get("distro")
+    if not distro_q:
+        return False, f"no distro qualifier to match {adv_ecosystem} records"
+    have = purl_release(d, distro_q)
+    if have is None:
+        return False, f"unrecognized distro {distro_q!r} for {adv_ecosystem} records"
+    return have.version == wanted, None
+
+
+def component_version(ecosystem: str, component: dict) -> Optional[str]:
+    """The version of ``component`` that records of ``ecosystem`` are compared with: for dpkg and
+    apk distributions the source version the purl's ``upstream`` qualifier names (else the
+    component's version), for RPM distributions ``epoch:version-release`` (``epoch``
+    qualifier), else the component's version. None when the component has no version."""
+    from stella_build.rules.evidence.distros import distro, source_from_purl
+
+    version = component.get("version")
+    d = distro(ecosystem.split(":", 1)[0])
+    if d is None or not version:
+        return version
+    p = _purl(component["purl"])
+    qualifiers = p.qualifiers or {}
+    if d.ordering == "rpm":
+        epoch = qualifiers.get("epoch")
+        return f"{epoch}:{version}" if epoch and epoch != "0" and ":" not in version else version
+    return source_from_purl(p.type, p.name, version, qualifiers)[1] or version
+
+
+def data_release(ecosystem: str) -> Optional[tuple[str, str]]:
+    """(distribution, release) an advisory of ``ecosystem`` holds data for; release "*" for a
+    distribution record without a release suffix (it applies to every release); None for
+    ecosystems that are not distributions or whose release is not recognized."""
+    from stella_build.rules.evidence.distros import DistroError, distro, osv_release
+
+    base, sep, _ = ecosystem.partition(":")
+    d = distro(base)
+    if d is None:
+        return None
+    if not sep and d.has_release:
+        return d.base, "*"
+    try:
+        return d.base, osv_release(ecosystem)[1].version
+    except DistroError:
+        return None
+
+
+def components_without_data(components: list[dict], releases: set[tuple[str, str]]) -> list[list[str]]:
+    """[purl, sbom path, reason] for every OS package component (known distribution, with a
+    version) whose distribution release has no advisory among ``releases`` (``data_release``
+    of every advisory in the inputs): Debian 11 packages when only Debian 12 records are there,
+    any Wolfi package when no Wolfi record is. A component whose release cannot be read is listed
+    only when its distribution has no data at all."""
+    from stella_build.rules.evidence.distros import purl_release
+
+    out = []
+    for comp in components:
+        if not comp.get("version") or not comp.get("ecosystem"):
+            continue
+        p = _purl(comp["purl"])
+        d = _os_distro(p)
+        if d is None or (d.base, "*") in releases:
+            continue
+        distro_q = (p.qualifiers or {}).get("distro")
+        rel = purl_release(d, distro_q) if (distro_q or not d.has_release) else None
+        if rel is not None and (d.base, rel.version) in releases:
+            continue
+        if rel is None and any(b == d.base for b, _ in releases):
+            continue  # a release we cannot read: reported per record by release_applies
+        what = f"{d.base} {rel.version}".strip() if rel is not None else d.base
+        out.append([comp["purl"], comp["source_path"], f"no {what} advisories in the inputs"])
+    return out
 
 
 def _fixed_above(eco: str, installed: str, fixed: list[str]) -> Optional[str]:
@@ -157,23 +345,48 @@ def _fixed_above(eco: str, installed: str, fixed: list[str]) -> Optional[str]:
     return min(above, key=functools.cmp_to_key(functools.partial(compare, eco))) if above else None
 
 
-def match_components(adv: dict, components: list[dict]) -> tuple[list[dict], list[list]]:
+def _secdb(adv: dict) -> bool:
+    """An Alpine secdb record (its ranges stand for "fixed in pkgver-rN" entries of one branch)."""
+    return adv["ecosystem"].split(":", 1)[0] == "Alpine" and "secfixes_entries" in (
+        (adv.get("database_specific") or {}).get("alpine") or {})
+
+
+def match_components(adv: dict, components: list[dict]) -> tuple[list[dict], list[list], list[list]]:
     """Matches of one normalized advisory (canonical dict) against components with its key.
 
-    Returns (matches, errors): a match carries what evaluation needs; an error lists
-    [purl, advisory id, reason] for a version that cannot be ordered (never silently skipped).
+    Returns (matches, errors, not_evaluated): a match carries what evaluation needs; an error
+    lists [purl, advisory id, reason] for a version that cannot be ordered; ``not_evaluated``
+    lists [purl, sbom, reason] for a component whose release cannot be compared with the
+    advisory's (never silently skipped).
     """
-    from stella_build.rules.evidence.versions import VersionError, affected
+    from stella_build.rules.evidence.versions import VersionError, affected, alpine_fixed_version, compare
 
-    matches, errors = [], []
+    matches, errors, not_evaluated = [], [], []
+    eco = adv["ecosystem"]
+    secdb_fix = None
+    if _secdb(adv):
+        try:
+            secdb_fix = alpine_fixed_version(eco, adv["fixed_versions"])
+        except VersionError as exc:
+            return [], [[c["purl"], adv["id"], str(exc)] for c in components if c.get("version")], []
     for comp in components:
-        version = comp.get("version")
+        version = component_version(eco, comp)
         if not version:
             continue
+        applies, reason = release_applies(eco, comp)
+        if reason:
+            not_evaluated.append([comp["purl"], comp["source_path"], reason])
+        if not applies:
+            continue
         try:
-            if not affected(adv["ecosystem"], version, adv["ranges"], adv["versions"]):
-                continue
-            fixed = _fixed_above(adv["ecosystem"], version, list(adv["fixed_versions"]))
+            if secdb_fix is not None:
+                if compare(eco, version, secdb_fix) >= 0:
+                    continue
+                fixed = secdb_fix
+            else:
+                if not affected(eco, version, adv["ranges"], adv["versions"]):
+                    continue
+                fixed = _fixed_above(eco, version, list(adv["fixed_versions"]))
         except VersionError as exc:
             errors.append([comp["purl"], adv["id"], str(exc)])
             continue
@@ -185,23 +398,18 @@ def match_components(adv: dict, components: list[dict]) -> tuple[list[dict], lis
             "fixed_version": fixed, "fixed_versions": list(adv["fixed_versions"]),
             "severities": adv["severity"], "summary": adv.get("summary"),
         })
-    return matches, errors
+    return matches, errors, not_evaluated
 
 
 # -- evaluation ---------------------------------------------------------------------------------
 
 def effective_severity(severities: list[dict], unknown_as: str) -> dict:
-    for kind in ("CVSS_V4", "CVSS_V3", "CVSS_V2"):
-        scored = [s for s in severities if s["type"] == kind and s.get("score") is not None]
-        if scored:
-            best = max(scored, key=lambda s: (s["score"], s.get("vector") or ""))
-            return {"level": (best.get("label") or "none").lower(), "score": best["score"],
-                    "type": kind, "vector": best.get("vector")}
-    vendor = [_VENDOR_LEVELS[s["label"].upper()] for s in severities
-              if s["type"] == "vendor" and (s.get("label") or "").upper() in _VENDOR_LEVELS]
-    if vendor:
-        return {"level": max(vendor, key=LEVELS.index), "score": None, "type": "vendor", "vector": None}
-    return {"level": unknown_as, "score": None, "type": "unknown", "vector": None}
+    """``{level, score, type, vector}`` by ``rules/evidence/severity.py``'s precedence; an advisory
+    without any severity gets ``unknown_as`` (type "unknown")."""
+    from stella_build.rules.evidence.severity import effective_severity as shared
+
+    found = shared(severities)
+    return found if found is not None else {"level": unknown_as, "score": None, "type": "unknown", "vector": None}
 
 
 def _name(p) -> tuple:

@@ -2,20 +2,32 @@
 
 Libraries do the ordering wherever a maintained one exists:
 - PyPI: PEP 440 through ``packaging.version``.
-- Go, npm, crates.io: SemVer 2.0 through ``semver`` (Go's leading ``v`` dropped; short forms such
-  as ``1.2`` padded to ``1.2.0`` because some OSV data is written that way).
-- Maven: ``univers.maven.Version`` (a port of Maven's ComparableVersion).
-- Debian: ``debian.debian_support.Version`` (python-debian, Debian's own implementation).
+- Go, npm, crates.io, Hex, Pub, SwiftURL: SemVer 2.0 through ``semver`` (Go's leading ``v``
+  dropped; short forms such as ``1.2`` padded to ``1.2.0`` because some OSV data is written that
+  way).
+- RubyGems: ``univers.gem.GemVersion`` (a port of Gem::Version); NuGet: ``univers.nuget``.
+- Debian and Ubuntu: ``debian.debian_support.Version`` (python-debian, Debian's own implementation).
+- RPM distributions (AlmaLinux, Rocky Linux, openSUSE, SUSE, Red Hat): ``univers.rpm`` (a pure
+  Python rpmvercmp with ``~`` and ``^``, from python-rpm-vercmp and antlir; it passes every vector
+  of rpm's own tests/rpmvercmp.at, which tests/test_os_distros.py holds as data) over
+  ``[epoch:]version[-release]``; the ``rpm`` Python bindings are not on PyPI.
+- Maven: hand-written below (``maven_compare``), because the one PyPI port (``univers.maven``)
+  follows an old ComparableVersion and fails Maven 3.9's own test vectors (``1.0.RELEASE == 1.0``,
+  MNG-6964, MNG-7644; tests/test_semantics.py holds them as data).
 - Alpine: no maintained PyPI library orders apk versions as apk-tools does (univers reuses
   Gentoo's rules, which reject ``_git``/``_svn`` suffixes and ``~hash``), so ``apk_compare`` below
   follows apk-tools' tokenizer (src/version.c): digits, one letter, ``_suffix[N]`` (alpha < beta <
-  pre < rc < (none) < cvs < svn < git < hg < p), ``~commit`` and ``-rN``.
+  pre < rc < (none) < cvs < svn < git < hg < p), ``~commit`` and ``-rN``. Wolfi and Chainguard
+  packages are apk packages and use the same order.
 
-``affected`` implements the OSV evaluation algorithm (https://ossf.github.io/osv-schema/):
-events of a range are sorted by version, ``introduced`` switches on, ``fixed`` (at or above) and
-``last_affected`` (strictly above) switch off, ``limit`` caps the range, ``introduced: "0"`` means
-"from the beginning"; ranges are OR'ed together with the explicit ``versions`` list. GIT ranges
-are never evaluated here (they need a commit graph).
+``affected`` implements the OSV evaluation algorithm (https://ossf.github.io/osv-schema/,
+"Evaluation"): events of a range are sorted by version, ``introduced`` switches on, ``fixed`` (at
+or above) and ``last_affected`` (strictly above) switch off, ``introduced: "0"`` means "from the
+beginning"; a range with ``limit`` events only holds versions below at least one limit, and a
+limit containing ``*`` is infinity (no limit events = an implicit ``*``); ranges are OR'ed
+together with the explicit ``versions`` list (equal in the ecosystem's order). GIT ranges are never
+evaluated here (they need a commit graph). ``vulnerable_intervals`` gives the same set as
+half-open/closed intervals, which is what the Trivy mapping writes as constraints.
 """
 from __future__ import annotations
 
@@ -35,10 +47,16 @@ __all__ = [
     "sort_key",
     "affected",
     "apk_compare",
+    "rpm_compare",
     "apk_version_valid",
     "rustsec_requirement_matches",
     "cargo_requirement_bounds",
     "semver_successor",
+    "maven_compare",
+    "Interval",
+    "vulnerable_intervals",
+    "range_limit",
+    "alpine_fixed_version",
 ]
 
 
@@ -56,6 +74,16 @@ _ECOSYSTEM_ALIASES = {
     "maven": "Maven",
     "alpine": "Alpine", "apk": "Alpine",
     "debian": "Debian", "deb": "Debian",
+    "ubuntu": "Ubuntu",
+    "almalinux": "AlmaLinux", "alma": "AlmaLinux",
+    "rocky linux": "Rocky Linux", "rocky": "Rocky Linux",
+    "opensuse": "openSUSE", "suse": "SUSE", "red hat": "Red Hat",
+    "wolfi": "Wolfi", "chainguard": "Chainguard",
+    "rubygems": "RubyGems", "gem": "RubyGems",
+    "nuget": "NuGet",
+    "hex": "Hex",
+    "pub": "Pub",
+    "swifturl": "SwiftURL",
 }
 
 
@@ -141,19 +169,190 @@ def semver_successor(v: semver.Version) -> semver.Version:
     return semver.Version(v.major, v.minor, v.patch + 1, prerelease="0")
 
 
-# --------------------------------------------------------------------------- Maven / Debian
+# --------------------------------------------------------------------------- Maven
+
+# Maven's ComparableVersion (maven-artifact 3.9), written here because no maintained PyPI package
+# follows it (see the module docstring). A version parses into nested lists of items: ints,
+# qualifier strings and sub-lists (a "-" or a letter/digit switch opens a sub-list); trailing
+# "null" items (0, the release qualifier, empty lists) are dropped. Qualifiers order
+# alpha < beta < milestone < rc = cr < snapshot < "" = ga = final = release < sp < any other
+# (those lexically); an int is above any qualifier or sub-list.
+_MVN_QUALIFIERS = ("alpha", "beta", "milestone", "rc", "snapshot", "", "sp")
+_MVN_ALIASES = {"ga": "", "final": "", "release": "", "cr": "rc"}
+_MVN_SHORT = {"a": "alpha", "b": "beta", "m": "milestone"}  # only when a digit follows ("a1")
+_MVN_RELEASE = str(_MVN_QUALIFIERS.index(""))
+
+
+def _mvn_qualifier_key(q: str) -> str:
+    # Maven compares these keys as strings: "0".."6" for known qualifiers, "7-<q>" after them.
+    try:
+        return str(_MVN_QUALIFIERS.index(q))
+    except ValueError:
+        return f"{len(_MVN_QUALIFIERS)}-{q}"
+
+
+class _MvnQ(str):
+    """A qualifier item (kept apart from sub-lists and ints by its type)."""
+
+
+def _mvn_item(digits: bool, text: str, followed_by_digit: bool = False) -> Any:
+    if digits:
+        return int(text)
+    if followed_by_digit and len(text) == 1:
+        text = _MVN_SHORT.get(text, text)
+    return _MvnQ(_MVN_ALIASES.get(text, text))
+
+
+def _mvn_is_null(item: Any) -> bool:
+    if type(item) is int:
+        return item == 0
+    if type(item) is _MvnQ:
+        return item == ""
+    return not item
+
+
+def _mvn_normalize(items: list) -> None:
+    while items:
+        last = items[-1]
+        if _mvn_is_null(last):
+            items.pop()
+        elif type(last) is list:
+            # an inner non-null list does not stop the trimming of null items before it
+            for i in range(len(items) - 2, -1, -1):
+                if _mvn_is_null(items[i]):
+                    del items[i]
+                elif type(items[i]) is not list:
+                    break
+            return
+        else:
+            return
+
 
 @functools.lru_cache(maxsize=65536)
-def _maven(v: str) -> Any:
-    from univers.maven import Version as MavenVersion  # imported lazily: rarely needed
-
+def _maven(v: str) -> list:
+    """Parse a Maven version into ComparableVersion's item tree (nested lists)."""
     if not v.strip():
         raise VersionError("empty Maven version")
-    return MavenVersion(v)
+    text = v.lower()
+    root: list = []
+    current = root
+    stack = [root]
+
+    def open_list() -> None:
+        nonlocal current
+        sub: list = []
+        current.append(sub)
+        current = sub
+        stack.append(sub)
+
+    digits, start = False, 0
+    for i, c in enumerate(text):
+        if c == "." or c == "-":
+            current.append(0 if i == start else _mvn_item(digits, text[start:i]))
+            start = i + 1
+            if c == "-":
+                open_list()
+        elif c.isdecimal():
+            if not digits and i > start:  # "x1": the qualifier becomes a sub-list (MNG-7644)
+                if current:
+                    open_list()
+                current.append(_mvn_item(False, text[start:i], followed_by_digit=True))
+                start = i
+                open_list()
+            digits = True
+        else:
+            if digits and i > start:
+                current.append(_mvn_item(True, text[start:i]))
+                start = i
+                open_list()
+            digits = False
+    if len(text) > start:
+        if not digits and current:
+            open_list()
+        current.append(_mvn_item(digits, text[start:]))
+    while stack:
+        _mvn_normalize(stack.pop())
+    return root
 
 
-def _maven_cmp(a: str, b: str) -> int:
-    va, vb = _maven(a), _maven(b)
+def _mvn_cmp_item(a: Any, b: Any) -> int:
+    """ComparableVersion's Item.compareTo; ``b`` None is "nothing left on that side"."""
+    ta = type(a)
+    if ta is int:
+        if b is None:
+            return 1 if a else 0
+        if type(b) is int:
+            return (a > b) - (a < b)
+        return 1
+    if ta is _MvnQ:
+        if b is None:
+            ka = _mvn_qualifier_key(a)
+            return (ka > _MVN_RELEASE) - (ka < _MVN_RELEASE)
+        if type(b) is int or type(b) is list:
+            return -1
+        ka, kb = _mvn_qualifier_key(a), _mvn_qualifier_key(b)
+        return (ka > kb) - (ka < kb)
+    # a is a list
+    if b is None:
+        for item in a:
+            r = _mvn_cmp_item(item, None)
+            if r:
+                return r
+        return 0
+    if type(b) is int:
+        return -1
+    if type(b) is _MvnQ:
+        return 1
+    for i in range(max(len(a), len(b))):
+        left = a[i] if i < len(a) else None
+        right = b[i] if i < len(b) else None
+        if left is None:
+            r = 0 if right is None else -_mvn_cmp_item(right, None)
+        else:
+            r = _mvn_cmp_item(left, right)
+        if r:
+            return r
+    return 0
+
+
+def maven_compare(a: str, b: str) -> int:
+    """Order two Maven versions as Maven 3.9's ComparableVersion does (-1, 0, 1).
+
+    Case-insensitive; ``1 == 1.0 == 1-0 == 1.ga == 1.RELEASE``; ``1-rc < 1 < 1-sp < 1-1 < 1.1``.
+    Raises VersionError for an empty version.
+    """
+    return _mvn_cmp_item(_maven(a), _maven(b))
+
+
+# --------------------------------------------------------------------------- RubyGems / NuGet / Debian
+
+@functools.lru_cache(maxsize=65536)
+def _gem(v: str) -> Any:
+    from univers.gem import GemVersion  # imported lazily: rarely needed
+
+    try:
+        return GemVersion(v)
+    except Exception as exc:  # univers raises its own InvalidVersionError (a ValueError)
+        raise VersionError(f"invalid RubyGems version {v!r}: {exc}") from None
+
+
+def _gem_cmp(a: str, b: str) -> int:
+    va, vb = _gem(a), _gem(b)
+    return (va > vb) - (va < vb)
+
+
+@functools.lru_cache(maxsize=65536)
+def _nuget(v: str) -> Any:
+    from univers.nuget import Version as NuGetVersion
+
+    try:
+        return NuGetVersion.from_string(v)
+    except Exception as exc:
+        raise VersionError(f"invalid NuGet version {v!r}: {exc}") from None
+
+
+def _nuget_cmp(a: str, b: str) -> int:
+    va, vb = _nuget(a), _nuget(b)
     return (va > vb) - (va < vb)
 
 
@@ -170,6 +369,27 @@ def _debian(v: str) -> Any:
 def _debian_cmp(a: str, b: str) -> int:
     va, vb = _debian(a), _debian(b)
     return (va > vb) - (va < vb)
+
+
+@functools.lru_cache(maxsize=65536)
+def _rpm(v: str) -> Any:
+    from univers.rpm import RpmVersion
+
+    if not v.strip():
+        raise VersionError("empty RPM version")
+    try:
+        return RpmVersion.from_string(v)
+    except ValueError as exc:  # a non-numeric epoch ("x:1.0")
+        raise VersionError(f"invalid RPM version {v!r}: {exc}") from None
+
+
+def rpm_compare(a: str, b: str) -> int:
+    """Order two ``[epoch:]version[-release]`` strings as rpm does (-1, 0, 1): epochs as
+    integers (none = 0), then rpmvercmp on version and on release (``1.0~rc1 < 1.0 < 1.0^git1 <
+    1.0.1``). Raises VersionError for an empty version or a non-numeric epoch."""
+    from univers.rpm import compare_rpm_versions
+
+    return compare_rpm_versions(_rpm(a), _rpm(b))
 
 
 # --------------------------------------------------------------------------- Alpine (apk)
@@ -311,9 +531,22 @@ _COMPARATORS: dict[str, Callable[[str, str], int]] = {
     "Go": _semver_cmp,
     "npm": _semver_cmp,
     "crates.io": _semver_cmp,
-    "Maven": _maven_cmp,
+    "Maven": maven_compare,
     "Alpine": apk_compare,
     "Debian": _debian_cmp,
+    "Ubuntu": _debian_cmp,
+    "AlmaLinux": rpm_compare,
+    "Rocky Linux": rpm_compare,
+    "openSUSE": rpm_compare,
+    "SUSE": rpm_compare,
+    "Red Hat": rpm_compare,
+    "Wolfi": apk_compare,
+    "Chainguard": apk_compare,
+    "RubyGems": _gem_cmp,
+    "NuGet": _nuget_cmp,
+    "Hex": _semver_cmp,
+    "Pub": _semver_cmp,
+    "SwiftURL": _semver_cmp,
 }
 
 
@@ -335,7 +568,11 @@ def sort_key(ecosystem: str) -> Callable[[str], Any]:
 # --------------------------------------------------------------------------- OSV ranges
 
 _EVENT_KINDS = ("introduced", "fixed", "last_affected", "limit")
-_TIE_ORDER = {"introduced": 0, "last_affected": 1, "fixed": 2, "limit": 3}
+# Events at one version: "fixed X" before "introduced X", so that [a, X) followed by [X, b) (a
+# range reopened at the version that fixed the previous one, as PyPA and GHSA data write it) is
+# [a, b) rather than losing [X, b) to an empty "introduced X, fixed X"; "last_affected X" after
+# "introduced X", so that "introduced X, last_affected X" is exactly X.
+_TIE_ORDER = {"fixed": 0, "introduced": 1, "last_affected": 2, "limit": 3}
 
 
 def _range_parts(r: Any) -> tuple[str, list[tuple[str, str]]]:
@@ -352,18 +589,32 @@ def _range_parts(r: Any) -> tuple[str, list[tuple[str, str]]]:
     return r.type, [(e.kind, e.version) for e in r.events]
 
 
+def range_limit(ecosystem: str, events: Iterable[tuple[str, str]]) -> str | None:
+    """The range's upper limit: the highest ``limit`` event, or None for "no limit".
+
+    OSV's BeforeLimits: a version is inside when it is below *any* limit, so the highest limit
+    bounds the range; a limit containing ``*`` is infinity, and no limit event means an implicit
+    ``*``. Raises VersionError if a limit cannot be ordered.
+    """
+    limits = [v for k, v in events if k == "limit"]
+    if not limits or any("*" in v for v in limits):
+        return None
+    return max(limits, key=sort_key(ecosystem))
+
+
+def _sorted_events(ecosystem: str, events: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    cmp = functools.partial(compare, ecosystem)
+    return sorted((e for e in events if e[0] != "limit"),
+                  key=functools.cmp_to_key(lambda x, y: _event_cmp(cmp, x, y)))
+
+
 def _range_includes(ecosystem: str, version: str, events: list[tuple[str, str]]) -> bool:
     cmp = functools.partial(compare, ecosystem)
-    limits = [v for k, v in events if k == "limit" and v != "*"]
-    if limits and not any(cmp(version, lim) < 0 for lim in limits):
+    limit = range_limit(ecosystem, events)
+    if limit is not None and cmp(version, limit) >= 0:
         return False
-
-    ordered = sorted(
-        (e for e in events if e[0] != "limit"),
-        key=functools.cmp_to_key(lambda x, y: _event_cmp(cmp, x, y)),
-    )
     vulnerable = False
-    for kind, ev in ordered:
+    for kind, ev in _sorted_events(ecosystem, events):
         if kind == "introduced":
             if ev == "0" or cmp(version, ev) >= 0:
                 vulnerable = True
@@ -386,6 +637,21 @@ def _event_cmp(cmp: Callable[[str, str], int], x: tuple[str, str], y: tuple[str,
     return r if r else _TIE_ORDER[kx] - _TIE_ORDER[ky]
 
 
+def _in_versions(ecosystem: str, version: str, versions: Sequence[str]) -> bool:
+    """OSV IncludedInVersions: equal in the ecosystem's order (``1.0`` == ``1.0.0`` in PEP 440,
+    ``5.2.20`` == ``5.2.20.RELEASE`` in Maven); a listed version that cannot be ordered still
+    matches by its exact spelling."""
+    if version in versions:
+        return True
+    for listed in versions:
+        try:
+            if compare(ecosystem, version, listed) == 0:
+                return True
+        except VersionError:
+            continue
+    return False
+
+
 def affected(
     ecosystem: str,
     version: str,
@@ -395,10 +661,11 @@ def affected(
     """OSV evaluation: is ``version`` affected by any non-GIT range or listed in ``versions``?
 
     ``ranges`` are evidence ``Range`` models or OSV range dicts
-    (``{"type": "SEMVER", "events": [{"introduced": "0"}, {"fixed": "1.2"}]}``).
-    Raises VersionError if a version involved cannot be ordered in ``ecosystem``.
+    (``{"type": "SEMVER", "events": [{"introduced": "0"}, {"fixed": "1.2"}]}``); events may be in
+    any order and may include ``limit``. Raises VersionError if a version involved cannot be
+    ordered in ``ecosystem``.
     """
-    if version in versions:
+    if versions and _in_versions(ecosystem, version, versions):
         return True
     for r in ranges:
         rtype, events = _range_parts(r)
@@ -410,6 +677,101 @@ def affected(
         if _range_includes(ecosystem, version, events):
             return True
     return False
+
+
+class Interval(tuple):
+    """``(lower, upper, upper_inclusive)``: the versions ``v`` with ``lower <= v`` (``lower`` None:
+    from the very beginning) and ``v < upper`` (``v <= upper`` when ``upper_inclusive``;
+    ``upper`` None: no upper bound)."""
+
+    __slots__ = ()
+
+    def __new__(cls, lower: str | None, upper: str | None, upper_inclusive: bool = False) -> "Interval":
+        return super().__new__(cls, (lower, upper, upper_inclusive))
+
+    @property
+    def lower(self) -> str | None:
+        return self[0]
+
+    @property
+    def upper(self) -> str | None:
+        return self[1]
+
+    @property
+    def upper_inclusive(self) -> bool:
+        return self[2]
+
+
+def vulnerable_intervals(ecosystem: str, range_: Any) -> list[Interval]:
+    """The versions one non-GIT range marks affected, as disjoint ascending intervals.
+
+    Exactly the set ``affected(ecosystem, v, [range_])`` accepts (tests/test_semantics.py checks
+    this on random event lists): events are sorted first (any file order), ``limit`` caps the
+    result (``range_limit``). The state between two event versions is constant, so the walk
+    looks at each distinct event version twice: *at* it (``last_affected`` there does not apply
+    yet) and *just above* it (everything there applies). A lower bound is always inclusive: only
+    ``last_affected`` makes "at X" differ from "above X", and it switches off.
+    Raises VersionError if a version cannot be ordered.
+    """
+    rtype, events = _range_parts(range_)
+    if rtype == "GIT":
+        return []
+    for kind, _ in events:
+        if kind not in _EVENT_KINDS:
+            raise VersionError(f"unknown range event {kind!r}")
+    cmp = functools.partial(compare, ecosystem)
+    ordered = _sorted_events(ecosystem, events)
+    state = False
+    groups: list[tuple[str, list[str]]] = []
+    for kind, ver in ordered:
+        if kind == "introduced" and ver == "0":
+            state = True  # sorts before every version: the state below the first real event
+        elif groups and cmp(groups[-1][0], ver) == 0:
+            groups[-1][1].append(kind)
+        else:
+            groups.append((ver, [kind]))
+    out: list[Interval] = []
+    lower: str | None = None
+    is_open = state
+    for ver, kinds in groups:
+        at = state
+        for kind in kinds:
+            if kind != "last_affected":
+                at = kind == "introduced"
+            state = kind == "introduced"
+        if is_open and not at:
+            out.append(Interval(lower, ver, False))
+            is_open = False
+        elif not is_open and at:
+            lower, is_open = ver, True
+        if is_open and not state:  # on at X, off just above X: "<= X"
+            out.append(Interval(lower, ver, True))
+            is_open = False
+    if is_open:
+        out.append(Interval(lower, None, False))
+    limit = range_limit(ecosystem, events)
+    if limit is None:
+        return out
+    capped = []
+    for lo, hi, inclusive in out:
+        if lo is not None and cmp(lo, limit) >= 0:
+            continue
+        if hi is None or cmp(hi, limit) >= 0:
+            hi, inclusive = limit, False
+        capped.append(Interval(lo, hi, inclusive))
+    return capped
+
+
+def alpine_fixed_version(ecosystem: str, fixed_versions: Iterable[str]) -> str | None:
+    """The one fixed version an Alpine secdb branch means for an id: the highest (apk order).
+
+    A branch ships one version line of a package; a secfixes entry at a lower version is a fix
+    recorded on an older line (a backport kept in the APKBUILD history), so an installed version
+    below the highest fix may lack it, while every version at or above it has it. Using the
+    highest fix never misses an installed package of the branch's line (docs/trivy-db.md).
+    """
+    fixed = [f for f in fixed_versions if f and f != "0"]
+    return max(fixed, key=sort_key(ecosystem)) if fixed else None
 
 
 # --------------------------------------------------------------------------- Cargo requirements
@@ -459,6 +821,10 @@ def _v(major: int, minor: int, patch: int, pre: str = "") -> semver.Version:
 
 
 def _cargo_bounds(op: str, major: int, minor: int | None, patch: int | None, pre: str) -> tuple[Bound, ...]:
+    # Upper bounds that come from bumping a version (caret, tilde, partial "=1.2", "<=1.2",
+    # wildcards) are the bumped version's lowest pre-release ("2.0.0-0"), as the rustsec crate's
+    # UnaffectedRange writes them: "^1.2.3" holds no 2.0.0 pre-release, so "2.0.0-alpha.1" falls
+    # into the vulnerable gap after it (cargo's own pre-release rule agrees there).
     lo = _v(major, minor or 0, patch or 0, pre)
     if minor is None:
         nxt = _v(major + 1, 0, 0)
@@ -466,8 +832,9 @@ def _cargo_bounds(op: str, major: int, minor: int | None, patch: int | None, pre
         nxt = _v(major, minor + 1, 0)
     else:
         nxt = semver_successor(lo)
+    upper_nxt = nxt if nxt.prerelease else nxt.replace(prerelease="0")
     if op == "=":
-        return ((">=", lo), ("<", nxt))
+        return ((">=", lo), ("<", upper_nxt))
     if op == ">=":
         return ((">=", lo),)
     if op == ">":
@@ -475,17 +842,17 @@ def _cargo_bounds(op: str, major: int, minor: int | None, patch: int | None, pre
     if op == "<":
         return (("<", lo),)
     if op == "<=":
-        return (("<", nxt),)
+        return (("<", upper_nxt),)
     if op == "~":
-        upper = _v(major + 1, 0, 0) if minor is None else _v(major, minor + 1, 0)
+        upper = _v(major + 1, 0, 0, "0") if minor is None else _v(major, minor + 1, 0, "0")
         return ((">=", lo), ("<", upper))
     # caret
     if major > 0 or minor is None:
-        upper = _v(major + 1, 0, 0)
+        upper = _v(major + 1, 0, 0, "0")
     elif minor > 0 or patch is None:
-        upper = _v(0, minor + 1, 0)
+        upper = _v(0, minor + 1, 0, "0")
     else:
-        upper = _v(0, 0, patch + 1)
+        upper = _v(0, 0, patch + 1, "0")
     return ((">=", lo), ("<", upper))
 
 
@@ -513,7 +880,12 @@ def rustsec_requirement_matches(version: str, requirement: str) -> bool:
 def cargo_requirement_bounds(requirement: str) -> tuple[semver.Version | None, semver.Version | None]:
     """The half-open interval [lower, upper) a Cargo requirement allows (None = unbounded).
 
-    Pre-release exclusion is not representable as an interval and is ignored here.
+    This is how the rustsec crate itself evaluates advisories (``Versions::is_vulnerable`` turns
+    patched/unaffected requirements into OSV-style intervals, "because it allows handling
+    pre-releases correctly"): bumped upper bounds are ``X-0`` (``^0.4.0`` → [0.4.0, 0.5.0-0)), so
+    the next line's pre-releases are outside. Cargo's rule that a pre-release only matches a
+    comparator naming the same major.minor.patch (``rustsec_requirement_matches``) is not part of
+    RustSec's semantics and is not applied here.
     """
     lower: semver.Version | None = None
     upper: semver.Version | None = None

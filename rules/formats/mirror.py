@@ -170,11 +170,43 @@ def make_patch(data: bytes, base: bytes | None, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level, dict_data=d, write_checksum=True).compress(data)
 
 
-def unpatch(patch: bytes, base: bytes | None) -> bytes:
-    if base is None:
-        return zstandard.ZstdDecompressor().decompress(patch)
-    d = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-    return zstandard.ZstdDecompressor(dict_data=d).decompress(patch)
+# The largest zstd window a patch may ask for: zstd's own default limit (2^27 = 128 MiB), stated
+# so that a decoder never allocates more for its history, whatever the frame header says.
+MAX_WINDOW_SIZE = 1 << 27
+
+
+class PatchError(ValueError):
+    """A patch that is not one valid zstd frame, or that declares or decodes to more than allowed."""
+
+
+def unpatch(patch: bytes, base: bytes | None, *, max_size: int) -> bytes:
+    """Undo `make_patch`: the file `patch` encodes against `base` (None: plain zstd).
+
+    Patches come from outside (a delta), so the output is bounded: a frame whose header declares
+    more than `max_size` bytes, or asks for a window above MAX_WINDOW_SIZE, is refused before
+    decoding, and decoding streams in 1 MiB steps and stops as soon as the output passes
+    `max_size` (`ZstdDecompressor.decompress` would allocate whatever the header declares: a 64 KiB
+    frame can declare 2 GB). Memory: at most `max_size` + 1 MiB + the window. PatchError when the
+    frame is corrupt or too large; the caller checks the exact length and digest."""
+    try:
+        params = zstandard.get_frame_parameters(patch)
+    except zstandard.ZstdError as exc:
+        raise PatchError(f"not a zstd frame ({exc})") from None
+    if params.content_size != zstandard.CONTENTSIZE_UNKNOWN and params.content_size > max_size:
+        raise PatchError(f"its frame declares {params.content_size} bytes, more than the {max_size} allowed")
+    if params.window_size > MAX_WINDOW_SIZE:
+        raise PatchError(f"its frame asks for a {params.window_size}-byte window (at most {MAX_WINDOW_SIZE})")
+    d = None if base is None else zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor(dict_data=d, max_window_size=MAX_WINDOW_SIZE).stream_reader(patch) as reader:
+            while chunk := reader.read(1 << 20):
+                out += chunk
+                if len(out) > max_size:
+                    raise PatchError(f"it decodes to more than the {max_size} bytes allowed")
+    except zstandard.ZstdError as exc:
+        raise PatchError(f"corrupt zstd frame ({exc})") from None
+    return bytes(out)
 
 
 def delta_layout(files: Mapping[str, bytes | Path], oci_root: Path) -> dict:

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from stella_build.engine.rule_api import canonical_json
-from stella_build.engine.rule_api import write_atomic
+from stella_build.engine.rule_api import canonical_json, file_sha256, write_atomic
+from stella_build.rules.evidence.bounded import load_json, read_capped
+
+MAX_DOCUMENT_BYTES = 4 << 20  # OCI manifests and indexes are small; larger ones are refused
 
 MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -87,6 +89,9 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "Descriptor":
+        """A descriptor from its JSON object; KeyError/TypeError/ValueError on a malformed one."""
+        if not isinstance(obj, Mapping):
+            raise TypeError(f"a descriptor is a JSON object, not {type(obj).__name__}")
         return cls(
             media_type=str(obj["mediaType"]),
             digest=str(obj["digest"]),
@@ -456,7 +461,7 @@ class OciLayoutReader:
 
 def _verify_doc(desc: Descriptor, data: bytes, problems: list[LayoutProblem]) -> dict[str, Any] | None:
     try:
-        doc = json.loads(data)
+        doc = load_json(data, MAX_DOCUMENT_BYTES)  # bounded: depth, number sizes (outside data)
     except ValueError as exc:
         problems.append(LayoutProblem(desc.digest, f"not valid JSON: {exc}"))
         return None
@@ -488,14 +493,18 @@ def verify_layout(root: Path) -> list[LayoutProblem]:
     root = Path(root)
     problems: list[LayoutProblem] = []
     try:
-        marker = json.loads((root / "oci-layout").read_bytes())
+        marker = load_json(read_capped(root / "oci-layout", MAX_DOCUMENT_BYTES, "oci-layout"), MAX_DOCUMENT_BYTES)
+        if not isinstance(marker, dict):
+            raise ValueError("not a JSON object")
         if marker.get("imageLayoutVersion") != LAYOUT_VERSION:
             problems.append(LayoutProblem("oci-layout", f"imageLayoutVersion is {marker.get('imageLayoutVersion')!r}"))
     except (OSError, ValueError) as exc:
         problems.append(LayoutProblem("oci-layout", f"missing or unreadable: {exc}"))
     try:
-        index = json.loads((root / "index.json").read_bytes())
+        index = load_json(read_capped(root / "index.json", MAX_DOCUMENT_BYTES, "index.json"), MAX_DOCUMENT_BYTES)
         entries = index["manifests"]
+        if not isinstance(entries, list):
+            raise TypeError("manifests is not a list")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         problems.append(LayoutProblem("index.json", f"missing or malformed: {exc}"))
         return problems
@@ -516,13 +525,19 @@ def verify_layout(root: Path) -> list[LayoutProblem]:
         if not path.is_file():
             problems.append(LayoutProblem(desc.digest, f"blob missing (referenced from {parent})"))
             continue
-        data = path.read_bytes()
-        if len(data) != desc.size:
-            problems.append(LayoutProblem(desc.digest, f"size {len(data)} != descriptor size {desc.size} (from {parent})"))
-        if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
+        size = path.stat().st_size
+        if size != desc.size:
+            problems.append(LayoutProblem(desc.digest, f"size {size} != descriptor size {desc.size} (from {parent})"))
+            continue
+        if "sha256:" + file_sha256(path) != desc.digest:  # streamed: a blob may be large
             problems.append(LayoutProblem(desc.digest, f"content does not hash to its name (from {parent})"))
             continue
         if desc.media_type in (MEDIA_TYPE_MANIFEST, MEDIA_TYPE_INDEX):
+            if size > MAX_DOCUMENT_BYTES:
+                problems.append(LayoutProblem(desc.digest, f"manifest/index of {size} bytes is over the "
+                                                           f"{MAX_DOCUMENT_BYTES}-byte limit"))
+                continue
+            data = path.read_bytes()
             doc = _verify_doc(desc, data, problems)
             if doc is None:
                 continue

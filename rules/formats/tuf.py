@@ -11,7 +11,14 @@ Reproducibility rules:
 - Files are canonical JSON (sorted keys, compact); signatures are ordered by keyid.
 - `consistent_snapshot` is false: files are `root.json`, `1.root.json`, `targets.json`,
   `snapshot.json`, `timestamp.json`, and targets are fetched by their plain relative path.
-  Every build is version 1 (no root rotation; a new mirror means a new trust bootstrap).
+- Versions: root is version 1 (no root rotation; a new root means a new trust bootstrap).
+  targets, snapshot and timestamp carry the caller's `version`; mirror:full passes
+  SOURCE_DATE_EPOCH (`version_for_epoch`), so versions grow with every publication whose epoch
+  grows, and equal inputs still give equal bytes. Consumers refuse a mirror whose versions go
+  backwards (`mirror apply`: reason `rollback`).
+- The root's expiry may be pinned to an absolute time (`root_expires`) so that the root, and so
+  the trust anchor, stays byte-identical across builds with different epochs; a delta can only
+  be applied when it keeps the base's root.
 
 Private keys come from PEM files (PKCS#8, optionally password-protected); `generate_key` exists for
 tests and first-time users. No key is ever embedded.
@@ -218,6 +225,24 @@ def _expiry(epoch: int, durations: Mapping[str, int], role: str) -> datetime:
     return datetime.fromtimestamp(int(epoch) + seconds, tz=timezone.utc)
 
 
+def version_for_epoch(epoch: int) -> int:
+    """The targets/snapshot/timestamp version of a build at SOURCE_DATE_EPOCH `epoch` (seconds):
+    the epoch itself (TUF versions are positive integers, so at least 1). Monotonic in the epoch,
+    reproducible for equal inputs."""
+    return max(1, int(epoch))
+
+
+def earliest_expiry(epoch: int, durations: Mapping[str, int] | None = None,
+                    root_expires: int | None = None) -> int:
+    """Unix time at which the first role of a repository built at `epoch` expires (a client
+    such as ngclient refuses the whole repository from then on)."""
+    durations = dict(durations or {})
+    times = {r: int(epoch) + int(durations.get(r, DEFAULT_DURATIONS[r])) for r in ROLES}
+    if root_expires is not None:
+        times["root"] = int(root_expires)
+    return min(times.values())
+
+
 def _sign(md: Metadata, signers: list[Signer]) -> bytes:
     for s in signers:
         md.sign(s, append=True)
@@ -236,12 +261,21 @@ def build_tuf_repo(
     durations: Mapping[str, int] | None = None,
     *,
     custom: Mapping[str, Mapping[str, Any]] | None = None,
+    version: int = 1,
+    root_expires: int | None = None,
 ) -> TufRepo:
     """Write signed TUF metadata for `targets` ({relative path: bytes or file}) into `out_dir`.
 
     `epoch` is SOURCE_DATE_EPOCH; `durations` are seconds per role (defaults DEFAULT_DURATIONS).
     `custom` optionally attaches a `custom` object to individual targets (e.g. media types).
+    `version` (>= 1) is the version of targets, snapshot and timestamp (root stays version 1);
+    `root_expires` (unix seconds, after `epoch`) pins the root's expiry instead of
+    `epoch + durations["root"]`.
     """
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TufRepoError(f"TUF version must be a positive integer, got {version!r}")
+    if root_expires is not None and int(root_expires) <= int(epoch):
+        raise TufRepoError(f"TUF root expiry {root_expires} is not after SOURCE_DATE_EPOCH {epoch}")
     durations = dict(durations or {})
     unknown = set(durations) - set(ROLES)
     if unknown:
@@ -256,7 +290,9 @@ def build_tuf_repo(
         path = _check_target_path(rel)
         target_files[path] = _target_file(path, targets[rel], custom.get(rel))
 
-    root = Root(version=1, expires=_expiry(epoch, durations, "root"), consistent_snapshot=False)
+    root_expiry = (datetime.fromtimestamp(int(root_expires), tz=timezone.utc) if root_expires is not None
+                   else _expiry(epoch, durations, "root"))
+    root = Root(version=1, expires=root_expiry, consistent_snapshot=False)
     for role in ROLES:
         for s in keys.for_role(role):
             root.add_key(s.public_key, role)
@@ -265,15 +301,15 @@ def build_tuf_repo(
     files: dict[str, bytes] = {}
     files["1.root.json"] = files["root.json"] = _sign(Metadata(root), keys.for_role("root"))
     files["targets.json"] = _sign(
-        Metadata(Targets(version=1, expires=_expiry(epoch, durations, "targets"), targets=target_files)),
+        Metadata(Targets(version=version, expires=_expiry(epoch, durations, "targets"), targets=target_files)),
         keys.for_role("targets"))
     files["snapshot.json"] = _sign(
-        Metadata(Snapshot(version=1, expires=_expiry(epoch, durations, "snapshot"),
-                          meta={"targets.json": _meta_file(1, files["targets.json"])})),
+        Metadata(Snapshot(version=version, expires=_expiry(epoch, durations, "snapshot"),
+                          meta={"targets.json": _meta_file(version, files["targets.json"])})),
         keys.for_role("snapshot"))
     files["timestamp.json"] = _sign(
-        Metadata(Timestamp(version=1, expires=_expiry(epoch, durations, "timestamp"),
-                           snapshot_meta=_meta_file(1, files["snapshot.json"]))),
+        Metadata(Timestamp(version=version, expires=_expiry(epoch, durations, "timestamp"),
+                           snapshot_meta=_meta_file(version, files["snapshot.json"]))),
         keys.for_role("timestamp"))
 
     _self_check(files)
@@ -309,10 +345,19 @@ class LocalFetcher(FetcherInterface):
         for prefix, base in self._roots.items():
             if url.startswith(prefix):
                 rel = parse.unquote(url[len(prefix):])
-                if _is_safe(rel) and (base / rel).is_file():
-                    return iter([(base / rel).read_bytes()])
+                path = base / rel
+                if _is_safe(rel) and path.is_file() and not path.is_symlink():
+                    return _chunks(path)
                 raise DownloadHTTPError(f"{url}: not found under {base}", 404)
         raise DownloadHTTPError(f"{url}: no local directory for this URL", 404)
+
+
+def _chunks(path: Path, size: int = 1 << 16) -> Iterator[bytes]:
+    """A file in chunks: ngclient stops reading once a file exceeds the length its parent role
+    (or its configured maximum) allows, so an oversized file is never read whole."""
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
 
 
 def _is_safe(rel: str) -> bool:
@@ -338,6 +383,6 @@ def offline_updater(metadata_dir: Path, targets_dir: Path, cache_dir: Path, root
 
 __all__ = [
     "ROLES", "DEFAULT_DURATIONS", "TufRepoError", "DeterministicEcdsaSigner", "load_signer", "signer_for_key",
-    "generate_key",
+    "generate_key", "version_for_epoch", "earliest_expiry",
     "TufKeys", "TufRepo", "build_tuf_repo", "LocalFetcher", "offline_updater",
 ]

@@ -40,7 +40,8 @@ def build(settings, patterns, check, output, sign, base):
     Prints the output paths (stella-out/<package>/<target>/...) and a summary. With
     --output json, prints one object: ok, exit_code, targets, actions{total,executed,
     cached,remote_hits}, outputs{label: [paths]}, errors[{target,file,line,field,message,
-    reason}], duration_s.
+    reason}], warnings[{target,action,file,field,reason,message}] (e.g. quarantined
+    evidence files; also printed as "warning:" lines on stderr), duration_s.
     \b
       stella-build build //profiles/...
       stella-build build -j1 //profiles:json-raw --output json
@@ -62,63 +63,44 @@ def build_options(sign: str | None, base: Path | str | None) -> BuildOptions:
 
 
 def run_build_command(settings, patterns: list[str], options: BuildOptions, *, check: bool = False) -> None:
-    """Analyze, check post-build readiness (keyless: exit 4 before any action), build, carry out
-    the post-build requests, print the summary, record the no-op memo; exits with the build's code."""
-    from stella_build.engine.analysis import analyze
-    from stella_build.engine.build import run_build
+    """Analyze, check post-build readiness (keyless: exit 4 before any action), build, print the
+    summary, record the no-op memo, carry out the post-build steps; exits with the build's code.
+    The composition itself is stella_build/buildrun.py, shared with the service."""
+    from stella_build.buildrun import BuildRequest, carry_out_post_build, execute
 
     workspace = settings.workspace()
-    graph = analyze(workspace, patterns, options)
-    post_build = graph.post_build()
-    for label, request in post_build:
-        _require_post_build_ready(label, request)
     progress = Progress(quiet=settings.quiet or settings.output == "json" and not sys.stderr.isatty())
     remote = settings.remote()
-    summary = run_build(workspace, patterns, cache_dir=settings.cache_dir(), jobs=settings.jobs,
-                        check=check, progress=progress, remote=remote, graph=graph,
-                        warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    request = BuildRequest(patterns=patterns, options=options, cache_dir=settings.cache_dir(),
+                           jobs=settings.jobs, check=check, remote=remote)
+    try:
+        _graph, summary = execute(workspace, request, progress=progress,
+                                  warn=lambda msg: click.echo(f"warning: {msg}", err=True))
+    finally:
+        if remote is not None:
+            remote.close()
     progress.finish()
     data = summary.to_json()
     text = _text_summary(summary, settings, check)
     emit(settings, text, data)
-    if summary.hermetic:
+    # The no-op memo replays stdout only: a build with warnings is not memoized, so every rebuild
+    # (all actions cached) still prints them on stderr.
+    if summary.hermetic and not summary.warnings:
         _record_noop_memo(summary, data, text, workspace, settings)
+    for w in summary.warnings:  # action warnings (e.g. quarantined evidence files), cached ones too
+        where = f"{w['file']}: " if w.get("file") else ""
+        field = f"field '{w['field']}': " if w.get("field") else ""
+        click.echo(f"warning: {where}{field}{w['message']}", err=True)
     for err in summary.errors:
         click.echo(f"error: {err}", err=True)
         if settings.debug and getattr(err, "traceback", None):
             click.echo(err.traceback, err=True)
-    if summary.ok and post_build:
-        _carry_out_post_build(summary, workspace, settings)
+    if summary.ok and summary.post_build:
+        written = carry_out_post_build(summary, workspace)
+        if not settings.quiet:
+            for path in written:
+                click.echo(f"signed keyless: {path}", err=True)
     sys.exit(summary.exit_code)
-
-
-def _require_post_build_ready(label, request) -> None:
-    from stella_build.delivery import keyless
-    from stella_build.engine.errors import StellaError
-    from stella_build.rules.signing import KEYLESS
-
-    if request.kind == KEYLESS:
-        try:
-            keyless.require_keyless_ready(source=request.source, field=request.field)
-        except StellaError as exc:  # name the target and its Exportfile, as analysis errors do
-            info = exc.errors[0]
-            raise type(exc)(info.message, target=str(label), field=info.field, reason=info.reason,
-                            file=request.file, line=request.line) from None
-    else:
-        raise UsageError(f"unknown post-build step {request.kind!r} (requested by {request.source})",
-                         reason="unknown-post-build")
-
-
-def _carry_out_post_build(summary, workspace, settings) -> None:
-    """Keyless signing of the materialized outputs (StellaError → exit 4/5/1/3, no traceback)."""
-    from stella_build.delivery import keyless
-    from stella_build.engine.materialize import out_dir
-
-    dirs = [out_dir(workspace.root, label) for label, _ in summary.post_build]
-    written = keyless.sign_outputs_keyless(dirs)
-    if not settings.quiet:
-        for path in written:
-            click.echo(f"signed keyless: {path}", err=True)
 
 
 def _record_noop_memo(summary, data: dict, text: str, workspace, settings) -> None:

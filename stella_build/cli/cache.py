@@ -53,12 +53,18 @@ def cache_gc(settings, max_size):
 @output_option
 @click.pass_obj
 def cache_verify(settings):
-    """Re-hash every blob; corrupt blobs are deleted so their actions rebuild."""
+    """Check the index and re-hash every blob; a damaged index is replaced by an empty one and
+    corrupt blobs are deleted, so their actions rebuild. Exit 3 when anything was damaged."""
     from stella_build.engine.cache.maintenance import verify
     data = verify(settings.cache_dir())
+    repaired = data["index"]["repaired"]
+    bad = data["bad_results_removed"]
     emit(settings, f"corrupt blobs removed: {len(data['corrupt_blobs_removed'])}\n"
-                   f"results with missing blobs: {data['results_with_missing_blobs']}", data)
-    sys.exit(3 if data["corrupt_blobs_removed"] else 0)
+                   f"bad action results removed: {len(bad)}\n"
+                   f"results with missing blobs: {data['results_with_missing_blobs']}\n"
+                   + (f"index: damaged ({repaired}); replaced by an empty index"
+                      if repaired else "index: ok"), data)
+    sys.exit(3 if data["corrupt_blobs_removed"] or repaired or bad else 0)
 
 
 @cache.command("push-all")
@@ -72,6 +78,9 @@ def cache_push_all(settings, patterns):
     remote = settings.remote()
     if remote is None:
         raise UsageError("cache push-all needs --remote-cache URL or STELLA_REMOTE_CACHE", field="--remote-cache")
+    if not remote.upload:
+        raise UsageError("cache push-all uploads: it cannot run with --remote-upload=false",
+                         field="--remote-upload")
     from stella_build.engine.scheduler import Executor
     summary = run_build(settings.workspace(), list(patterns), cache_dir=settings.cache_dir(),
                         jobs=settings.jobs, progress=Progress(quiet=settings.quiet))
@@ -84,14 +93,21 @@ def cache_push_all(settings, patterns):
     from stella_build.engine.cache.remote import RemoteCacheError
     from stella_build.engine.errors import BuildFailed
     try:
-        remote.required = True
+        remote.required = True  # any failed upload (a 401 on PUT too) fails the command: exit 1
         sent = executor.upload(summary.outcomes, all_cached=True)
     except RemoteCacheError as exc:
-        raise BuildFailed(f"remote cache upload failed: {exc}", field="--remote-cache") from None
+        raise BuildFailed(f"remote cache upload failed: {exc}", field="--remote-cache",
+                          reason="remote-cache-failed") from None
     finally:
         executor.close()
-    data = {"actions_uploaded": sent, "remote": remote.stats.as_dict()}
-    emit(settings, f"uploaded {sent} action results ({data['remote']['bytes_up']} bytes on the wire)", data)
+        remote.close()
+    skipped = executor.upload_skipped
+    data = {"actions_uploaded": sent, "actions_skipped": skipped, "signed": remote.signer is not None,
+            "remote": remote.stats.as_dict()}
+    emit(settings, f"uploaded {sent} action results{' (signed)' if remote.signer else ''} "
+                   f"({data['remote']['bytes_up']} bytes on the wire)"
+                   + (f"; skipped {skipped} adopted from a remote cache without a trusted signature"
+                      if skipped else ""), data)
 
 
 @cache.command("clean")

@@ -18,12 +18,19 @@ class Settings:
     """The global options of one invocation (main.py), as commands read them."""
 
     def __init__(self, workspace, cache_dir, remote_cache, remote_upload, remote_required, jobs,
-                 output, quiet, debug):
+                 output, quiet, debug, remote_cache_sign_key=None, remote_cache_trust=(),
+                 remote_cache_timeout=None):
         self.workspace_arg = workspace
         self.cache_dir_arg = cache_dir
         self.remote_cache = remote_cache or os.environ.get("STELLA_REMOTE_CACHE")
         self.remote_upload = remote_upload
         self.remote_required = remote_required
+        # Empty values count as unset: CI systems pass an empty string for a missing secret.
+        self.remote_cache_sign_key = (remote_cache_sign_key
+                                      or os.environ.get("STELLA_REMOTE_CACHE_SIGN_KEY") or None)
+        trust = list(remote_cache_trust or ()) or [os.environ.get("STELLA_REMOTE_CACHE_TRUST", "")]
+        self.remote_cache_trust = [p.strip() for item in trust for p in item.split(",") if p.strip()]
+        self.remote_cache_timeout = remote_cache_timeout
         self.jobs = jobs or os.cpu_count() or 1
         self.output = output
         self.quiet = quiet
@@ -34,14 +41,21 @@ class Settings:
         return Workspace.find(explicit=Path(self.workspace_arg) if self.workspace_arg else None)
 
     def remote(self):
-        """A RemoteCache when --remote-cache / STELLA_REMOTE_CACHE is set, else None."""
+        """A RemoteCache when --remote-cache / STELLA_REMOTE_CACHE is set, else None: with the
+        writer key (--remote-cache-sign-key) and trusted keys (--remote-cache-trust) loaded, so a
+        missing or unusable key fails here (TrustMaterialMissing, exit 4) before any action."""
         if not self.remote_cache:
             return None
-        from stella_build.engine.cache.remote import RemoteCache
+        from stella_build.engine.cache.records import RecordSigner, TrustedKeys
+        from stella_build.engine.cache.remote import RemoteCache, RemoteCacheError
+        signer = RecordSigner.from_file(self.remote_cache_sign_key) if self.remote_cache_sign_key else None
+        trust = TrustedKeys.from_files(self.remote_cache_trust)
+        timeout = self.remote_cache_timeout or 10.0
         try:
             return RemoteCache.from_url(self.remote_cache, upload=self.remote_upload,
-                                        required=self.remote_required)
-        except ValueError as exc:
+                                        required=self.remote_required, timeout=timeout,
+                                        signer=signer, trust=trust)
+        except (ValueError, RemoteCacheError) as exc:
             raise UsageError(f"bad remote cache URL: {exc}", field="--remote-cache",
                              reason="bad-remote-cache-url") from None
 
@@ -78,7 +92,8 @@ class CommandFailed(StellaError):
 
 
 _CLICK_TYPES = {
-    "text": None, "dir": click.Path(file_okay=False), "path": click.Path(),
+    "text": None, "dir": click.Path(file_okay=False), "path": click.Path(), "paths": click.Path(),
+    "seconds": click.FloatRange(min=0.1, max=3600.0),
     "output": click.Choice(["text", "json"]), "jobs": click.IntRange(1, 256), "bool": click.BOOL,
 }
 
@@ -90,6 +105,8 @@ def click_option(spec: OptionSpec, **extra):
         kwargs["is_flag"] = True
     else:
         kwargs["type"] = _CLICK_TYPES[spec.kind]
+    if spec.kind == "paths":
+        kwargs["multiple"] = True  # its environment variable is read (comma-separated) by Settings
     if spec.kind == "bool":
         kwargs.update(default=True, show_default=True)
     if spec.kind == "output":

@@ -6,6 +6,10 @@ sits beside the DB. ``--bucket`` (repeat it for nested buckets: ``--bucket 'pip:
 werkzeug``) lists that bucket's keys; ``--key`` prints one value (raw JSON bytes). ``--check``
 runs the structural checks of bbolt's ``tx.Check`` and exits 3 on any error.
 
+A DB the reader cannot follow (a page id out of range, a cycle, elements outside their page) is
+exit 3 with reason ``bbolt-corrupt`` and the page named, whatever the command; JSON (metadata.json,
+values shown with ``--output json``) is parsed within the limits of ``evidence.bounded``.
+
 The bbolt reader lives with the Trivy rules (stella_build.rules.formats.trivy.bbolt) and is imported
 lazily, so the engine keeps no import-time dependency on a concrete rule.
 """
@@ -17,8 +21,11 @@ from pathlib import Path
 
 import click
 
-from stella_build.engine.errors import UsageError, VerificationFailed
+from stella_build.engine.errors import ErrorInfo, UsageError, VerificationFailed
 from stella_build.cli.common import emit
+from stella_build.rules.evidence.bounded import DocumentError, load_json, read_capped
+
+_MAX_METADATA_BYTES = 1 << 20  # metadata.json is ~200 bytes
 
 _HELP = {"help_option_names": ["-h", "--help"]}
 
@@ -57,36 +64,52 @@ def inspect_trivy_db(settings, path, buckets, key, check):
     try:
         reader = BboltReader(db)
     except (BboltError, OSError) as exc:
-        raise VerificationFailed(f"{db}: not a readable bbolt file: {exc}", field="PATH") from None
-    with reader:
-        if check:
-            errors = reader.check()
-            emit(settings, "\n".join(errors) if errors else f"{db}: OK ({reader.meta['hwm']} pages)",
-                 {"path": str(db), "ok": not errors, "errors": errors})
-            if errors:
-                raise VerificationFailed(f"{db}: {len(errors)} structural error(s)", field="PATH")
-            return
-        if key is not None:
-            if not bpath:
-                raise UsageError("--key needs --bucket", field="--key")
-            value = _get(reader, bpath, key.encode())
-            if settings.output == "json":
-                emit(settings, None, {"bucket": list(buckets), "key": key, "value": _json_or_text(value)})
-            else:
-                sys.stdout.write(_decode(value) + "\n")
-            return
-        rows = _listing(reader, bpath)
+        raise VerificationFailed(f"not a readable bbolt file: {str(exc).removeprefix(f'{db}: ')}",
+                                 file=str(db), field="PATH", reason="bbolt-corrupt") from None
+    try:
+        with reader:
+            _inspect(settings, reader, db, buckets, bpath, key, check)
+    except BboltError as exc:  # a page the reader cannot follow; the message names it
+        raise VerificationFailed(f"corrupt bbolt file: {str(exc).removeprefix(f'{db}: ')}", file=str(db),
+                                 field="PATH",
+                                 reason="bbolt-corrupt") from None
+
+
+def _inspect(settings, reader, db: Path, buckets: tuple[str, ...], bpath: tuple[bytes, ...],
+             key: str | None, check: bool) -> None:
+    """The body of `inspect trivy-db` on an open reader (BboltError propagates to the caller)."""
+    if check:
+        errors = reader.check()
+        if errors and settings.output == "json":  # one JSON document: the error object, one entry each
+            raise VerificationFailed("", errors=[ErrorInfo(e, file=str(db), field="PATH", reason="bbolt-corrupt")
+                                                 for e in errors])
+        emit(settings, "\n".join(errors) if errors else f"{db}: OK ({reader.meta['hwm']} pages)",
+             {"path": str(db), "ok": not errors, "errors": errors})
+        if errors:
+            raise VerificationFailed(f"{len(errors)} structural error(s)", file=str(db), field="PATH",
+                                     reason="bbolt-corrupt")
+        return
+    if key is not None:
+        if not bpath:
+            raise UsageError("--key needs --bucket", field="--key")
+        value = _get(reader, bpath, key.encode())
         if settings.output == "json":
-            emit(settings, None, {"bucket": list(buckets), "entries": rows, **_meta(db, bpath)})
-            return
-        meta = _meta(db, bpath)
-        if "metadata" in meta:
-            click.echo("metadata.json: " + json.dumps(meta["metadata"], sort_keys=True))
-        for row in rows:
-            if row["type"] == "bucket":
-                click.echo(f"{row['name']}/\t{row['entries']} entries")
-            else:
-                click.echo(f"{row['name']}\t{row['bytes']} bytes")
+            emit(settings, None, {"bucket": list(buckets), "key": key, "value": _json_or_text(value)})
+        else:
+            sys.stdout.write(_decode(value) + "\n")
+        return
+    rows = _listing(reader, bpath)
+    if settings.output == "json":
+        emit(settings, None, {"bucket": list(buckets), "entries": rows, **_meta(db, bpath)})
+        return
+    meta = _meta(db, bpath)
+    if "metadata" in meta:
+        click.echo("metadata.json: " + json.dumps(meta["metadata"], sort_keys=True))
+    for row in rows:
+        if row["type"] == "bucket":
+            click.echo(f"{row['name']}/\t{row['entries']} entries")
+        else:
+            click.echo(f"{row['name']}\t{row['bytes']} bytes")
 
 
 def _get(reader, bpath: tuple[bytes, ...], key: bytes) -> bytes:
@@ -119,13 +142,14 @@ def _meta(db: Path, bpath: tuple) -> dict:
     if bpath or not meta.is_file():
         return {}
     try:
-        return {"metadata": json.loads(meta.read_text(encoding="utf-8"))}
-    except (OSError, ValueError):
+        return {"metadata": load_json(read_capped(meta, _MAX_METADATA_BYTES), _MAX_METADATA_BYTES)}
+    except (OSError, DocumentError):
         return {}
 
 
 def _json_or_text(value: bytes):
+    """A value as JSON when it parses within the bounded loader's limits, else as text."""
     try:
-        return json.loads(value)
-    except ValueError:
+        return load_json(value)
+    except DocumentError:
         return _decode(value)

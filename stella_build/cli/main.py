@@ -17,9 +17,14 @@ import click
 
 from stella_build.cli import build as build_commands
 from stella_build.cli import cache as cache_commands
+from stella_build.cli import devportal as devportal_commands
 from stella_build.cli import inspect as inspect_commands
+from stella_build.cli import kit as kit_commands
 from stella_build.cli import mirror as mirror_commands
+from stella_build.cli import remote as remote_commands
+from stella_build.cli import serve as serve_commands
 from stella_build.cli import sign as sign_commands
+from stella_build.cli import trivy as trivy_commands
 from stella_build.cli.common import CTX, Settings, global_options
 from stella_build.cli.options import GLOBAL_BY_FLAG, HELP_FLAGS, OptionSpec, hoist_globals
 from stella_build.engine.errors import EXIT_USAGE, StellaError
@@ -92,7 +97,8 @@ def main_group(ctx, **options):
 # One registration per verb family (no registration by import side effect).
 for command in (build_commands.build, build_commands.query, build_commands.explain,
                 build_commands.init, cache_commands.cache, sign_commands.keys, sign_commands.verify,
-                mirror_commands.mirror, inspect_commands.inspect):
+                mirror_commands.mirror, inspect_commands.inspect, serve_commands.serve, remote_commands.remote,
+                kit_commands.kit, devportal_commands.devportal, trivy_commands.trivy_db):
     main_group.add_command(command)
 
 

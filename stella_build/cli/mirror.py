@@ -1,7 +1,9 @@
 """`stella-build mirror …`: verify, apply deltas, decrypt, push/pull mirrors and deltas, build deltas.
 
-Exit codes (design §6): 0 ok · 2 usage (not a mirror, bad reference, missing base) · 3 verification
-failed (digest, TUF, tombstones, out-of-order delta, wrong age identity) · 1 push failed.
+Exit codes (design §6): 0 ok · 2 usage (not a mirror, bad reference, missing base, an output
+directory that is not empty and not an earlier output) · 3 verification failed (digest, unsafe path,
+link, size limit, TUF, tombstones, out-of-order, replayed or rollback delta, wrong age identity) ·
+4 trust material missing · 1 push or pull failed. Every failure carries a reason (docs/mirror.md).
 """
 from __future__ import annotations
 
@@ -15,16 +17,27 @@ from stella_build.cli.common import CTX, CommandFailed, emit
 from stella_build.engine.errors import UsageError, VerificationFailed
 
 
-def _run(fn, *args):
-    """Call a delivery function; its MirrorError becomes the CLI error with the same exit code."""
-    from stella_build.delivery.verify.mirror import MirrorError
+def _run(fn, *args, **kwargs):
+    """Call a delivery function; its MirrorError becomes the CLI error with the same exit code,
+    reason, file and field. An I/O error (disk full, permission denied) is exit 1, reason
+    `io-error`, not a traceback."""
+    from stella_build.delivery.untrusted import MirrorError
 
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except MirrorError as exc:
         if exc.exit_code == 3:
-            raise VerificationFailed(str(exc), reason=exc.reason) from None
-        raise CommandFailed(str(exc), exc.exit_code, reason=exc.reason) from None
+            raise VerificationFailed(str(exc), reason=exc.reason, file=exc.file, field=exc.field) from None
+        raise CommandFailed(str(exc), exc.exit_code, reason=exc.reason, file=exc.file, field=exc.field) from None
+    except OSError as exc:
+        raise CommandFailed(f"{exc.strerror or exc}", 1, reason="io-error",
+                            file=exc.filename if isinstance(exc.filename, str) else None) from None
+
+
+def _force_option(f):
+    return click.option("--force", is_flag=True, default=False,
+                        help="Replace OUT even when it is a non-empty directory that is not an earlier "
+                             "output of this command (everything in it is deleted).")(f)
 
 
 @click.group(context_settings=CTX)
@@ -38,11 +51,13 @@ def mirror():
               help="Also verify the signatures in mirror/signatures/ with this public key.")
 @click.pass_obj
 def mirror_verify(settings, path, key):
-    """Verify a mirror directory: contents, rerunHash, provenance subject, TUF, OCI layout, and with
-    --key its signatures (signatures/export.sig over mirror.tar.zst, signatures/manifest.sig, …).
+    """Verify a mirror directory: no links, contents, rerunHash, provenance subject, TUF, OCI layout
+    and mirror.json, and with --key its signatures (signatures/export.sig over mirror.tar.zst,
+    signatures/manifest.sig, …).
 
-    PATH may also be a delta: its structure, blobs and OCI layout, and with --key the signature over
-    manifest.diff.json (its patches are checked by `mirror apply`, which needs the base).
+    PATH may also be a delta: its structure, paths, blobs and OCI layout, and with --key the
+    signature over manifest.diff.json (its patches are decoded by `mirror apply`, which needs the
+    base).
     """
     from stella_build.delivery.verify.mirror import is_delta, verify_delta_dir, verify_mirror
 
@@ -58,24 +73,27 @@ def mirror_verify(settings, path, key):
 
 
 @mirror.command("apply", context_settings=CTX)
-@click.argument("base", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("base", type=click.Path(file_okay=False, path_type=Path))  # checked after recovery
 @click.argument("delta", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory for the new mirror (may be BASE itself: replaced atomically).")
+              help="Directory for the new mirror: new, empty, a mirror output, or BASE itself (replaced "
+                   "atomically). Anything else: exit 2 unless --force.")
 @click.option("--key", "key", default=None, metavar="COSIGN_PUB",
               help="Require signatures: the delta's over manifest.diff.json before applying, and the new "
                    "mirror's (signatures/) before it replaces anything. Unsigned: exit 4.")
+@_force_option
 @click.pass_obj
-def mirror_apply(settings, base, delta, out, key):
+def mirror_apply(settings, base, delta, out, key, force):
     """Verify BASE and DELTA, apply DELTA, write the new mirror to OUT atomically.
 
     The result is byte-identical to a fresh mirror:full build of the new inputs (signatures and
-    signed OCI layout included), plus appliedExportIds.log. Out-of-order or already-applied deltas
-    are refused (exit 3).
+    signed OCI layout included), plus appliedExportIds.log. Out-of-order, already-applied and
+    rollback deltas are refused (exit 3); nothing is written before every path and the whole
+    delta are checked.
     """
     from stella_build.delivery.mirror_apply import apply_delta
 
-    data = _run(apply_delta, base, delta, out, key)
+    data = _run(apply_delta, base, delta, out, key, force=force)
     emit(settings, f"applied {data['exportId']} onto {data['baseExportId']}: +{data['added']} "
                    f"~{data['changed']} -{data['removed']} files → {out}", {"ok": True, **data})
 
@@ -84,18 +102,21 @@ def mirror_apply(settings, base, delta, out, key):
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-i", "--identity", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="age identity file (AGE-SECRET-KEY-1…, as written by age-keygen).")
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the plaintext mirror: new, empty or a mirror output (exit 2 otherwise, "
+                   "unless --force).")
 @click.option("--key", "key", default=None, metavar="COSIGN_PUB",
               help="Verify the encrypted mirror's signatures with this public key before decrypting.")
+@_force_option
 @click.pass_obj
-def mirror_decrypt(settings, path, identity, out, key):
+def mirror_decrypt(settings, path, identity, out, key, force):
     """Decrypt an encrypted mirror into OUT: the plaintext tree, archive and OCI layout exactly as
     the producer built them before encrypting (checked against mirror.json). The signatures over
     export.json and the provenance are kept; those over the encrypted archive are left out.
     Wrong identity or bad signature: exit 3."""
     from stella_build.delivery.mirror_apply import decrypt_mirror
 
-    data = _run(decrypt_mirror, path, identity, out, key)
+    data = _run(decrypt_mirror, path, identity, out, key, force=force)
     emit(settings, f"decrypted {data['files']} files of {data['exportId']} → {out}", {"ok": True, **data})
 
 
@@ -156,12 +177,14 @@ def mirror_push(settings, layout, reference, plain_http):
 @mirror.command("pull", context_settings=CTX)
 @click.argument("reference")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write the mirror (or delta) output directory to (replaced atomically).")
+              help="Directory to write the mirror (or delta) output directory to (replaced atomically): new, "
+                   "empty or a mirror/delta output (exit 2 otherwise, unless --force).")
 @click.option("--key", "key", default=None, metavar="COSIGN_PUB",
               help="Require the signature referrer and verify it against export.json / manifest.diff.json.")
 @click.option("--plain-http/--https", default=None, help="Default: plain HTTP for loopback registries only.")
+@_force_option
 @click.pass_obj
-def mirror_pull(settings, reference, out, key, plain_http):
+def mirror_pull(settings, reference, out, key, plain_http, force):
     """Pull a mirror or a delta pushed by `mirror push` (REGISTRY/REPO:TAG) into OUT.
 
     Files come back from the artifact's layers, the signature from its referrer; everything is
@@ -169,12 +192,16 @@ def mirror_pull(settings, reference, out, key, plain_http):
     `mirror verify` / `mirror apply`.
     """
     from stella_build.delivery.mirror_pull import pull_mirror
-    from stella_build.delivery.registry import RegistryClient
+    from stella_build.delivery.registry import RegistryClient, RegistryError
 
     base_url, repo, tag = parse_reference(reference, plain_http)
     if not tag:
         raise UsageError(f"{reference}: name the tag to pull (REGISTRY/REPO:TAG)", field="REFERENCE")
-    data = _run(pull_mirror, RegistryClient(base_url, repo), tag, out, key)
+    try:
+        client = RegistryClient(base_url, repo)
+    except RegistryError as exc:
+        raise UsageError(str(exc), field="REFERENCE") from None
+    data = _run(pull_mirror, client, tag, out, key, force=force)
     emit(settings, f"pulled {data['kind']} {data['digest'][:19]}… ({data['files']} files"
                    + (", signature verified" if key else ", signed" if data["signed"] else "") + f") → {out}",
          {"ok": True, **data})

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 class OptionSpec:
     """One option: its spellings, whether it takes a value, its environment variable and help.
 
-    `kind` selects the click type in main.py: "text", "dir", "path", "output", "jobs", "bool",
-    "flag". `memo` says whether the value is part of the no-op memo's identity (entry.py)."""
+    `kind` selects the click type in common.py: "text", "dir", "path", "paths" (repeatable),
+    "seconds", "output", "jobs", "bool", "flag". `memo` says whether the value is part of the
+    no-op memo's identity (entry.py)."""
 
     flags: tuple[str, ...]
     dest: str
@@ -43,6 +44,20 @@ GLOBAL_OPTIONS: tuple[OptionSpec, ...] = (
                "Upload results to the remote cache (--remote-upload=false: read-only)."),
     OptionSpec(("--remote-required",), "remote_required", "flag",
                "Fail the build instead of degrading when the remote cache fails."),
+    OptionSpec(("--remote-cache-sign-key",), "remote_cache_sign_key", "path",
+               "Sign the action results this run uploads to the remote cache with this Ed25519 or "
+               "ECDSA P-256 private key (unencrypted PEM; writers such as CI) "
+               "[env STELLA_REMOTE_CACHE_SIGN_KEY].",
+               envvar="STELLA_REMOTE_CACHE_SIGN_KEY", metavar="PATH"),
+    OptionSpec(("--remote-cache-trust",), "remote_cache_trust", "paths",
+               "Accept remote cache results only when signed by one of these PEM public keys "
+               "(repeatable or comma-separated). Without any, unsigned builds use unauthenticated "
+               "results with a warning and signing builds use none [env STELLA_REMOTE_CACHE_TRUST].",
+               metavar="PUBKEY[,PUBKEY...]"),
+    OptionSpec(("--remote-cache-timeout",), "remote_cache_timeout", "seconds",
+               "Remote cache connect and read timeout, and the total deadline of one small request; "
+               "blob transfers get 1 s more per MiB (default 10) [env STELLA_REMOTE_CACHE_TIMEOUT].",
+               envvar="STELLA_REMOTE_CACHE_TIMEOUT", metavar="SECONDS"),
     OptionSpec(("-j", "--jobs"), "jobs", "jobs", "Parallel actions (default: number of CPUs).",
                memo=False),
     OptionSpec(("--output",), "output", "output", "Result format on stdout (text or json)."),

@@ -8,11 +8,11 @@ are merged: their ranges are OR'ed, as OSV evaluation does anyway.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
 
 import yaml
 
+from stella_build.rules.evidence.bounded import DocumentError, NoAliasesMixin, load_yaml
 from stella_build.rules.evidence.model import (
     Advisory,
     EvidenceError,
@@ -24,6 +24,8 @@ from stella_build.rules.evidence.model import (
     SourceInfo,
     cvss_severity,
     jsonable,
+    load_json_document,
+    model_errors,
     normalize_package_name,
     rfc3339,
 )
@@ -33,8 +35,9 @@ __all__ = ["load_osv_document", "normalize_osv", "osv_package_purl", "yaml_loade
 _YAML_BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _OsvYamlLoader(_YAML_BASE):  # type: ignore[misc, valid-type]
-    """Safe YAML loader that leaves timestamps as the strings the file wrote."""
+class _OsvYamlLoader(NoAliasesMixin, _YAML_BASE):  # type: ignore[misc, valid-type]
+    """Safe YAML loader that leaves timestamps as the strings the file wrote and refuses aliases
+    (see ``evidence.bounded``)."""
 
 
 _OsvYamlLoader.yaml_implicit_resolvers = {
@@ -53,26 +56,17 @@ _RANGE_TYPES = ("ECOSYSTEM", "SEMVER", "GIT")
 
 
 def _parse_bytes(data: bytes, path: str) -> Any:
+    """The document of one OSV file, parsed within the limits of ``evidence.bounded``."""
     if path.endswith((".yaml", ".yml")):
         try:
-            doc = yaml.load(data, Loader=_OsvYamlLoader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise EvidenceError(path, "<document>", f"invalid YAML{where}: {problem}") from None
+            doc = load_yaml(data, _OsvYamlLoader)
+        except DocumentError as exc:
+            raise EvidenceError.from_document(path, exc) from None
         try:
             return jsonable(doc)
         except ValueError as exc:
             raise EvidenceError(path, "<document>", str(exc)) from None
-    try:
-        return json.loads(data)
-    except UnicodeDecodeError as exc:
-        raise EvidenceError(path, "<document>", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    except json.JSONDecodeError as exc:
-        raise EvidenceError(
-            path, "<document>", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+    return load_json_document(data, path)
 
 
 def _require_str(doc: dict, key: str, path: str, field: str) -> str:
@@ -237,10 +231,43 @@ def _time(doc: dict, key: str) -> str | None:
     return None if value is None else rfc3339(value)
 
 
+def _optional(value: Any, kind: type, path: str, field: str) -> None:
+    if value is not None and not isinstance(value, kind):
+        expected = {dict: "a mapping", str: "a string", list: "a list"}[kind]
+        raise EvidenceError(path, field, f"expected {expected}, got {type(value).__name__}")
+
+
+def _check_normalizable(doc: dict, path: str) -> None:
+    """Types the normalized model needs beyond what ``_validate`` (shared with json:raw, which
+    keeps documents verbatim) checks: optional texts, mappings and lists."""
+    for key in ("summary", "details"):
+        _optional(doc.get(key), str, path, key)
+    _optional(doc.get("database_specific"), dict, path, "database_specific")
+    _optional(doc.get("references"), list, path, "references")
+    _optional(doc.get("severity"), list, path, "severity")
+    dbs = doc.get("database_specific") or {}
+    _optional(dbs.get("cwe_ids"), list, path, "database_specific.cwe_ids")
+    for i, aff in enumerate(doc.get("affected") or ()):
+        where = f"affected[{i}]"
+        _optional((aff.get("package") or {}).get("purl"), str, path, f"{where}.package.purl")
+        for key in ("ecosystem_specific", "database_specific"):
+            _optional(aff.get(key), dict, path, f"{where}.{key}")
+        _optional(aff.get("severity"), list, path, f"{where}.severity")
+        for j, r in enumerate(aff.get("ranges") or ()):
+            _optional(r.get("repo"), str, path, f"{where}.ranges[{j}].repo")
+            _optional(r.get("database_specific"), dict, path, f"{where}.ranges[{j}].database_specific")
+
+
 def normalize_osv(doc: dict, path: str, source: SourceInfo) -> list[Advisory]:
     """One ``Advisory`` per affected package of a loaded OSV document (withdrawn ones included,
     with ``withdrawn`` set). Raises EvidenceError naming ``path`` and the field on bad input."""
     _validate(doc, path)
+    _check_normalizable(doc, path)
+    with model_errors(path):
+        return _normalize(doc, path, source)
+
+
+def _normalize(doc: dict, path: str, source: SourceInfo) -> list[Advisory]:
     groups: dict[tuple[str, str], list[dict]] = {}
     for aff in doc.get("affected") or ():
         pkg = aff.get("package")

@@ -5,17 +5,18 @@ The ``[versions]`` table lists Cargo requirements that are *not* vulnerable (``p
 converted to one OSV SEMVER range: the safe requirements become half-open intervals, which are
 merged, and the gaps between them are the vulnerable ranges. Bounds that Cargo writes as
 exclusive (``> 1.2.3``, ``<= 1.2.3``) become the next SemVer version (``1.2.4-0``), which is exact
-under SemVer precedence. Cargo's pre-release matching rule cannot be written as OSV events;
-``stella_build.rules.evidence.versions.rustsec_requirement_matches`` applies it to the kept strings.
+under SemVer precedence. Upper bounds that come from bumping (``^0.4.0`` → ``< 0.5.0-0``) stop
+before the next line's pre-releases, so ``0.5.0-alpha.1`` is vulnerable, as the rustsec crate's
+own ``Versions::is_vulnerable`` (OSV-style intervals) says (``versions.cargo_requirement_bounds``).
 """
 from __future__ import annotations
 
 import re
-import tomllib
 from typing import Any, Optional
 
 import semver
 
+from stella_build.rules.evidence.bounded import MAX_TOML_BYTES, DocumentError, load_toml
 from stella_build.rules.evidence.model import (
     Advisory,
     EvidenceError,
@@ -26,6 +27,7 @@ from stella_build.rules.evidence.model import (
     SourceInfo,
     cvss_severity,
     jsonable,
+    model_errors,
     normalize_package_name,
     rfc3339,
 )
@@ -38,7 +40,14 @@ _ZERO = semver.Version(0, 0, 0)
 
 
 def parse_rustsec(data: bytes, path: str) -> dict[str, Any]:
-    """Split a RustSec file into its TOML front matter (as a dict), title and description."""
+    """Split a RustSec file into its TOML front matter (as a dict), title and description.
+
+    Raises EvidenceError naming ``path``: not UTF-8, no front matter, invalid TOML, and the limits
+    of ``evidence.bounded`` (file size ``MAX_TOML_BYTES``, nesting, integer digits, nan/inf).
+    """
+    if len(data) > MAX_TOML_BYTES:
+        raise EvidenceError(path, "<document>", f"the file is {len(data)} bytes, more than the "
+                            f"{MAX_TOML_BYTES} bytes allowed", "evidence-too-large")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -47,11 +56,16 @@ def parse_rustsec(data: bytes, path: str) -> dict[str, Any]:
     if not m:
         raise EvidenceError(path, "<front matter>", "expected the file to start with a ```toml fenced block")
     try:
-        meta = tomllib.loads(m.group("toml"))
-    except tomllib.TOMLDecodeError as exc:
-        raise EvidenceError(path, "<front matter>", f"invalid TOML: {exc}") from None
+        meta = load_toml(m.group("toml"))
+    except DocumentError as exc:
+        field = "<front matter>" if exc.field == "<document>" else exc.field
+        raise EvidenceError(path, field, exc.message) from None
     title, description = _split_body(m.group("body"))
-    return {"meta": jsonable(meta), "title": title, "description": description}
+    try:
+        meta = jsonable(meta)
+    except ValueError as exc:  # e.g. a TOML local time, which has no JSON form
+        raise EvidenceError(path, "<front matter>", str(exc)) from None
+    return {"meta": meta, "title": title, "description": description}
 
 
 def _split_body(body: str) -> tuple[Optional[str], Optional[str]]:
@@ -157,26 +171,27 @@ def normalize_rustsec(data: bytes, path: str, source: SourceInfo) -> list[Adviso
     rustsec_extra["collection"] = "rust" if "/rust/" in f"/{path}" else "crates"
     affects = meta.get("affected")
     name = adv["package"]
-    return [
-        Advisory(
-            id=adv["id"],
-            aliases=tuple(sorted(set(_str_list(adv, "aliases", path, "advisory.aliases")))),
-            related=tuple(sorted(set(_str_list(adv, "related", path, "advisory.related")))),
-            source=source,
-            source_path=path,
-            ecosystem="crates.io",
-            package=Package(
-                name=name, normalized=normalize_package_name("crates.io", name), purl=f"pkg:cargo/{name}"
-            ),
-            ranges=(Range(type="SEMVER", events=events),),
-            fixed_versions=fixed,
-            severity=severity,
-            summary=parsed["title"],
-            details=parsed["description"],
-            references=tuple(Reference(type=t, url=u) for u, t in sorted(refs)),
-            published=_time("date"),
-            withdrawn=_time("withdrawn"),
-            database_specific={"rustsec": rustsec_extra},
-            ecosystem_specific=({"affects": affects},) if isinstance(affects, dict) and affects else (),
-        )
-    ]
+    with model_errors(path):  # a value the model refuses is bad evidence, not a bug
+        return [
+            Advisory(
+                id=adv["id"],
+                aliases=tuple(sorted(set(_str_list(adv, "aliases", path, "advisory.aliases")))),
+                related=tuple(sorted(set(_str_list(adv, "related", path, "advisory.related")))),
+                source=source,
+                source_path=path,
+                ecosystem="crates.io",
+                package=Package(
+                    name=name, normalized=normalize_package_name("crates.io", name), purl=f"pkg:cargo/{name}"
+                ),
+                ranges=(Range(type="SEMVER", events=events),),
+                fixed_versions=fixed,
+                severity=severity,
+                summary=parsed["title"],
+                details=parsed["description"],
+                references=tuple(Reference(type=t, url=u) for u, t in sorted(refs)),
+                published=_time("date"),
+                withdrawn=_time("withdrawn"),
+                database_specific={"rustsec": rustsec_extra},
+                ecosystem_specific=({"affects": affects},) if isinstance(affects, dict) and affects else (),
+            )
+        ]

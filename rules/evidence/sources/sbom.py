@@ -12,7 +12,9 @@ from typing import Any, Iterator, Optional
 
 from packageurl import PackageURL
 
-from stella_build.rules.evidence.model import EvidenceError, SbomComponent, ecosystem_from_purl_type, load_json_document
+from stella_build.rules.evidence.model import (
+    EvidenceError, SbomComponent, ecosystem_from_purl_type, load_json_document, model_errors,
+)
 
 __all__ = ["load_sbom", "parse_cyclonedx", "parse_spdx", "detect_sbom_format"]
 
@@ -30,10 +32,11 @@ def load_sbom(data: bytes, path: str) -> list[SbomComponent]:
     """Parse a CycloneDX or SPDX JSON SBOM (detected from its content)."""
     doc = load_json_document(data, path)
     fmt = detect_sbom_format(doc)
-    if fmt == "cyclonedx":
-        return parse_cyclonedx(doc, path)
-    if fmt == "spdx":
-        return parse_spdx(doc, path)
+    with model_errors(path):
+        if fmt == "cyclonedx":
+            return parse_cyclonedx(doc, path)
+        if fmt == "spdx":
+            return parse_spdx(doc, path)
     raise EvidenceError(path, "<document>", "neither CycloneDX (bomFormat) nor SPDX (spdxVersion)")
 
 
@@ -98,7 +101,10 @@ def parse_cyclonedx(doc: dict, path: str) -> list[SbomComponent]:
 # --------------------------------------------------------------------------- SPDX
 
 def _spdx_purl(pkg: dict, path: str, where: str) -> tuple[Optional[str], str]:
-    for j, ref in enumerate(pkg.get("externalRefs") or ()):
+    refs = pkg.get("externalRefs") or []
+    if not isinstance(refs, list):
+        raise EvidenceError(path, f"{where}.externalRefs", "expected a list")
+    for j, ref in enumerate(refs):
         if not isinstance(ref, dict):
             raise EvidenceError(path, f"{where}.externalRefs[{j}]", "expected an object")
         category = str(ref.get("referenceCategory", "")).replace("_", "-")
@@ -113,11 +119,18 @@ def parse_spdx(doc: dict, path: str) -> list[SbomComponent]:
     packages = doc.get("packages") or []
     if not isinstance(packages, list):
         raise EvidenceError(path, "packages", "expected a list")
-    by_id = {p.get("SPDXID"): p for p in packages if isinstance(p, dict)}
-    described = list(doc.get("documentDescribes") or ())
-    for rel in doc.get("relationships") or ():
+    by_id = {p["SPDXID"]: p for p in packages if isinstance(p, dict) and isinstance(p.get("SPDXID"), str)}
+    described = doc.get("documentDescribes") or []
+    if not isinstance(described, list):
+        raise EvidenceError(path, "documentDescribes", "expected a list")
+    described = [sid for sid in described if isinstance(sid, str)]
+    relationships = doc.get("relationships") or []
+    if not isinstance(relationships, list):
+        raise EvidenceError(path, "relationships", "expected a list")
+    for rel in relationships:
         if isinstance(rel, dict) and rel.get("relationshipType") == "DESCRIBES" and rel.get("spdxElementId") == "SPDXRef-DOCUMENT":
-            described.append(rel.get("relatedSpdxElement"))
+            if isinstance(rel.get("relatedSpdxElement"), str):
+                described.append(rel["relatedSpdxElement"])
     subject = None
     for sid in described:
         if sid in by_id:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from stella_build.rules.evidence.model import EvidenceError, VexStatement, load_json_document, rfc3339
+from stella_build.rules.evidence.model import (
+    EvidenceError, VexStatement, load_json_document, model_errors, rfc3339,
+)
 
 __all__ = ["load_vex", "parse_openvex", "parse_csaf_vex", "detect_vex_format"]
 
@@ -44,10 +46,11 @@ def load_vex(data: bytes, path: str) -> list[VexStatement]:
     """Parse an OpenVEX or CSAF VEX file (detected from its content)."""
     doc = load_json_document(data, path)
     fmt = detect_vex_format(doc)
-    if fmt == "openvex":
-        return parse_openvex(doc, path)
-    if fmt == "csaf":
-        return parse_csaf_vex(doc, path)
+    with model_errors(path):
+        if fmt == "openvex":
+            return parse_openvex(doc, path)
+        if fmt == "csaf":
+            return parse_csaf_vex(doc, path)
     raise EvidenceError(path, "<document>", "neither OpenVEX (@context openvex.dev/ns) nor CSAF (document.csaf_version)")
 
 
@@ -103,7 +106,7 @@ def parse_openvex(doc: dict, path: str) -> list[VexStatement]:
         else:
             name = _str(vuln, path, f"{where}.vulnerability")
         raw_status = st.get("status")
-        if raw_status not in _OPENVEX_STATUS:
+        if not isinstance(raw_status, str) or raw_status not in _OPENVEX_STATUS:
             raise EvidenceError(path, f"{where}.status", f"expected one of {', '.join(_OPENVEX_STATUS)}, got {raw_status!r}")
         status = _OPENVEX_STATUS[raw_status]
         justification = _str(st.get("justification"), path, f"{where}.justification", required=False)
@@ -138,6 +141,8 @@ def parse_openvex(doc: dict, path: str) -> list[VexStatement]:
 def _csaf_products(doc: dict, path: str) -> dict[str, tuple[str, Optional[str]]]:
     """product_id -> (product, component) from the product tree (branches and relationships)."""
     tree = doc.get("product_tree") or {}
+    if not isinstance(tree, dict):
+        raise EvidenceError(path, "product_tree", "expected an object")
     names: dict[str, str] = {}
 
     def visit_name(fpn: Any, field: str) -> None:
@@ -145,7 +150,18 @@ def _csaf_products(doc: dict, path: str) -> dict[str, tuple[str, Optional[str]]]
             raise EvidenceError(path, field, "expected a full_product_name object")
         pid = _str(fpn.get("product_id"), path, f"{field}.product_id")
         helper = fpn.get("product_identification_helper") or {}
-        names[pid] = helper.get("purl") or helper.get("cpe") or fpn.get("name") or pid  # type: ignore[index]
+        if not isinstance(helper, dict):
+            raise EvidenceError(path, f"{field}.product_identification_helper", "expected an object")
+        # the first of purl, cpe, name that is given names the product, else its id
+        for key, value in (("product_identification_helper.purl", helper.get("purl")),
+                           ("product_identification_helper.cpe", helper.get("cpe")), ("name", fpn.get("name"))):
+            if value:
+                if not isinstance(value, str):
+                    raise EvidenceError(path, f"{field}.{key}", f"expected a string, got {type(value).__name__}")
+                names[pid] = value  # type: ignore[index]
+                break
+        else:
+            names[pid] = pid  # type: ignore[index]
 
     def visit_branches(branches: Iterable[Any], field: str) -> None:
         for i, b in enumerate(branches):
@@ -166,6 +182,8 @@ def _csaf_products(doc: dict, path: str) -> dict[str, tuple[str, Optional[str]]]
         comp = names.get(_str(rel.get("product_reference"), path, f"{field}.product_reference"))  # type: ignore[arg-type]
         parent_id = _str(rel.get("relates_to_product_reference"), path, f"{field}.relates_to_product_reference")
         fpn = rel.get("full_product_name") or {}
+        if not isinstance(fpn, dict):
+            raise EvidenceError(path, f"{field}.full_product_name", "expected an object")
         pid = _str(fpn.get("product_id"), path, f"{field}.full_product_name.product_id")
         products[pid] = (names.get(parent_id, parent_id), comp)  # type: ignore[arg-type]
     return products
@@ -176,7 +194,9 @@ def _by_product(items: Any, path: str, field: str, key: str) -> dict[str, str]:
     for i, item in enumerate(_list(items, path, field)):
         if not isinstance(item, dict):
             raise EvidenceError(path, f"{field}[{i}]", "expected an object")
-        for pid in _list(item.get("product_ids"), path, f"{field}[{i}].product_ids"):
+        for j, pid in enumerate(_list(item.get("product_ids"), path, f"{field}[{i}].product_ids")):
+            if not isinstance(pid, str):
+                raise EvidenceError(path, f"{field}[{i}].product_ids[{j}]", "expected a product id string")
             if isinstance(item.get(key), str):
                 out.setdefault(pid, item[key])
     return out
@@ -211,7 +231,7 @@ def parse_csaf_vex(doc: dict, path: str) -> list[VexStatement]:
                 continue  # "recommended" names products, not a status of the vulnerability
             status = _CSAF_STATUS[raw]
             for j, pid in enumerate(_list(pids, path, f"{where}.product_status.{raw}")):
-                if pid not in products:
+                if not isinstance(pid, str) or pid not in products:
                     raise EvidenceError(path, f"{where}.product_status.{raw}[{j}]", f"unknown product id {pid!r}")
                 product, comp = products[pid]
                 if status == "known_not_affected" and pid not in flags and pid not in threats:

@@ -551,10 +551,23 @@ def write_tree(target: str | os.PathLike | BinaryIO, tree: Mapping, *,
 # Reader
 # --------------------------------------------------------------------------------------------
 
+# The reader reads files it did not write (`stella-build inspect trivy-db`, tests, Go-written DBs),
+# so every page id, element and nesting level is checked before it is followed: a page id must lie
+# in [2, hwm) and inside the file, a page must name itself, elements must lie inside their page,
+# and a walk never visits a page twice (a self-referencing branch used to loop forever). Errors
+# name the page.
+MAX_TREE_DEPTH = 64    # B+tree levels under one bucket root (branch pages hold >= 2 keys: log2(hwm))
+MAX_BUCKET_DEPTH = 64  # nested buckets (Trivy DBs nest 3 deep)
+MAX_NESTING = 200      # tree levels + buckets along one path of check(): bounds its recursion
+_MIN_PAGE_SIZE, _MAX_PAGE_SIZE = 512, 1 << 24  # bbolt probes page sizes 1 KiB << 0..14
+
+
 class BboltReader:
     """Read-only access to a bbolt file (any page size, little-endian).
 
-    Bucket paths are tuples of byte strings; ``()`` is the DB root.
+    Bucket paths are tuples of byte strings; ``()`` is the DB root. Every query raises
+    ``BboltError`` naming the page for a structure it cannot follow (out-of-range page id, a
+    cycle, elements outside their page, too deep); ``check()`` lists such problems instead.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -565,8 +578,14 @@ class BboltReader:
                 raise BboltError(f"{self.path}: file too small for a bbolt DB ({size} bytes)")
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.size = size
-        self.meta = self._load_meta()
+        try:
+            self.meta = self._load_meta()
+        except BboltError:
+            self._mm.close()
+            raise
         self.page_size = self.meta["page_size"]
+        # pages a query may follow: below the high-water mark and inside the file
+        self._pages = min(self.meta["hwm"], self.size // self.page_size)
 
     def close(self) -> None:
         self._mm.close()
@@ -594,6 +613,8 @@ class BboltReader:
             return "checksum error"
         if flags != META_PAGE:
             return f"meta page has flags {flags:#x}"
+        if not _MIN_PAGE_SIZE <= page_size <= _MAX_PAGE_SIZE or page_size & (page_size - 1):
+            return f"invalid page size {page_size}"
         return {"page_size": page_size, "flags": mflags, "root": root, "sequence": seq,
                 "freelist": freelist, "hwm": hwm, "txid": txid}
 
@@ -612,38 +633,57 @@ class BboltReader:
 
     # ---- pages --------------------------------------------------------------------------------
 
-    def _page_view(self, pgid: int) -> tuple[memoryview | mmap.mmap, int]:
+    def _page(self, pgid: int) -> tuple[mmap.mmap, int, int, str]:
+        """(buffer, offset, end, name) of the data page ``pgid`` after checking that it can be
+        read: 2 <= pgid < hwm, inside the file with its overflow pages, and self-identifying."""
+        name = f"page {pgid}"
+        if not 2 <= pgid < self._pages:
+            raise BboltError(f"{self.path}: {name} is out of range (data pages are 2..{self._pages - 1})")
         off = pgid * self.page_size
-        if off + PAGE_HEADER_SIZE > self.size:
-            raise BboltError(f"{self.path}: page {pgid} beyond end of file")
-        return self._mm, off
+        pid, _flags, _count, overflow = _PAGE_HDR.unpack_from(self._mm, off)
+        if pid != pgid:
+            raise BboltError(f"{self.path}: {name} self-identifies as page {pid}")
+        if pgid + overflow >= self._pages:
+            raise BboltError(f"{self.path}: {name}: {overflow} overflow pages run past the last page")
+        return self._mm, off, off + (overflow + 1) * self.page_size, name
 
-    @staticmethod
-    def _elements(buf, off: int) -> tuple[int, list[tuple]]:
-        """(page flags, elements) of the page at ``off``.
-
-        Leaf elements are (flags, key, value), branch elements (key, child pgid)."""
-        _id, pflags, count, _ov = _PAGE_HDR.unpack_from(buf, off)
-        out = []
-        e = off + PAGE_HEADER_SIZE
-        if pflags == LEAF_PAGE:
-            for _ in range(count):
-                fl, pos, ks, vs = _LEAF_ELEM.unpack_from(buf, e)
-                k = e + pos
-                out.append((fl, bytes(buf[k:k + ks]), bytes(buf[k + ks:k + ks + vs])))
-                e += ELEMENT_SIZE
-        elif pflags == BRANCH_PAGE:
-            for _ in range(count):
-                pos, ks, child = _BRANCH_ELEM.unpack_from(buf, e)
-                k = e + pos
-                out.append((bytes(buf[k:k + ks]), child))
-                e += ELEMENT_SIZE
-        return pflags, out
-
-    def _node(self, root: int, inline: bytes | None) -> tuple[object, int]:
+    def _node(self, root: int, inline: bytes | None) -> tuple[object, int, int, str]:
         if inline is not None:
-            return inline, 0
-        return self._page_view(root)
+            return inline, 0, len(inline), "inline page"
+        return self._page(root)
+
+    def _elements(self, buf, off: int, end: int, name: str) -> tuple[int, list[tuple]]:
+        """(page flags, elements) of the page at ``off`` (ending at ``end``).
+
+        Leaf elements are (flags, key, value), branch elements (key, child pgid). Raises
+        BboltError when the element headers or the keys and values they point at are not inside
+        the page, or take more room than it has: what a page can make the reader copy is bounded
+        by its size."""
+        if end - off < PAGE_HEADER_SIZE:
+            raise BboltError(f"{self.path}: {name}: truncated page header")
+        _id, pflags, count, _ov = _PAGE_HDR.unpack_from(buf, off)
+        room = end - off
+        out: list[tuple] = []
+        if pflags not in (LEAF_PAGE, BRANCH_PAGE):
+            return pflags, out
+        if PAGE_HEADER_SIZE + ELEMENT_SIZE * count > room:
+            raise BboltError(f"{self.path}: {name}: {count} elements overflow the page")
+        used = 0
+        e = off + PAGE_HEADER_SIZE
+        for i in range(count):
+            if pflags == LEAF_PAGE:
+                fl, pos, ks, vs = _LEAF_ELEM.unpack_from(buf, e)
+            else:
+                pos, ks, child = _BRANCH_ELEM.unpack_from(buf, e)
+                vs = 0
+            k = e + pos
+            used += ks + vs
+            if k + ks + vs > end or used > room:
+                raise BboltError(f"{self.path}: {name}: element {i} lies outside the page")
+            key = bytes(buf[k:k + ks])
+            out.append((fl, key, bytes(buf[k + ks:k + ks + vs])) if pflags == LEAF_PAGE else (key, child))
+            e += ELEMENT_SIZE
+        return pflags, out
 
     def _bucket(self, path: tuple[bytes, ...]) -> tuple[int, bytes | None]:
         """(root pgid, inline page bytes or None) of the bucket at ``path``."""
@@ -653,32 +693,58 @@ class BboltReader:
             if entry is None or not entry[0] & BUCKET_LEAF_FLAG:
                 raise KeyError(f"no bucket {tuple(path)!r}")
             value = entry[1]
+            if len(value) < BUCKET_HEADER_SIZE:
+                raise BboltError(f"{self.path}: bucket {bytes(name)!r}: value of {len(value)} bytes")
             root, _seq = _BUCKET_HDR.unpack_from(value, 0)
             inline = value[BUCKET_HEADER_SIZE:] if root == 0 else None
+            if inline is not None and len(inline) < PAGE_HEADER_SIZE:
+                raise BboltError(f"{self.path}: bucket {bytes(name)!r}: truncated inline page")
         return root, inline
 
     def _lookup(self, root: int, inline: bytes | None, key: bytes) -> tuple[int, bytes] | None:
-        buf, off = self._node(root, inline)
-        while True:
-            pflags, elems = self._elements(buf, off)
+        buf, off, end, name = self._node(root, inline)
+        seen = {root} if inline is None else set()
+        for _depth in range(MAX_TREE_DEPTH + 1):
+            pflags, elems = self._elements(buf, off, end, name)
             if pflags == BRANCH_PAGE:
+                if not elems:
+                    raise BboltError(f"{self.path}: {name}: empty branch page")
                 keys = [k for k, _ in elems]
-                i = max(bisect_right(keys, key) - 1, 0)
-                buf, off = self._page_view(elems[i][1])
+                child = elems[max(bisect_right(keys, key) - 1, 0)][1]
+                if child in seen:
+                    raise BboltError(f"{self.path}: {name}: child page {child} is already on the path "
+                                     "(a cycle)")
+                seen.add(child)
+                buf, off, end, name = self._page(child)
                 continue
+            if pflags != LEAF_PAGE:
+                raise BboltError(f"{self.path}: {name}: not a branch or leaf page (flags {pflags:#x})")
             for fl, k, v in elems:
                 if k == key:
                     return fl, v
             return None
+        raise BboltError(f"{self.path}: {name}: B+tree deeper than {MAX_TREE_DEPTH} levels")
 
     def _iter(self, root: int, inline: bytes | None) -> Iterator[tuple[int, bytes, bytes]]:
-        buf, off = self._node(root, inline)
-        pflags, elems = self._elements(buf, off)
-        if pflags == BRANCH_PAGE:
-            for _k, child in elems:
-                yield from self._iter(child, None)
-        else:
-            yield from elems
+        """Leaf elements of one bucket in key order; iterative, each page visited at most once."""
+        seen: set[int] = set()
+        stack: list[tuple[int, bytes | None, int]] = [(root, inline, 0)]
+        while stack:
+            pgid, page, depth = stack.pop()
+            if page is None:
+                if pgid in seen:
+                    raise BboltError(f"{self.path}: page {pgid} is reached twice (a cycle)")
+                seen.add(pgid)
+            if depth > MAX_TREE_DEPTH:
+                raise BboltError(f"{self.path}: page {pgid}: B+tree deeper than {MAX_TREE_DEPTH} levels")
+            buf, off, end, name = self._node(pgid, page)
+            pflags, elems = self._elements(buf, off, end, name)
+            if pflags == BRANCH_PAGE:
+                stack.extend((child, None, depth + 1) for _k, child in reversed(elems))
+            elif pflags == LEAF_PAGE:
+                yield from elems
+            else:
+                raise BboltError(f"{self.path}: {name}: not a branch or leaf page (flags {pflags:#x})")
 
     # ---- public queries -------------------------------------------------------------------------
 
@@ -710,25 +776,34 @@ class BboltReader:
         "inline", overflow, keys). Used by tests and inspection tools."""
         root, inline = self._bucket(tuple(bucket_path))
         out: list = []
-
-        def visit(pgid: int, depth: int) -> None:
-            buf, off = self._node(pgid, inline if depth == 0 else None)
+        seen: set[int] = set()
+        stack: list[tuple[int, int]] = [(root, 0)]
+        while stack:
+            pgid, depth = stack.pop()
+            page = inline if depth == 0 else None
+            if page is None:
+                if pgid in seen:
+                    raise BboltError(f"{self.path}: page {pgid} is reached twice (a cycle)")
+                seen.add(pgid)
+            if depth > MAX_TREE_DEPTH:
+                raise BboltError(f"{self.path}: page {pgid}: B+tree deeper than {MAX_TREE_DEPTH} levels")
+            buf, off, end, name = self._node(pgid, page)
             _id, pflags, _count, overflow = _PAGE_HDR.unpack_from(buf, off)
-            _f, elems = self._elements(buf, off)
+            _f, elems = self._elements(buf, off, end, name)
             if pflags == BRANCH_PAGE:
                 out.append((depth, pgid, "branch", overflow, [k for k, _ in elems]))
-                for _k, child in elems:
-                    visit(child, depth + 1)
+                stack.extend((child, depth + 1) for _k, child in reversed(elems))
             else:
-                kind = "inline" if inline is not None else "leaf"
+                kind = "inline" if page is not None else "leaf"
                 out.append((depth, pgid, kind, overflow, [k for _fl, k, _v in elems]))
-
-        visit(root, 0)
         return out
 
     def to_tree(self, bucket_path: Iterable[bytes] = ()) -> dict:
         """The bucket as a nested dict {key: bytes | dict}."""
         path = tuple(bucket_path)
+        if len(path) > MAX_BUCKET_DEPTH:
+            raise BboltError(f"{self.path}: buckets nested deeper than {MAX_BUCKET_DEPTH} levels at "
+                             f"{path[:3]!r}…")
         out: dict = {}
         for k, v in self.items(path):
             out[k] = self.to_tree(path + (k,)) if v is None else v
@@ -752,23 +827,26 @@ class BboltReader:
         if hwm * ps > self.size:
             errors.append(f"file size {self.size} < hwm {hwm} * page size {ps}")
             return errors, stats
-        if self.meta["root"] >= hwm:
-            errors.append(f"root page {self.meta['root']} >= hwm {hwm}")
+        if not 2 <= self.meta["root"] < hwm:
+            errors.append(f"root page {self.meta['root']} is out of range (hwm {hwm})")
             return errors, stats
         reachable: dict[int, str] = {0: "meta0", 1: "meta1"}
         free: set[int] = set()
         fl_pgid = self.meta["freelist"]
         if fl_pgid != PGID_NO_FREELIST:
-            free = self._freelist(fl_pgid, errors)
-            _id, _f, _c, ov = _PAGE_HDR.unpack_from(self._mm, fl_pgid * ps)
-            for i in range(ov + 1):
-                reachable[fl_pgid + i] = "freelist"
+            if not 2 <= fl_pgid < hwm:
+                errors.append(f"freelist page {fl_pgid} is out of range (hwm {hwm})")
+            else:
+                free = self._freelist(fl_pgid, errors)
+                _id, _f, _c, ov = _PAGE_HDR.unpack_from(self._mm, fl_pgid * ps)
+                for i in range(min(ov, hwm - fl_pgid - 1) + 1):
+                    reachable[fl_pgid + i] = "freelist"
 
         def mark(pgid: int, overflow: int, owner: str) -> bool:
+            if pgid + overflow >= hwm:
+                errors.append(f"page {pgid} ({owner}): {overflow} overflow pages run beyond hwm {hwm}")
+                return False
             for p in range(pgid, pgid + overflow + 1):
-                if p >= hwm:
-                    errors.append(f"page {p} ({owner}): beyond hwm {hwm}")
-                    return False
                 if p in reachable:
                     errors.append(f"page {p}: multiple references ({owner}, {reachable[p]})")
                     return False
@@ -778,7 +856,10 @@ class BboltReader:
             return True
 
         def walk_node(buf, off: int, pgid: int | None, lo: bytes | None, hi: bytes | None,
-                      owner: str, depth: int) -> None:
+                      owner: str, depth: int, level: int) -> None:
+            if level > MAX_NESTING:
+                errors.append(f"page {pgid} ({owner}): nested deeper than {MAX_NESTING} levels")
+                return
             pid, pflags, count, overflow = _PAGE_HDR.unpack_from(buf, off)
             if pgid is not None:
                 if pid != pgid:
@@ -793,10 +874,11 @@ class BboltReader:
                 errors.append(f"page {pgid}: empty branch page")
                 return
             end = off + (overflow + 1) * ps if pgid is not None else len(buf)
-            if off + PAGE_HEADER_SIZE + ELEMENT_SIZE * count > end:
-                errors.append(f"page {pgid}: {count} elements overflow the page")
+            try:
+                _flags, elems = self._elements(buf, off, end, f"page {pgid}")
+            except BboltError as exc:
+                errors.append(str(exc).removeprefix(f"{self.path}: "))
                 return
-            _flags, elems = self._elements(buf, off)
             keys = [e[0] if pflags == BRANCH_PAGE else e[1] for e in elems]
             for i in range(1, len(keys)):
                 if keys[i] <= keys[i - 1]:
@@ -813,19 +895,18 @@ class BboltReader:
                     if child >= hwm or child < 2:
                         errors.append(f"page {pgid} ({owner}): child {child} out of range")
                         continue
-                    cbuf, coff = self._page_view(child)
-                    walk_node(cbuf, coff, child, k, nxt, owner, depth)
+                    walk_node(self._mm, child * ps, child, k, nxt, owner, depth, level + 1)
                 return
             if pgid is not None:
                 stats["leaf_pages"] += 1
                 stats["overflow_pages"] += overflow
             for fl, k, v in elems:
                 if fl & BUCKET_LEAF_FLAG:
-                    walk_bucket(v, owner + "/" + k.decode("utf-8", "replace"), depth + 1)
+                    walk_bucket(v, owner + "/" + k.decode("utf-8", "replace"), depth + 1, level + 1)
                 else:
                     stats["keys"] += 1
 
-        def walk_bucket(value: bytes, owner: str, depth: int) -> None:
+        def walk_bucket(value: bytes, owner: str, depth: int, level: int) -> None:
             stats["buckets"] += 1
             stats["max_depth"] = max(stats["max_depth"], depth)
             if len(value) < BUCKET_HEADER_SIZE:
@@ -842,26 +923,24 @@ class BboltReader:
                 if pflags != LEAF_PAGE:
                     errors.append(f"bucket {owner}: inline page is not a leaf")
                     return
-                walk_node(page, 0, None, None, None, owner, depth)
+                walk_node(page, 0, None, None, None, owner, depth, level)
                 return
             if root >= hwm or root < 2:
                 errors.append(f"bucket {owner}: root page {root} out of range")
                 return
-            buf, off = self._page_view(root)
-            walk_node(buf, off, root, None, None, owner, depth)
+            walk_node(self._mm, root * ps, root, None, None, owner, depth, level)
 
         root = self.meta["root"]
-        buf, off = self._page_view(root)
-        walk_node(buf, off, root, None, None, "", 0)
+        walk_node(self._mm, root * ps, root, None, None, "", 0, 0)
         for p in range(hwm):
             if p not in reachable and p not in free:
                 errors.append(f"page {p}: unreachable unfreed")
         return errors, stats
 
     def _freelist(self, pgid: int, errors: list[str]) -> set[int]:
-        ps = self.page_size
+        ps, hwm = self.page_size, self.meta["hwm"]
         off = pgid * ps
-        pid, flags, count, _ov = _PAGE_HDR.unpack_from(self._mm, off)
+        pid, flags, count, ov = _PAGE_HDR.unpack_from(self._mm, off)
         if pid != pgid or flags != FREELIST_PAGE:
             errors.append(f"freelist page {pgid}: bad header (id {pid}, flags {flags:#x})")
             return set()
@@ -869,9 +948,11 @@ class BboltReader:
         if count == 0xFFFF:
             count, = _U64.unpack_from(self._mm, start)
             start += 8
+        if start + 8 * count > min(off + (ov + 1) * ps, hwm * ps):
+            errors.append(f"freelist page {pgid}: {count} ids overflow the page")
+            return set()
         ids = struct.unpack_from(f"<{count}Q", self._mm, start) if count else ()
         free = set(ids)
         if len(free) != len(ids):
             errors.append("freelist: page freed twice")
         return free
-

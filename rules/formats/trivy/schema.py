@@ -15,10 +15,26 @@ Choices (documented in docs/trivy-db.md):
 - Vulnerability ids follow trivy-db's ``groupVulnIDs``: the CVE ids among id + aliases are the keys
   (one entry each), the other ids become ``VendorIDs``; without a CVE the record's own id is the
   key and all aliases are ``VendorIDs``.
-- ``VulnerableVersions`` are built like osv/range.go: each ``introduced`` opens a range,
-  ``fixed`` closes it (``<x``), ``last_affected`` closes it inclusively (``<=x``); ``>=0`` is
-  omitted; an ``introduced == last_affected`` range is ``=x``; explicit ``versions`` not inside a
-  range are added as ``=v``; GIT ranges and ``limit`` events are ignored (as trivy-db does).
+- ``VulnerableVersions`` are the OSV evaluation's own intervals (``versions.vulnerable_intervals``:
+  events sorted whatever the file order, ``limit`` applied), one constraint per interval:
+  ``>=a, <b`` / ``>=a, <=b`` / ``=a`` / ``>=a``; an interval from the very beginning has no lower
+  bound (``<b``), and "every version" (``introduced 0`` with nothing closing it) is the pair
+  ``<=0``, ``>=0`` (``EVERY_VERSION``; a lone ``>=0`` misses Go pseudo-versions and pre-releases:
+  ``0.0.0-2021…`` < ``0``).
+  Every Trivy comparer evaluates these as plain version order: go-version (Go, Cargo, NuGet,
+  Composer, Pub, Hex, Swift) has no pre-release rule, and Trivy runs the PEP 440 and npm
+  comparers with pre-releases included. Explicit ``versions`` not inside a range are added as
+  ``=v``; GIT ranges are ignored. Ecosystems we cannot order (Packagist) keep the events in file
+  order (trivy-db's osv/range.go walk) and ignore ``limit``.
+- Package keys: trivy-db ``NormalizePkgName`` of every spelling a Trivy parser can look the
+  package up by (``trivy_pkg_names``): for PyPI the record's spelling, its PEP 503 form (``-``)
+  and its all-``.`` form (``zope.interface``, ``zope-interface``), since Trivy lower-cases and
+  maps ``_`` to ``-`` but keeps ``.``; every other ecosystem has one spelling after Trivy's own
+  lower-casing (npm, Maven, NuGet, Composer…) or is case-sensitive (Go).
+- Alpine ``FixedVersion`` is the highest fixed version (apk order) of the id in the branch
+  (``versions.alpine_fixed_version``).
+- Severity: ``rules/evidence/severity.py`` decides the level of each record (CVSS v4 > v3.1 >
+  v3.0 > v2 > labels) for ``VendorSeverity`` and ``Severity``, as json:policy does.
 - ``PatchedVersions`` are the ``fixed`` versions, except those still affected by another range
   or record of the same key (trivy-db keeps them, which makes Trivy miss e.g. a fixed version
   of one range that lies inside another). This keeps Trivy's "vulnerable and not patched" rule
@@ -29,6 +45,12 @@ Choices (documented in docs/trivy-db.md):
   Alpine "0" not-affected marker) are left out.
 - Advisory values are "marshalled twice" (sorted keys, numbers as float64); ``vulnerability`` and
   ``data-source`` values keep Go struct field order.
+- Distribution records (Debian, Ubuntu, AlmaLinux, Rocky Linux, openSUSE / SUSE, Wolfi,
+  Chainguard) go to Trivy's OS buckets as ``{"FixedVersion","Status","VendorIDs"}``
+  (``formats/trivy/distros.py``: bucket names, package keys, one fixed version per key).
+- ``trivy_route`` says where a record goes, or raises ``NotMappable`` with the reason a record is
+  left out (an ecosystem without a Trivy bucket, an unknown distribution or release): the
+  trivy:db build lists those in its ``mapping.json``, never drops them silently.
 """
 from __future__ import annotations
 
@@ -37,15 +59,23 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from stella_build.rules.evidence.distros import Distro
 from stella_build.rules.evidence.model import Advisory
+from stella_build.rules.formats.trivy.distros import (
+    STATUS_AFFECTED, NotMappable, merge_os_fixed, os_bucket, os_fixed_version, os_package_keys,
+)
 from stella_build.rules.formats.trivy.gojson import GoMap, go_marshal, omit_empty
-from stella_build.rules.evidence.versions import VersionError, affected
+from stella_build.rules.evidence.severity import effective_severity
+from stella_build.rules.evidence.versions import (
+    VersionError, affected, alpine_fixed_version, vulnerable_intervals,
+)
 
 __all__ = [
-    "DataSource", "TRIVY_ECOSYSTEMS", "trivy_ecosystem", "trivy_pkg_name", "group_vuln_ids",
+    "DataSource", "TRIVY_ECOSYSTEMS", "trivy_ecosystem", "trivy_pkg_name", "trivy_pkg_names", "group_vuln_ids",
     "vulnerable_versions", "patched_versions", "alpine_bucket", "advisory_entries",
     "vulnerability_detail", "merge_vulnerability", "merge_advisories", "advisory_value",
     "severity_from_label", "score_to_severity", "SOURCE_PRECEDENCE", "SEVERITY_NAMES",
+    "trivy_route", "record_entries", "NotMappable",
 ]
 
 # OSV ecosystem → Trivy ecosystem prefix (trivy-db osv.go convertEcosystem).
@@ -92,6 +122,29 @@ def trivy_ecosystem(osv_ecosystem: str) -> str | None:
     return TRIVY_ECOSYSTEMS.get(base)
 
 
+def trivy_route(ecosystem: str) -> tuple[str, str, Distro | None]:
+    """Where records of an OSV ecosystem go: ``("lang", <eco prefix>, None)``,
+    ``("alpine", <bucket>, None)`` or ``("distro", <bucket>, <Distro>)``.
+
+    Raises NotMappable (with the reason) for an ecosystem Trivy has no bucket for: GIT-only
+    records, language ecosystems Trivy does not scan, unknown distributions or releases."""
+    base = ecosystem.split(":", 1)[0]
+    if base == "Alpine":
+        return "alpine", alpine_bucket(ecosystem), None
+    eco = TRIVY_ECOSYSTEMS.get(base)
+    if eco is not None:
+        return "lang", eco, None
+    if base == "GIT":
+        raise NotMappable("GIT-only record: Trivy has no commit-range buckets", "git-only")
+    try:
+        bucket, d = os_bucket(ecosystem)
+    except NotMappable as exc:
+        if str(exc).startswith("unknown distribution"):
+            raise NotMappable(f"no Trivy bucket for ecosystem {base!r}", "no-trivy-bucket") from None
+        raise
+    return "distro", bucket, d
+
+
 def trivy_pkg_name(trivy_eco: str, name: str) -> str:
     """trivy-db ``NormalizePkgName``: the package key Trivy looks up."""
     if trivy_eco == "pip":
@@ -102,6 +155,24 @@ def trivy_pkg_name(trivy_eco: str, name: str) -> str:
     if trivy_eco in ("go", "cocoapods", "alpine"):
         return name
     return name.lower()
+
+
+_PEP503 = re.compile(r"[-_.]+")
+
+
+def trivy_pkg_names(trivy_eco: str, name: str) -> list[str]:
+    """Every package key a Trivy parser can look this package up by (first: ``trivy_pkg_name``).
+
+    PyPI: Trivy lower-cases and maps ``_`` to ``-`` but keeps ``.`` (requirements.txt
+    ``ruamel.yaml``, poetry.lock / uv.lock ``ruamel-yaml``), so the record is keyed under its own
+    spelling, the PEP 503 form and the all-``.`` form. Names that mix ``.`` and ``-`` are found
+    under their own spelling and the two uniform forms, not under other mixes.
+    """
+    first = trivy_pkg_name(trivy_eco, name)
+    if trivy_eco != "pip":
+        return [first]
+    pep503 = _PEP503.sub("-", name).lower()
+    return list(dict.fromkeys((first, pep503, pep503.replace("-", "."))))
 
 
 def group_vuln_ids(vid: str, aliases: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -124,12 +195,31 @@ def alpine_bucket(ecosystem: str) -> str:
 # -- version ranges ---------------------------------------------------------------------------
 
 def _range_string(start: str, end: str | None, inclusive: bool) -> str:
+    """trivy-db osv/range.go's constraint text (used for ecosystems we cannot order)."""
     if inclusive and start == end:
         return f"={start}"
     if end is None:
         return f">={start}"
     upper = f"<={end}" if inclusive else f"<{end}"
     return upper if start == "0" else f">={start}, {upper}"
+
+
+# "Every version": two constraints whose union is every version a Trivy comparer can parse, with
+# no ecosystem-specific minimum (a lone ">=0" misses what sorts below 0: Go pseudo-versions
+# "0.0.0-2021…", "0.0.0-alpha", PEP 440 "0.dev1", Maven "0-alpha"). "<=" rather than "<" keeps
+# Trivy's FixedVersion display (createFixedVersions reads "<x" as "fixed in x") empty.
+EVERY_VERSION = ("<=0", ">=0")
+
+
+def _interval_strings(lower: str | None, upper: str | None, inclusive: bool) -> tuple[str, ...]:
+    if upper is None:
+        return EVERY_VERSION if lower is None else (f">={lower}",)
+    bound = f"<={upper}" if inclusive else f"<{upper}"
+    if lower is None:
+        return (bound,)
+    if inclusive and lower == upper:
+        return (f"={lower}",)
+    return (f">={lower}, {bound}",)
 
 
 def _ranges_json(ranges: Iterable[Any]) -> list[dict]:
@@ -143,24 +233,32 @@ def _ranges_json(ranges: Iterable[Any]) -> list[dict]:
     return out
 
 
-def vulnerable_versions(ecosystem: str, ranges: list[dict], versions: Iterable[str]) -> list[str]:
-    """osv/range.go: one constraint string per ``introduced`` (see the module docstring)."""
+def _file_order_spans(r: dict) -> list[str]:
     spans: list[list] = []  # [start, end, inclusive]
+    current = None
+    for e in r["events"]:
+        kind, ver = e["kind"], e["version"]
+        if kind == "introduced":
+            current = [ver, None, False]
+            spans.append(current)
+        elif kind in ("fixed", "last_affected"):
+            if current is None:  # a close without an open: from the beginning
+                current = ["0", None, False]
+                spans.append(current)
+            current[1], current[2] = ver, kind == "last_affected"
+    return [_range_string(s, e, inc) for s, e, inc in spans]
+
+
+def vulnerable_versions(ecosystem: str, ranges: list[dict], versions: Iterable[str]) -> list[str]:
+    """``VulnerableVersions`` constraints of one record (see the module docstring)."""
+    out: list[str] = []
     for r in ranges:
         if r["type"] == "GIT":
             continue
-        current = None
-        for e in r["events"]:
-            kind, ver = e["kind"], e["version"]
-            if kind == "introduced":
-                current = [ver, None, False]
-                spans.append(current)
-            elif kind in ("fixed", "last_affected"):
-                if current is None:  # a close without an open: from the beginning
-                    current = ["0", None, False]
-                    spans.append(current)
-                current[1], current[2] = ver, kind == "last_affected"
-    out = [_range_string(s, e, inc) for s, e, inc in spans]
+        try:
+            out += [c for iv in vulnerable_intervals(ecosystem, r) for c in _interval_strings(*iv)]
+        except VersionError:
+            out += _file_order_spans(r)
     evaluable = [r for r in ranges if r["type"] != "GIT"]
     for v in versions:
         try:
@@ -249,10 +347,19 @@ def merge_advisories(members: list[dict]) -> bytes:
     """Value for one (bucket, package, vuln id) from its member records (canonical order)."""
     first = members[0]
     if first["kind"] == "os":
-        fixed = [m["fixed"] for m in members if m.get("fixed")]
-        # Several records for one key: the lowest fix wins only if versions agree; keep the
-        # first in canonical order otherwise (deterministic; Alpine never disagrees in practice).
-        return advisory_value({"FixedVersion": fixed[0] if fixed else ""})
+        # Several records for one key (e.g. two secdb files of one branch): the highest fix, as
+        # for the fixed versions of one record (alpine_fixed_version).
+        fixed = alpine_fixed_version("Alpine", (m["fixed"] for m in members if m.get("fixed")))
+        return advisory_value({"FixedVersion": fixed or ""})
+    if first["kind"] == "distro":
+        # one FixedVersion per key: unfixed if any member is, else the highest fix (OSV: a
+        # version is affected when any record says so); Status "affected" marks unfixed ones
+        fixed = merge_os_fixed(first["ordering"], (m["fixed"] for m in members))
+        fields: dict[str, Any] = {"FixedVersion": fixed,
+                                  "VendorIDs": list(dict.fromkeys(v for m in members for v in m["vendor_ids"]))}
+        if not fixed:
+            fields["Status"] = STATUS_AFFECTED
+        return advisory_value(fields)
     eco = first["ecosystem"]
     vulnerable: list[str] = []
     vendor: list[str] = []
@@ -266,31 +373,58 @@ def merge_advisories(members: list[dict]) -> bytes:
     })
 
 
+def record_entries(adv: Advisory, bucket: str, distro: Distro | None = None
+                   ) -> tuple[list[tuple[str, str, str, dict]], str | None]:
+    """(entries, approximation note) of one record in ``bucket``; entries as ``advisory_entries``.
+
+    ``distro`` is set for distribution buckets (``trivy_route``); the note says how Trivy's
+    reading of an approximated distribution record differs from the OSV evaluation. Raises
+    NotMappable for a distribution record that cannot be written (formats/trivy/distros.py)."""
+    if distro is None:
+        return advisory_entries(adv, bucket), None
+    if adv.withdrawn:
+        return [], None
+    found = os_fixed_version(adv.ecosystem, distro, _ranges_json(adv.ranges), adv.versions)
+    if found is None:
+        return [], None
+    fixed, note = found
+    ids, vendor = group_vuln_ids(adv.id, adv.aliases)
+    member = {"kind": "distro", "ordering": distro.base, "fixed": fixed, "vendor_ids": vendor}
+    pkgs = os_package_keys(distro, adv.package.name, adv.ecosystem_specific)
+    return [(bucket, pkg, vid, member) for pkg in pkgs for vid in ids], note
+
+
 def advisory_entries(adv: Advisory, bucket: str) -> list[tuple[str, str, str, dict]]:
     """(bucket, package key, vuln id, member) for one normalized advisory; [] if it is skipped.
 
-    ``member`` is the JSON-able information needed to build or merge the value.
+    ``member`` is the JSON-able information needed to build or merge the value. Distribution
+    records are routed by their ecosystem (``trivy_route``); one that cannot be written gives [].
     """
     if adv.withdrawn:
         return []
     eco = trivy_ecosystem(adv.ecosystem)
     if eco is None:
-        return []
+        try:
+            kind, _, distro = trivy_route(adv.ecosystem)
+            return record_entries(adv, bucket, distro)[0] if kind == "distro" else []
+        except NotMappable:
+            return []
     ranges = _ranges_json(adv.ranges)
     evaluable = [r for r in ranges if r["type"] != "GIT"]
     if not evaluable and not adv.versions:
         return []
     if eco == "alpine":
-        fixed = next((e["version"] for r in evaluable for e in r["events"] if e["kind"] == "fixed"), "")
+        fixed_events = [e["version"] for r in evaluable for e in r["events"] if e["kind"] == "fixed"]
+        fixed = alpine_fixed_version("Alpine", [*adv.fixed_versions, *fixed_events]) or ""
         member = {"kind": "os", "fixed": fixed}
-        pkg = adv.package.name
+        pkgs = [adv.package.name]
         ids = [adv.id]
     else:
         ids, vendor = group_vuln_ids(adv.id, adv.aliases)
         member = {"kind": "lang", "ecosystem": adv.ecosystem_name, "ranges": ranges,
                   "versions": list(adv.versions), "vendor_ids": vendor}
-        pkg = trivy_pkg_name(eco, adv.package.name)
-    return [(bucket, pkg, vid, member) for vid in ids]
+        pkgs = trivy_pkg_names(eco, adv.package.name)
+    return [(bucket, pkg, vid, member) for pkg in pkgs for vid in ids]
 
 
 # -- vulnerability details ----------------------------------------------------------------------
@@ -323,15 +457,13 @@ def vulnerability_detail(adv: Advisory, source_id: str) -> dict:
     refs = sorted({r.url for r in adv.references})
     if refs:
         d["refs"] = refs
-    label = 0
     for s in adv.severity:
         if s.type in ("CVSS_V2", "CVSS_V3", "CVSS_V4") and s.vector and s.score is not None:
             tag = {"CVSS_V2": "v2", "CVSS_V3": "v3", "CVSS_V4": "v40"}[s.type]
             d.setdefault(tag, [s.vector, s.score])
-        elif s.type == "vendor":
-            label = label or severity_from_label(s.label)
-    if label:
-        d["severity"] = label
+    level = effective_severity(adv.severity)  # the precedence json:policy uses too
+    if level is not None and severity_from_label(level["level"]):
+        d["severity"] = severity_from_label(level["level"])
     # Go's zero time ("0001-01-01T00:00:00Z", used by the Go vulndb for "unknown") means none
     if adv.published and not adv.published.startswith("0001-01-01"):
         d["published"] = adv.published
@@ -363,22 +495,13 @@ def _merge_same_source(details: list[dict]) -> dict:
 
 
 def _vendor_severity(d: dict) -> int:
-    if d.get("severity"):
-        return d["severity"]
-    for tag in ("v40", "v3", "v2"):
-        if tag in d and d[tag][1] > 0:
-            return score_to_severity(d[tag][1])
-    return 0
+    """A source's level: computed per record by ``severity.effective_severity``."""
+    return d.get("severity", 0)
 
 
 def _overall_severity(ordered: list[dict]) -> int:
-    for d in ordered:
-        for tag in ("v40", "v3", "v2"):
-            if tag in d and d[tag][1] > 0:
-                return score_to_severity(d[tag][1])
-        if d.get("severity"):
-            return d["severity"]
-    return 0
+    """The deprecated ``Severity``: the level of the first source (precedence order) with one."""
+    return next((d["severity"] for d in ordered if d.get("severity")), 0)
 
 
 def merge_vulnerability(vuln_id: str, details: list[dict]) -> bytes:

@@ -13,8 +13,8 @@ from stella_build.engine.errors import NetworkRequired, TrustMaterialMissing, Us
 from stella_build.rules.formats.bundle import PUBLIC_KEY_FILE
 from stella_build.rules.formats.keys import SigningKeyError, load_public_key, public_key_digest
 from stella_build.delivery.verify.core import (
-    _URL, ARCHIVE_SUFFIXES, MANIFEST, BundleView, Check, DirectoryView, Report, TarballView,
-    load_trusted_key, verify_view,
+    _URL, ARCHIVE_SUFFIXES, MANIFEST, MAX_SIGNATURE_BYTES, BundleView, Check, DirectoryView, Report,
+    TarballView, _Bad, load_trusted_key, verify_view,
 )
 from stella_build.delivery.verify.mirror import MirrorView, delta_report
 from stella_build.delivery.verify.trivy import TrivyView
@@ -87,8 +87,8 @@ def verify_bundle(location: str | Path, *, key: str | None = None, trust_bundle_
         if not view.has(PUBLIC_KEY_FILE):
             raise TrustMaterialMissing(f"--trust-bundle-key: the bundle has no {PUBLIC_KEY_FILE}", field="--key")
         try:
-            pub = load_public_key(view.read(PUBLIC_KEY_FILE), what=PUBLIC_KEY_FILE)
-        except SigningKeyError as exc:
+            pub = load_public_key(view.read_limited(PUBLIC_KEY_FILE, MAX_SIGNATURE_BYTES), what=PUBLIC_KEY_FILE)
+        except (SigningKeyError, _Bad) as exc:
             report = Report(str(location), view.kind, None,
                             list(view.problems) + [Check("bundle-key", False, str(exc), file=PUBLIC_KEY_FILE)])
             return report

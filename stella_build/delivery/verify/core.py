@@ -26,13 +26,20 @@ rules/verify_profiles.py; their extra files (an OCI layout, mirror.json) go thro
 
 Trust comes from the caller: a public key (`--key`), or explicitly the bundle's own `cosign.pub`.
 Cryptography is delegated to rules/signing.py; this module decides what must be checked.
+
+Everything verify reads comes from elsewhere, so it is read within limits (constants below):
+content files and archive members are only streamed through sha256; JSON documents are read
+whole only up to MAX_DOCUMENT_BYTES and parsed with the bounded loader of `evidence.bounded`
+(nesting, numbers, no NaN); signature files up to MAX_SIGNATURE_BYTES. A bundle archive with a
+trusted key is decompressed only after a signature next to it verifies its compressed bytes
+(`archive-readable` fails "not unpacked" otherwise); unpacked, its decompressed size, tar headers,
+manifest member and member count are capped. Any limit exceeded is a failed check naming the file.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
-import json
 import os
 import posixpath
 import re
@@ -45,6 +52,7 @@ from typing import Iterable
 
 from stella_build.engine.errors import NetworkRequired, TrustMaterialMissing, UsageError
 
+from stella_build.rules.evidence.bounded import DocumentError, load_json, read_capped
 from stella_build.rules.formats import signing
 from stella_build.delivery.keyless import KEYLESS_SUFFIX
 from stella_build.rules.formats.bundle import PROVENANCE_DSSE, PROVENANCE_SIGSTORE, PUBLIC_KEY_FILE, SIGSTORE_SUFFIX
@@ -58,6 +66,19 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.zst", ".tar")
 LEGACY_SIGNATURES = {"signatures/manifest.sig": "manifest", "signatures/export.sig": "archive"}
 _CHUNK = 1 << 20
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
+
+# Limits on what verify holds in memory. Everything else (content files, archive members) is only
+# streamed through sha256, so a bundle of any size verifies in constant memory; these cover the
+# files that are read whole and parsed, and the archive stream itself.
+MAX_DOCUMENT_BYTES = 64 << 20   # a JSON document read whole: export.json, provenance, DSSE, OCI JSON
+MAX_SIGNATURE_BYTES = 1 << 20   # a Sigstore message bundle, .sig, .sha256 sidecar or cosign.pub
+MAX_TAR_HEADER_BYTES = 1 << 20  # one PAX / GNU long-name header (tarfile reads them whole)
+# An archive may decompress to at most ARCHIVE_RATIO times its size (at least ARCHIVE_FLOOR bytes):
+# bundle archives hold compressed .zst data and JSON (ratios of 1-10), while a gzip bomb of zeros
+# reaches ~1,000 and a zstd one far more.
+ARCHIVE_RATIO = 100
+ARCHIVE_FLOOR = 256 << 20
+ZSTD_MAX_WINDOW = 1 << 27       # 128 MiB: zstd's own default cap on a frame's window, made explicit
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -141,6 +162,36 @@ class BundleView:
         """How to name `name` in messages."""
         return name
 
+    def size(self, name: str) -> int:
+        """Size of a file in bytes (views override this with something cheaper than hashing)."""
+        return self.digest(name)[1]
+
+    def read_limited(self, name: str, limit: int) -> bytes:
+        """The bytes of `name`; `_Bad` naming the file when it is larger than `limit` bytes, which
+        is checked before anything is read."""
+        size = self.size(name)
+        if size > limit:
+            raise _Bad(f"{self.show(name)} is {size} bytes, more than the {limit} bytes verify reads")
+        return self.read(name)
+
+    def read_json(self, name: str, limit: int = MAX_DOCUMENT_BYTES):
+        """`name` parsed as JSON within the limits of `evidence.bounded` (size, nesting depth,
+        integer digits, no NaN/Infinity); `_Bad` naming the file (and field) otherwise. Each file
+        is parsed once per view: the manifest is read by several checks."""
+        cache = self.__dict__.setdefault("_json_cache", {})
+        if name not in cache:
+            try:
+                cache[name] = load_json(self.read_limited(name, limit), max_bytes=limit)
+            except DocumentError as exc:
+                field = "" if exc.field == "<document>" else f" (at {exc.field})"
+                cache[name] = _Bad(f"{self.show(name)} is not valid JSON: {exc.message}{field}")
+            except _Bad as exc:
+                cache[name] = exc
+        value = cache[name]
+        if isinstance(value, _Bad):
+            raise _Bad(str(value))
+        return value
+
     # Hooks for profile-specific views (rules/verify_profiles.py).
     def metadata_names(self) -> set[str]:
         """More files that need not be listed in contents[] (checked otherwise)."""
@@ -209,6 +260,15 @@ class DirectoryView(BundleView):
             self._digests[name] = _stream_sha256(self._files[name])
         return self._digests[name]
 
+    def size(self, name: str) -> int:
+        return self._files[name].stat().st_size
+
+    def read_limited(self, name: str, limit: int) -> bytes:
+        try:  # reads at most limit + 1 bytes: a file that grows after the size check is caught too
+            return read_capped(self._files[name], limit, self.show(name))
+        except DocumentError as exc:
+            raise _Bad(exc.message) from None
+
     def names(self) -> list[str]:
         return sorted(self._files)
 
@@ -216,9 +276,57 @@ class DirectoryView(BundleView):
         return self.names()
 
 
+class _LimitExceeded(Exception):
+    """An archive over one of verify's limits (never swallowed by tarfile, unlike its TarErrors)."""
+
+
+# Header types tarfile reads whole into memory before the member they describe.
+_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                 tarfile.SOLARIS_XHDTYPE)
+MAX_ARCHIVE_MEMBERS = 100_000  # tarfile keeps a TarInfo per member; a bundle has hundreds
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an oversized PAX or GNU long-name header before tarfile reads it.
+
+    tarfile reads these headers whole into memory and has no limit of its own; ``_proc_member`` is
+    the one place where a header's type and declared size are known and nothing is read yet (it is
+    tarfile's dispatch hook, unchanged since Python 2, so overriding it is the least intrusive way)."""
+
+    def _proc_member(self, tarfile_):
+        if self.type in _HEADER_TYPES and self.size > MAX_TAR_HEADER_BYTES:
+            raise _LimitExceeded(f"a tar header of {self.size} bytes (type {self.type!r}), more than the "
+                                 f"{MAX_TAR_HEADER_BYTES} bytes verify reads")
+        return super()._proc_member(tarfile_)
+
+
+class _CappedStream:
+    """A read-only stream that fails once more than `limit` bytes came through it.
+
+    Wraps the decompressed archive stream, so a compression bomb stops after `limit` bytes of
+    output; the decompressors themselves already work in bounded chunks (gzip's `max_length`,
+    zstandard's stream reader with a capped window)."""
+
+    def __init__(self, raw, limit: int, what: str):
+        self.raw, self.limit, self.what, self.total = raw, limit, what, 0
+
+    def read(self, n: int = -1) -> bytes:
+        room = self.limit - self.total + 1  # one byte more than allowed: enough to notice
+        data = self.raw.read(room if n is None or n < 0 else min(n, room))
+        self.total += len(data)
+        if self.total > self.limit:
+            raise _LimitExceeded(f"{self.what} decompresses to more than {self.limit} bytes "
+                                 f"({ARCHIVE_RATIO} times its size, at least {ARCHIVE_FLOOR}): a compression bomb?")
+        return data
+
+
 class TarballView(BundleView):
     """A bundle archive: its members, plus the sidecar files found next to it (signatures, digest,
-    provenance, cosign.pub) under the names they have in a bundle directory."""
+    provenance, cosign.pub) under the names they have in a bundle directory.
+
+    Members are read by `unpack()` (verify_view calls it once an archive signature verified, or
+    `refuse_unpack()` when none does): streamed through sha256, only the manifest kept in memory,
+    within the limits above (decompressed size, header sizes, manifest size, member count)."""
 
     kind = "tarball"
     _KEEP = (MANIFEST,)  # members kept in memory (the rest is only hashed)
@@ -232,6 +340,7 @@ class TarballView(BundleView):
         self._members: dict[str, tuple[str, int]] = {}
         self._kept: dict[str, bytes] = {}
         self._sidecars: dict[str, Path] = {}
+        self.unpacked = False
         base = path.parent
         candidates = [f"{self.archive}.sha256", f"{self.archive}{SIGSTORE_SUFFIX}", PUBLIC_KEY_FILE,
                       PROVENANCE, PROVENANCE_DSSE, PROVENANCE_SIGSTORE, MANIFEST + SIGSTORE_SUFFIX]
@@ -239,7 +348,21 @@ class TarballView(BundleView):
         for name in candidates:
             if (base / name).is_file():
                 self._sidecars[name] = base / name
-        self._scan()
+
+    def unpack(self) -> None:
+        """Read the members (once); a failure becomes an `archive-readable` problem."""
+        if not self.unpacked:
+            self.unpacked = True
+            self._scan()
+
+    def refuse_unpack(self, why: str) -> None:
+        """Do not read the members at all (no signature vouches for the archive)."""
+        self.unpacked = True
+        self.problems.append(Check("archive-readable", False, why, file=self.archive))
+
+    def signature_files(self) -> list[str]:
+        """The detached `signatures/*.sig` files next to the archive."""
+        return sorted(n for n in self._sidecars if n.startswith("signatures/"))
 
     def _open_stream(self):
         """The decompressed stream; read to its end so the compressor's checksum is checked too."""
@@ -248,38 +371,56 @@ class TarballView(BundleView):
             return gzip.open(self.path, "rb")
         if self.path.name.endswith(".tar.zst"):
             import zstandard
-            return zstandard.ZstdDecompressor().stream_reader(open(self.path, "rb"), closefd=True)
+            return zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
+                open(self.path, "rb"), closefd=True)
         return open(self.path, "rb")
 
     def _scan(self) -> None:
+        limit = max(ARCHIVE_FLOOR, ARCHIVE_RATIO * self.path.stat().st_size)
         try:
-            with self._open_stream() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    name = member.name
-                    if (not member.isreg() or name.startswith("/") or ".." in name.split("/")
-                            or posixpath.normpath(name) != name):
-                        self.problems.append(Check("layout", False, f"archive member {name!r} is not a "
-                                                   "plain relative regular file", file=self.archive))
-                        continue
-                    if name in self._members:
-                        self.problems.append(Check("layout", False, f"archive member {name!r} appears "
-                                                   "twice", file=self.archive))
-                        continue
-                    f = tar.extractfile(member)
-                    h, size, kept = hashlib.sha256(), 0, []
-                    while chunk := f.read(_CHUNK):
-                        h.update(chunk)
-                        size += len(chunk)
-                        if name in self._KEEP:
-                            kept.append(chunk)
-                    self._members[name] = (h.hexdigest(), size)
-                    if name in self._KEEP:
-                        self._kept[name] = b"".join(kept)
+            with self._open_stream() as raw:
+                stream = _CappedStream(raw, limit, self.archive)
+                with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tar:
+                    for count, member in enumerate(tar, 1):
+                        if count > MAX_ARCHIVE_MEMBERS:
+                            raise _LimitExceeded(f"more than {MAX_ARCHIVE_MEMBERS} members")
+                        self._member(tar, member)
                 while stream.read(_CHUNK):  # trailing padding, then the gzip CRC and length
                     pass
+        except _LimitExceeded as exc:
+            self.problems.append(Check("archive-readable", False, f"archive not read to the end: {exc}",
+                                       file=self.archive))
         except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as exc:
             self.problems.append(Check("archive-readable", False, f"archive cannot be read: {exc}",
                                        file=self.archive))
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        """Hash one member (and keep it when it is the manifest)."""
+        name = member.name
+        # sparse members are refused too: their holes read as zeros without coming from the stream
+        if (not member.isreg() or member.issparse() or name.startswith("/") or ".." in name.split("/")
+                or posixpath.normpath(name) != name):
+            self.problems.append(Check("layout", False, f"archive member {name!r} is not a "
+                                       "plain relative regular file", file=self.archive))
+            return
+        if name in self._members:
+            self.problems.append(Check("layout", False, f"archive member {name!r} appears "
+                                       "twice", file=self.archive))
+            return
+        keep = name in self._KEEP
+        if keep and member.size > MAX_DOCUMENT_BYTES:  # checked on the header, before reading
+            raise _LimitExceeded(f"member {name} is {member.size} bytes, more than the "
+                                 f"{MAX_DOCUMENT_BYTES} bytes verify reads into memory")
+        f = tar.extractfile(member)
+        h, size, kept = hashlib.sha256(), 0, []
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+            if keep:
+                kept.append(chunk)
+        self._members[name] = (h.hexdigest(), size)
+        if keep:
+            self._kept[name] = b"".join(kept)
 
     def has(self, name: str) -> bool:
         return name in self._members or name in self._sidecars or name == self.archive
@@ -290,6 +431,21 @@ class TarballView(BundleView):
         if name in self._sidecars:
             return self._sidecars[name].read_bytes()
         raise KeyError(name)
+
+    def read_limited(self, name: str, limit: int) -> bytes:
+        if name in self._sidecars:
+            try:
+                return read_capped(self._sidecars[name], limit, name)
+            except DocumentError as exc:
+                raise _Bad(exc.message) from None
+        return super().read_limited(name, limit)
+
+    def size(self, name: str) -> int:
+        if name == self.archive:
+            return self.path.stat().st_size
+        if name in self._members:
+            return self._members[name][1]
+        return self._sidecars[name].stat().st_size
 
     def digest(self, name: str) -> tuple[str, int]:
         if name == self.archive:
@@ -342,7 +498,7 @@ def _canonical_b64(value, where: str) -> bytes:
         raise _Bad(f"{where} is missing or not a string")
     try:
         raw = base64.b64decode(value, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII characters in the string
         raise _Bad(f"{where} is not valid base64") from None
     if base64.b64encode(raw).decode("ascii") != value:
         raise _Bad(f"{where} is not canonical base64")
@@ -365,12 +521,12 @@ def _strict_bundle(data: bytes, hint: str, content: str) -> dict:
     """Parse a key-signed Sigstore bundle strictly (as protojson would, plus canonical base64 and a
     hint that must name the trusted key). `content` is messageSignature or dsseEnvelope."""
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _Bad(f"not valid JSON ({exc})") from None
+        doc = load_json(data, max_bytes=MAX_DOCUMENT_BYTES)
+    except DocumentError as exc:
+        raise _Bad(f"not valid JSON ({exc.message})") from None
     _only_keys(doc, {"mediaType", "verificationMaterial", content}, "bundle",
                ("mediaType", "verificationMaterial", content))
-    if doc["mediaType"] not in signing.ACCEPTED_BUNDLE_MEDIA_TYPES:
+    if not isinstance(doc["mediaType"], str) or doc["mediaType"] not in signing.ACCEPTED_BUNDLE_MEDIA_TYPES:
         raise _Bad(f"unsupported mediaType {doc['mediaType']!r}")
     vm = _only_keys(doc["verificationMaterial"], {"publicKey", "tlogEntries"}, "verificationMaterial",
                     ("publicKey",))
@@ -448,8 +604,7 @@ class _Verifier:
             if not self.view.has(sidecar):
                 continue
             want = f"{self.sha(archive)}  {posixpath.basename(archive)}\n".encode()
-            got = self.view.read(sidecar)
-            ok = got == want
+            ok = self._small(sidecar) == want
             self.add("archive-digest", ok, f"{archive} matches {sidecar}" if ok else
                      f"{sidecar} does not read '<sha256 of {archive}>  {posixpath.basename(archive)}\\n' "
                      f"(sha256 of {archive} is {self.sha(archive)})", subject=archive, evidence=sidecar)
@@ -458,7 +613,7 @@ class _Verifier:
     def signatures(self) -> None:
         view = self.view
         if view.has(PUBLIC_KEY_FILE):
-            ok = view.read(PUBLIC_KEY_FILE) == encode_public_key(self.key)
+            ok = self._small(PUBLIC_KEY_FILE) == encode_public_key(self.key)
             self.add("bundle-key", ok, f"{PUBLIC_KEY_FILE} is the trusted key" if ok else
                      f"{PUBLIC_KEY_FILE} in the bundle is not the trusted key "
                      f"(sha256 {self._bundle_key_digest()}; trusted {public_key_digest(self.key)}): "
@@ -489,17 +644,27 @@ class _Verifier:
                      f"(expected {target}{SIGSTORE_SUFFIX} or a signatures/*.sig)",
                      file=target + SIGSTORE_SUFFIX)
 
-    def _bundle_key_digest(self) -> str:
+    def _small(self, name: str) -> bytes | None:
+        """A signature-sized file (at most MAX_SIGNATURE_BYTES), else None: an oversized one then
+        matches nothing and the check reading it fails, naming it."""
         try:
-            return public_key_digest(load_public_key(self.view.read(PUBLIC_KEY_FILE)))
+            return self.view.read_limited(name, MAX_SIGNATURE_BYTES)
+        except _Bad:
+            return None
+
+    def _bundle_key_digest(self) -> str:
+        data = self._small(PUBLIC_KEY_FILE)
+        try:
+            return public_key_digest(load_public_key(data)) if data is not None else "unreadable"
         except (SigningKeyError, ValueError):
             return "unreadable"
 
     def _message_bundle(self, name: str, target: str, bundle_file: str) -> None:
         digest = bytes.fromhex(self.sha(target))
         try:
-            _strict_bundle(self.view.read(bundle_file), self.hint, "messageSignature")
-            signing.verify_sigstore_digest(self.view.read(bundle_file), digest, self.key, name=bundle_file)
+            data = self.view.read_limited(bundle_file, MAX_SIGNATURE_BYTES)
+            _strict_bundle(data, self.hint, "messageSignature")
+            signing.verify_sigstore_digest(data, digest, self.key, name=bundle_file)
         except (_Bad, signing.SignatureInvalid) as exc:
             self.add(name, False, f"{bundle_file} does not verify {target}: {exc}", subject=target,
                      evidence=bundle_file)
@@ -507,9 +672,8 @@ class _Verifier:
         self.add(name, True, f"{bundle_file} verifies {target}", subject=target, evidence=bundle_file)
 
     def _legacy(self, sig_file: str, candidates: list[str]) -> None:
-        text = self.view.read(sig_file)
         try:
-            sig = _canonical_b64(text.decode("ascii"), sig_file)
+            sig = _canonical_b64(self.view.read_limited(sig_file, MAX_SIGNATURE_BYTES).decode("ascii"), sig_file)
         except (_Bad, UnicodeDecodeError) as exc:
             self.add("legacy-signature", False, f"{sig_file} is not one canonical base64 line: {exc}",
                      subject=candidates[0] if candidates else None, evidence=sig_file,
@@ -536,17 +700,21 @@ class _Verifier:
             self.add("manifest", False, f"the bundle has no {MANIFEST}", file=MANIFEST)
             return
         try:
-            manifest = json.loads(view.read(MANIFEST))
+            manifest = view.read_json(MANIFEST)
             entries = manifest["contents"]
             if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
                 raise TypeError("contents is not a list of objects")
             listed = {e["path"]: e for e in entries}
+        except _Bad as exc:
+            self.add("manifest", False, str(exc), file=MANIFEST)
+            return
         except (ValueError, KeyError, TypeError) as exc:
             self.add("manifest", False, f"{MANIFEST} is not a valid manifest: {exc}", file=MANIFEST)
             return
         bad = 0
         sealed = view.sealed_names()
-        for path, entry in sorted(listed.items()):
+        # a path that is not a string (null, a number) is reported below, not allowed to break sorting
+        for path, entry in sorted(listed.items(), key=lambda item: (not isinstance(item[0], str), str(item[0]))):
             if not isinstance(path, str) or path.startswith("/") or ".." in path.split("/"):
                 self.add("contents", False, f"contents[] lists an unsafe path {path!r}", file=MANIFEST)
                 bad += 1
@@ -572,7 +740,7 @@ class _Verifier:
         if not bad:
             self.add("contents", True, f"{len(listed) - len(sealed & set(listed))} files match {MANIFEST} contents[]"
                      + (f"; {len(sealed & set(listed))} are encrypted (checked after decryption)" if sealed else ""))
-        digests = sorted(e.get("digest", "") for e in entries)
+        digests = sorted(str(e.get("digest", "")) for e in entries)  # str(): any JSON value sorts
         want = "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest()
         ok = manifest.get("rerunHash") == want
         self.add("rerun-hash", ok, "rerunHash matches contents[]" if ok else
@@ -602,9 +770,14 @@ class _Verifier:
                 self.add("provenance-subjects", None, f"skipped: no {PROVENANCE} next to the archive")
             return
         try:
-            statement = json.loads(view.read(PROVENANCE))
+            statement = view.read_json(PROVENANCE)
+            if not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in statement["subject"]):
+                raise TypeError("a subject has no string name")
             subjects = {view.subject_name(s["name"]): s["digest"]["sha256"] for s in statement["subject"]}
-        except (ValueError, KeyError, TypeError) as exc:
+        except _Bad as exc:
+            self.add("provenance-subjects", False, str(exc), file=PROVENANCE)
+            return
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.add("provenance-subjects", False, f"{PROVENANCE} is not an in-toto Statement: {exc}",
                      file=PROVENANCE)
             return
@@ -623,8 +796,8 @@ class _Verifier:
                          f"{name} has sha256 {self.sha(name)}; {PROVENANCE} says {subjects[name]}",
                          subject=name, evidence=PROVENANCE)
         if self.key is not None:
-            internal = ((statement.get("predicate") or {}).get("buildDefinition") or {}).get("internalParameters") or {}
-            signer = (internal.get("signer") or {}).get("publicKeySha256") if isinstance(internal, dict) else None
+            signer = _dig(statement, "predicate", "buildDefinition", "internalParameters", "signer",
+                          "publicKeySha256")
             want = public_key_digest(self.key)
             ok = signer == want
             # A pass does not vouch for the provenance (only its signatures do): no subject then.
@@ -638,12 +811,16 @@ class _Verifier:
         view = self.view
         if not view.has(PROVENANCE):
             return
-        provenance = view.read(PROVENANCE)
+        try:
+            provenance = view.read_limited(PROVENANCE, MAX_DOCUMENT_BYTES)
+        except _Bad as exc:
+            self.add("provenance-signature", False, str(exc), file=PROVENANCE)
+            return
         found = 0
         if view.has(PROVENANCE_SIGSTORE):
             found += 1
             try:
-                data = view.read(PROVENANCE_SIGSTORE)
+                data = view.read_limited(PROVENANCE_SIGSTORE, MAX_DOCUMENT_BYTES)
                 doc = _strict_bundle(data, self.hint, "dsseEnvelope")
                 signing.verify_dsse_bundle(data, self.key, predicate_type=signing.SLSA_PROVENANCE_V1,
                                            name=PROVENANCE_SIGSTORE)
@@ -657,10 +834,7 @@ class _Verifier:
         if view.has(PROVENANCE_DSSE):
             found += 1
             try:
-                try:
-                    env = json.loads(view.read(PROVENANCE_DSSE))
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    raise _Bad(f"not valid JSON ({exc})") from None
+                env = view.read_json(PROVENANCE_DSSE)
                 _strict_envelope(env, "envelope")
                 ptype, payload = signing.verify_dsse_envelope(env, self.key, name=PROVENANCE_DSSE)
                 if ptype != signing.IN_TOTO_PAYLOAD_TYPE or payload != provenance:
@@ -673,6 +847,52 @@ class _Verifier:
         if not found and view.kind == "directory":
             self.add("provenance-signature", False, f"no signature over {PROVENANCE} (expected "
                      f"{PROVENANCE_SIGSTORE})", file=PROVENANCE_SIGSTORE)
+
+
+def _dig(obj, *keys):
+    """obj[k1][k2]... through JSON objects only; None as soon as a level is missing or not an object."""
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def _archive_signed(view: TarballView, key: PublicKey) -> bool:
+    """Whether a signature next to the archive (its Sigstore bundle or a signatures/*.sig) verifies
+    the archive's bytes with the trusted key. Needs only the sha256 of the compressed file."""
+    digest = bytes.fromhex(view.digest(view.archive)[0])
+    bundle_file = view.archive + SIGSTORE_SUFFIX
+    if view.has(bundle_file):
+        try:
+            data = view.read_limited(bundle_file, MAX_SIGNATURE_BYTES)
+            _strict_bundle(data, public_key_hint(key), "messageSignature")
+            signing.verify_sigstore_digest(data, digest, key, name=bundle_file)
+            return True
+        except (_Bad, signing.SignatureInvalid):
+            pass
+    for sig_file in view.signature_files():
+        if LEGACY_SIGNATURES.get(sig_file) == "manifest":
+            continue
+        try:
+            sig = _canonical_b64(view.read_limited(sig_file, MAX_SIGNATURE_BYTES).decode("ascii"), sig_file)
+        except (_Bad, UnicodeDecodeError):
+            continue
+        if _verify_digest_signature(key, sig, digest):
+            return True
+    return False
+
+
+def _unpack(view: TarballView, key: PublicKey | None) -> None:
+    """Signatures before expensive work: with a trusted key, an archive is decompressed only when a
+    signature next to it verifies its (compressed) bytes, so an unsigned or changed archive, bomb
+    or not, is never unpacked; the signature checks then say why. Without a key (--allow-unsigned)
+    it is unpacked within the limits of TarballView."""
+    if key is None or _archive_signed(view, key):
+        view.unpack()
+    else:
+        view.refuse_unpack(f"not unpacked: no signature next to {view.archive} verifies it with the "
+                           "trusted key, so its members are not read (see archive-signature)")
 
 
 def _assign_blame(checks: list[Check]) -> None:
@@ -711,6 +931,8 @@ def _blame_archive(view: TarballView, checks: list[Check]) -> None:
 
 def verify_view(view: BundleView, key: PublicKey | None) -> list[Check]:
     """Run every check on an opened bundle. `key` None = integrity only (no signature checks)."""
+    if isinstance(view, TarballView):
+        _unpack(view, key)
     v = _Verifier(view, key)
     v.archive_digests()
     if key is not None:
@@ -760,9 +982,9 @@ def compare_tree(v: _Verifier, expected: dict[str, str], actual: dict[str, str],
 def manifest_entry(view: BundleView, path: str) -> tuple[str, int] | None:
     """(sha256 hex, size) of `path` as the (signed) manifest lists it."""
     try:
-        for e in json.loads(view.read(MANIFEST))["contents"]:
+        for e in view.read_json(MANIFEST)["contents"]:
             if e["path"] == path:
                 return e["digest"].split(":", 1)[1], int(e["bytes"])
-    except (KeyError, ValueError, TypeError, AttributeError):
+    except (_Bad, KeyError, ValueError, TypeError, AttributeError, IndexError):
         pass
     return None

@@ -5,10 +5,14 @@
   (mirror/export.json as manifests/export.json, mirror/signatures/* as the signature files,
   mirror/<path> as the content files); `oci/` and `mirror.json` are recomputed from the verified
   tree and compared file by file; TUF metadata is checked when present.
-- A delta is checked on its own (structure, tombstones, blobs, OCI layout, its signature over
-  manifest.diff.json); its patches need the base and are checked by `mirror apply`.
+- A delta is checked on its own (structure, paths, tombstones, blobs, patches present, no stray
+  file, OCI layout, its signature over manifest.diff.json); its patches need the base and are
+  decoded by `mirror apply`.
+Everything read is untrusted (`stella_build/delivery/untrusted.py`): files are scanned without
+following links (symlinks and hard links refused), JSON is read under a size cap and validated
+(`mirror_schema.py`), every path from a document is checked before use, digests are streamed.
 Errors are `MirrorError`s with the exit code of the CLI's table: 3 verification failed, 2 usage,
-4 signature material missing.
+4 signature material missing, and a reason (docs/architecture.md "Errors").
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from stella_build.engine.encode import canonical_json
 from stella_build.engine.encode.digest import sha256_hex
@@ -25,6 +29,13 @@ from stella_build.engine.errors import TrustMaterialMissing
 from stella_build.rules.formats.bundle import PROVENANCE_DSSE, PROVENANCE_SIGSTORE, PUBLIC_KEY_FILE, SIGSTORE_SUFFIX
 from stella_build.rules.formats.mirror import ENCRYPTION_FILE, is_metadata
 from stella_build.rules.formats.oci import ANNOTATION_TITLE, LayoutDigests, add_bundle_referrer
+from stella_build.delivery.mirror_schema import (
+    DeltaManifest, ExportManifest, check_encryption, load_json, parse_json, validate,
+)
+from stella_build.delivery.untrusted import (
+    CHUNK, MAX_JSON_BYTES, MirrorError, check_dir, check_distinct, read_capped, safe_relpath, scan_tree,
+    sha256_file,
+)
 from stella_build.delivery.verify.core import (
     MANIFEST, OCI_DIR, PROVENANCE, BundleView, Check, DirectoryView, Report, _Verifier, compare_tree,
     load_trusted_key, verify_view,
@@ -101,8 +112,10 @@ class MirrorView(BundleView):
         if ENCRYPTION_FILE_NAME not in self._real:
             return {}
         try:
-            record = EncryptionRecord.from_json(json.loads(self.read(ENCRYPTION_FILE_NAME)))
-        except (ValueError, DecryptionError) as exc:
+            doc = parse_json(self._read_small(ENCRYPTION_FILE_NAME), file=MIRROR + ENCRYPTION_FILE_NAME)
+            check_encryption(doc, file=MIRROR + ENCRYPTION_FILE_NAME)
+            record = EncryptionRecord.from_json(doc)
+        except (ValueError, DecryptionError, MirrorError) as exc:
             self.problems.append(Check("encryption", False, f"{ENCRYPTION_FILE_NAME} is unreadable: {exc}",
                                        file=MIRROR + ENCRYPTION_FILE_NAME))
             return {}
@@ -113,6 +126,15 @@ class MirrorView(BundleView):
                 self._content.remove(name)
                 self._meta.add(name)
         return sealed
+
+    def _read_small(self, name: str) -> bytes:
+        """A JSON document of the view, read whole only under MAX_JSON_BYTES."""
+        real = self._real.get(name, name)
+        size = self._dir.digest(real)[1]
+        if size > MAX_JSON_BYTES:
+            raise MirrorError(f"{real} has {size} bytes, more than the {MAX_JSON_BYTES} allowed", 3, "size-limit",
+                              file=real)
+        return self._dir.read(real)
 
     def sealed_names(self) -> set[str]:
         return set(self._sealed)
@@ -149,11 +171,15 @@ class MirrorView(BundleView):
         from stella_build.rules.formats.mirror import ARTIFACT_TYPE, MANIFEST_DIGEST_ANNOTATION, MIRROR_TAG, media_type
 
         try:
-            export = json.loads(self.read(MANIFEST))
-            listed = {e["path"]: (e["digest"].split(":", 1)[1], int(e["bytes"])) for e in export["contents"]}
-            epoch = parse_rfc3339(export["generatedAt"])
-        except (KeyError, ValueError, TypeError, AttributeError):
-            v.add("oci-layout", None, f"skipped: {self.show(MANIFEST)} is not readable")
+            raw = self._read_small(MANIFEST)
+            export = validate(ExportManifest, parse_json(raw, file=self.show(MANIFEST)), file=self.show(MANIFEST))
+            listed = {e.path: (e.digest.split(":", 1)[1], e.bytes) for e in export.contents}
+            check_distinct(listed, file=self.show(MANIFEST), field="contents")
+            epoch = parse_rfc3339(export.generatedAt)
+            export = json.loads(raw)
+        except MirrorError as exc:
+            v.add("manifest-schema", False, str(exc), file=self.show(MANIFEST))
+            v.add("oci-layout", None, f"skipped: {self.show(MANIFEST)} is not usable")
             return
         if "tuf/root.json" in self._real and self._sealed:
             v.add("tuf", None, "skipped: TUF targets describe the plaintext (`mirror decrypt` checks them)")
@@ -189,17 +215,17 @@ class MirrorView(BundleView):
             v.add("mirror-summary", False, f"{MIRROR_SUMMARY} is missing", file=MIRROR_SUMMARY)
         elif self._sealed:  # it describes the plaintext packaging: what can be checked before decrypting
             try:
-                got = json.loads(self._dir.read(MIRROR_SUMMARY))
+                got = parse_json(self._read_small(MIRROR_SUMMARY), file=MIRROR_SUMMARY)
                 want = json.loads(summary)
                 keys = ("exportId", "manifestDigest", "rerunHash", "sourceDateEpoch")
-                ok = all(got.get(k) == want[k] for k in keys)
-            except (ValueError, AttributeError):
+                ok = isinstance(got, dict) and all(got.get(k) == want[k] for k in keys)
+            except MirrorError:
                 ok = False
             v.add("mirror-summary", ok, f"{MIRROR_SUMMARY} names this export (its plaintext archive and OCI "
                   "digests are checked by `mirror decrypt`)" if ok else
                   f"{MIRROR_SUMMARY} does not name this export", file=None if ok else MIRROR_SUMMARY)
         else:
-            ok = self._dir.read(MIRROR_SUMMARY) == summary
+            ok = self._dir.digest(MIRROR_SUMMARY)[0] == sha256_hex(summary)  # streamed: never read whole
             v.add("mirror-summary", ok, f"{MIRROR_SUMMARY} matches the verified mirror" if ok else
                   f"{MIRROR_SUMMARY} does not match the mirror (expected {sha256_hex(summary)})",
                   file=MIRROR_SUMMARY)
@@ -207,6 +233,11 @@ class MirrorView(BundleView):
         stray = [n for n in self._other if not n.startswith(OCI_DIR) and n not in (MIRROR_SUMMARY, APPLIED_LOG)]
         for name in stray:
             v.add("layout", False, f"{name} is not part of a mirror output", file=name)
+        try:  # hard links (and symlinks, which the directory view reports itself) anywhere in the tree
+            scan_tree(self.root)
+        except MirrorError as exc:
+            if exc.reason != "symlink":
+                v.add("layout", False, str(exc), file=_relative(exc.file, self.root))
 
     def _sealed_checks(self, v: _Verifier, listed: dict[str, tuple[str, int]]) -> None:
         """Before decryption: every encrypted file exists with the size its plaintext entry implies
@@ -236,27 +267,36 @@ class MirrorView(BundleView):
 
     def _archive_is_tree(self, v: _Verifier) -> None:
         """Each mirror/ file (signatures aside) equals its mirror.tar.zst member, so the archive's
-        signature covers the encrypted files too."""
-        import hashlib
+        signature covers the encrypted files too. The archive is decompressed as a stream, members
+        hashed in 1 MiB chunks, and decompression stops once it passes what the tree can account
+        for (its bytes plus tar headers and padding): a zstd bomb costs neither memory nor hours."""
         import tarfile
 
         import zstandard
 
+        from stella_build.rules.formats.mirror import MAX_WINDOW_SIZE
+
+        names = {self._real[n]: n for n in self._real  # real path → bundle name
+                 if self._real[n].startswith(MIRROR) and not self._real[n].startswith(MIRROR + "signatures/")}
+        tree = {real: self.digest(n)[0] for real, n in names.items()}
+        # PAX tar: per member at most a header block, a PAX header (+ its data) and padding
+        budget = sum(self.digest(n)[1] for n in names.values()) + 4096 * (len(names) + 1) + (1 << 20)
         members: dict[str, str] = {}
         try:
             with open(self._dir.root / MIRROR_ARCHIVE, "rb") as raw, \
-                    zstandard.ZstdDecompressor().stream_reader(raw) as stream, \
+                    zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE).stream_reader(raw) as zst, \
+                    _Budget(zst, budget) as stream, \
                     tarfile.open(fileobj=stream, mode="r|") as tar:
                 for m in tar:
                     f = tar.extractfile(m) if m.isfile() else None
                     if f is not None:
-                        members[m.name] = hashlib.sha256(f.read()).hexdigest()
-        except (OSError, tarfile.TarError, zstandard.ZstdError) as exc:
+                        h = hashlib.sha256()
+                        while chunk := f.read(CHUNK):
+                            h.update(chunk)
+                        members[m.name] = h.hexdigest()
+        except (OSError, tarfile.TarError, zstandard.ZstdError, _OverBudget) as exc:
             v.add("archive-tree", False, f"{MIRROR_ARCHIVE} cannot be read: {exc}", file=MIRROR_ARCHIVE)
             return
-        names = {self._real[n]: n for n in self._real  # real path → bundle name
-                 if self._real[n].startswith(MIRROR) and not self._real[n].startswith(MIRROR + "signatures/")}
-        tree = {real: self.digest(n)[0] for real, n in names.items()}
         diff = sorted(n for n in set(tree) | set(members) if tree.get(n) != members.get(n))
         for real in diff[:20]:
             if real in tree:
@@ -273,24 +313,57 @@ class MirrorView(BundleView):
             n = verify_tuf(self.root / "mirror")
             v.add("tuf", True, f"TUF metadata verifies {n} files")
         except MirrorError as exc:
-            v.add("tuf", False, str(exc))
+            v.add("tuf", False, str(exc), file=_relative(exc.file, self.root))
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Budget:
+    """A read-only stream that raises _OverBudget once more than `limit` bytes were read."""
+
+    def __init__(self, stream, limit: int):
+        self._stream, self._left = stream, limit
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n if n is not None and n >= 0 else CHUNK)
+        self._left -= len(data)
+        if self._left < 0:
+            raise _OverBudget("it decompresses to more than the mirror tree can account for")
+        return data
+
+    def __enter__(self) -> "_Budget":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _relative(file: str | None, root: Path) -> str | None:
+    if file is None:
+        return None
+    try:
+        return Path(file).relative_to(root).as_posix()
+    except ValueError:
+        return file
 
 
 def delta_report(path: Path, key: str | None, key_info: dict | None) -> Report:
     """`stella-build verify` of a mirror:delta output directory: the checks of `mirror verify`
-    (structure, tombstones, blobs, OCI layout; the signature over manifest.diff.json with a key).
-    Its patches need the base: `mirror apply` checks them."""
+    (structure, paths, tombstones, blobs, patches present, OCI layout; the signature over
+    manifest.diff.json with a key). Its patches need the base: `mirror apply` decodes them."""
     checks: list[Check] = []
     try:
         data = verify_delta_dir(path, key)
         checks.append(Check("delta", True, f"delta {data['baseExportId']} → {data['exportId']}: sorted lists, "
-                            f"one tombstone per removal, {data['blobs']} blobs, OCI layout"))
+                            f"safe paths, one tombstone per removal, {data['blobs']} blobs, OCI layout"))
         if key is not None:
             checks.append(Check("delta-signature", True, "delta/manifest.diff.json verifies with the key"))
     except MirrorError as exc:
         if exc.exit_code == 4:
             raise TrustMaterialMissing(str(exc), field="--key") from None
-        checks.append(Check("delta", False, str(exc), file="delta/manifest.diff.json"))
+        checks.append(Check("delta", False, str(exc), file=_relative(exc.file, Path(path)) or "delta/manifest.diff.json"))
     return Report(str(path), "mirror-delta", key_info, checks)
 
 
@@ -303,184 +376,281 @@ def _open_mirror(path: Path) -> BundleView | None:
 SUMMARY = "mirror.json"
 
 
-class MirrorError(Exception):
-    """A mirror, delta or apply failure with the CLI's exit code (3 verification, 2 usage, 4 trust)
-    and a machine-readable reason (default: from the exit code)."""
-
-    _DEFAULT_REASONS = {2: "usage", 3: "verification-failed", 4: "trust-missing"}
-
-    def __init__(self, message: str, exit_code: int = 3, reason: str | None = None):
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.reason = reason or self._DEFAULT_REASONS.get(exit_code, "failed")
-
-
 def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _files(root: Path) -> dict[str, Path]:
-    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+    """The files of an input tree, links never followed (untrusted.scan_tree)."""
+    return scan_tree(root)
 
 
 def mirror_root(path: Path) -> Path:
-    """The mirror/ tree of a mirror directory (or the tree itself)."""
+    """The mirror/ tree of a mirror directory (or the tree itself). MirrorError exit 2 when there
+    is none, exit 3 when mirror/ is a symlink."""
     path = Path(path)
     if (path / "mirror" / "export.json").is_file():
+        check_dir(path / "mirror")
         return path / "mirror"
     if (path / "export.json").is_file():
         return path
-    raise MirrorError(f"{path}: not a mirror (no mirror/export.json)", 2)
+    raise MirrorError(f"{path}: not a mirror (no mirror/export.json)", 2, "not-a-mirror", file=path)
+
+
+def read_export(tree: Path, files: Mapping[str, Path] | None = None) -> tuple[bytes, dict]:
+    """(bytes, parsed) of a tree's export.json: size-capped, schema-checked (safe content paths,
+    strict types), no path twice. MirrorError exit 3 naming the field."""
+    files = files if files is not None else {"export.json": Path(tree) / "export.json"}
+    if "export.json" not in files:
+        raise MirrorError(f"{tree}: export.json is missing", 3, "missing-file", file=Path(tree) / "export.json")
+    data, doc = load_json(files["export.json"])
+    export = validate(ExportManifest, doc, file=files["export.json"])
+    check_distinct([c.path for c in export.contents], file=files["export.json"], field="contents")
+    return data, doc
 
 
 def verify_tree(tree: Path, *, check_tuf: bool = True) -> dict:
-    """Check a plaintext mirror/ tree: every content file against export.json, no stray files,
-    rerunHash, provenance subject, and (when present) TUF metadata over every file. Returns export.json."""
+    """Check a plaintext mirror/ tree: no link or special file anywhere, export.json well-formed
+    with safe paths, every content file against it (streamed sha256 and size), no stray files,
+    rerunHash, provenance subject, and (when present) TUF metadata over every file.
+    Returns export.json; MirrorError exit 3 (reasons: symlink, hardlink, unsafe-path,
+    schema-invalid, digest-mismatch, stray-file, tuf-failed, …) otherwise."""
     from stella_build.rules.formats.bundle import rerun_hash
 
-    files = _files(tree)
+    files = scan_tree(tree)
     if ENCRYPTION_FILE in files:
-        raise MirrorError(f"{tree}: the mirror is encrypted; run `stella-build mirror decrypt` first")
-    try:
-        export_bytes = files["export.json"].read_bytes()
-        export = json.loads(export_bytes)
-        contents = {c["path"]: c for c in export["contents"]}
-    except (KeyError, ValueError, TypeError) as exc:
-        raise MirrorError(f"{tree}/export.json: missing or malformed ({exc})") from None
+        raise MirrorError(f"{tree}: the mirror is encrypted; run `stella-build mirror decrypt` first", 3,
+                          "encrypted", file=files[ENCRYPTION_FILE])
+    export_bytes, export = read_export(tree, files)
+    contents = {c["path"]: c for c in export["contents"]}
     for rel, entry in contents.items():
         if rel not in files:
-            raise MirrorError(f"{tree}/{rel}: listed in export.json but missing")
-        data = files[rel].read_bytes()
-        if len(data) != entry["bytes"] or _sha(data) != entry["digest"]:
-            raise MirrorError(f"{tree}/{rel}: sha256 {_sha(data)} ({len(data)} bytes) does not match "
-                              f"export.json ({entry['digest']}, {entry['bytes']} bytes)")
+            raise MirrorError(f"{rel}: listed in export.json but missing", 3, "missing-file", file=Path(tree) / rel)
+        digest, size = sha256_file(files[rel])
+        if size != entry["bytes"] or digest != entry["digest"]:
+            raise MirrorError(f"{rel}: sha256 {digest} ({size} bytes) does not match export.json "
+                              f"({entry['digest']}, {entry['bytes']} bytes)", 3, "digest-mismatch", file=files[rel])
     stray = [r for r in files if r not in contents and not is_metadata(r)]
     if stray:
-        raise MirrorError(f"{tree}: files not listed in export.json: {stray[:5]}")
+        raise MirrorError(f"{tree}: files not listed in export.json: {stray[:5]}", 3, "stray-file",
+                          file=files[stray[0]])
     if export.get("rerunHash") != rerun_hash(export["contents"]):
-        raise MirrorError(f"{tree}/export.json: rerunHash does not match contents[]")
+        raise MirrorError("rerunHash does not match contents[]", 3, "digest-mismatch", file=files["export.json"],
+                          field="rerunHash")
     if "provenance.json" in files:
-        prov = json.loads(files["provenance.json"].read_bytes())
-        subj = {s["name"]: s["digest"]["sha256"] for s in prov.get("subject", [])}
-        if "sha256:" + subj.get("export.json", "") != _sha(export_bytes):
-            raise MirrorError(f"{tree}/provenance.json: subject export.json does not match export.json")
+        _, prov = load_json(files["provenance.json"])
+        try:
+            subj = {s["name"]: s["digest"]["sha256"] for s in prov.get("subject", [])}
+        except (AttributeError, KeyError, TypeError):
+            raise MirrorError("subject is malformed", 3, "schema-invalid", file=files["provenance.json"],
+                              field="subject") from None
+        if "sha256:" + str(subj.get("export.json", "")) != _sha(export_bytes):
+            raise MirrorError("subject export.json does not match export.json", 3, "digest-mismatch",
+                              file=files["provenance.json"], field="subject")
     if check_tuf and "tuf/root.json" in files:
         verify_tuf(tree, files)
     return export
 
 
-def verify_tuf(tree: Path, files: dict[str, Path] | None = None, root_bytes: bytes | None = None) -> int:
+_TUF_ROLES = ("root", "timestamp", "snapshot", "targets")
+
+
+def verify_tuf(tree: Path, files: Mapping[str, Path] | None = None, root_bytes: bytes | None = None) -> int:
     """Verify every file against the mirror's TUF metadata with python-tuf's ngclient (offline).
-    Trusts `root_bytes` (default: the mirror's own tuf/root.json). Returns the number of targets."""
+    Trusts `root_bytes` (default: the mirror's own tuf/root.json). Returns the number of targets.
+    Every failure of the client (signature, length, hash, expiry, malformed metadata) is a
+    MirrorError exit 3, reason `tuf-failed`."""
     import tempfile
 
-    from tuf.api.exceptions import RepositoryError
+    from tuf.api.exceptions import DownloadError, RepositoryError
     from tuf.api.metadata import Metadata, Targets
 
     from stella_build.rules.formats.tuf import offline_updater
 
-    files = files or _files(tree)
-    root_bytes = root_bytes or files["tuf/root.json"].read_bytes()
+    files = files if files is not None else scan_tree(tree)
+    tuf_dir = Path(tree) / "tuf"
+    if root_bytes is None:
+        if "tuf/root.json" not in files:
+            raise MirrorError("tuf/root.json is missing", 3, "tuf-failed", file=tuf_dir / "root.json")
+        root_bytes = read_capped(files["tuf/root.json"])
     # signatures/ is added after TUF signing (rules/mirror.py SIGNATURE_FILES): not a TUF target
     listed = {r for r in files if not r.startswith(("tuf/", "signatures/"))}
     with tempfile.TemporaryDirectory() as cache:
         try:
-            updater = offline_updater(tree / "tuf", tree, Path(cache), root_bytes)
+            updater = offline_updater(tuf_dir, tree, Path(cache), root_bytes)
             updater.refresh()
             targets = Metadata[Targets].from_file(os.path.join(cache, "metadata", "targets.json")).signed.targets
+            for rel in sorted(targets):
+                safe_relpath(rel, file=tuf_dir / "targets.json", field=f"signed.targets[{rel!r}]")
             if set(targets) != listed:
-                raise MirrorError(f"{tree}/tuf/targets.json lists {len(targets)} files, the tree has "
-                                  f"{len(listed)} (differences: {sorted(set(targets) ^ listed)[:5]})")
+                raise MirrorError(f"tuf/targets.json lists {len(targets)} files, the tree has {len(listed)} "
+                                  f"(differences: {sorted(set(targets) ^ listed)[:5]})", 3, "tuf-failed",
+                                  file=tuf_dir / "targets.json", field="signed.targets")
             for rel in sorted(targets):
                 info = updater.get_targetinfo(rel)
                 with open(files[rel], "rb") as f:
                     info.verify_length_and_hashes(f)
-        except RepositoryError as exc:
-            raise MirrorError(f"{tree}: TUF verification failed: {type(exc).__name__}: {exc}") from None
+        except (RepositoryError, DownloadError, ValueError, KeyError, TypeError) as exc:
+            # RepositoryError: signatures, versions, expiry, hashes, malformed metadata
+            # (DeserializationError); DownloadError: a length above what the parent role allows.
+            raise MirrorError(f"TUF verification failed: {type(exc).__name__}: {exc}", 3, "tuf-failed",
+                              file=tuf_dir) from None
     return len(targets)
 
 
-def load_delta(path: Path) -> tuple[Path, dict]:
+def tuf_versions(meta: Mapping[str, bytes], *, where: str | Path) -> dict[str, int]:
+    """{role: version} of the TUF metadata files in `meta` ({"tuf/<role>.json": bytes}), parsed
+    with python-tuf (signatures are checked elsewhere, by verify_tuf)."""
+    from tuf.api.metadata import Metadata
+
+    out = {}
+    for role in _TUF_ROLES:
+        data = meta.get(f"tuf/{role}.json")
+        if data is None:
+            continue
+        try:
+            out[role] = Metadata.from_bytes(data).signed.version
+        except Exception as exc:  # noqa: BLE001 - python-tuf raises several types for bad metadata
+            raise MirrorError(f"tuf/{role}.json is not TUF metadata: {type(exc).__name__}: {exc}", 3, "tuf-failed",
+                              file=Path(where) / f"tuf/{role}.json") from None
+    return out
+
+
+# -- deltas --------------------------------------------------------------------------------------
+
+def delta_root(path: Path) -> Path:
+    """The delta/ directory of a delta output directory (or `path` itself when it is one);
+    MirrorError exit 2 when there is no manifest.diff.json, 3 when delta/ is a symlink."""
     path = Path(path)
-    root = path / "delta" if (path / "delta" / "manifest.diff.json").is_file() else path
-    try:
-        diff = json.loads((root / "manifest.diff.json").read_bytes())
-    except (OSError, ValueError) as exc:
-        raise MirrorError(f"{path}: not a mirror delta (manifest.diff.json: {exc})", 2) from None
-    return root, diff
+    root = path / "delta" if os.path.lexists(path / "delta" / "manifest.diff.json") else path
+    if not os.path.lexists(root / "manifest.diff.json"):
+        raise MirrorError(f"{path}: not a mirror delta (no manifest.diff.json)", 2, "not-a-delta", file=path)
+    if root != path:
+        check_dir(root)
+    return root
 
 
-def verify_delta(root: Path, diff: dict) -> None:
-    """Structure of a delta: sorted lists, one tombstone per removal, blobs that hash to their names,
-    and, when the delta has one, its OCI layout exactly as the producer writes it."""
-    for key in ("baseExportId", "baseManifestDigest", "exportId", "manifestDigest", "added", "changed",
-                "removed", "tombstones", "metadata", "blobs"):
-        if key not in diff:
-            raise MirrorError(f"{root}/manifest.diff.json: missing {key!r}")
+def load_delta(path: Path, data: bytes | None = None) -> tuple[Path, dict]:
+    """(the delta/ directory, manifest.diff.json) of a delta output directory (or of delta/
+    itself). manifest.diff.json (or `data`, its bytes as already verified by
+    verify_delta_signature) is read under MAX_JSON_BYTES and validated (`DeltaManifest`: strict
+    types, safe paths, metadata patches named `patches/<path>.zst`, no path twice) before any
+    value of it is used. MirrorError exit 2 when there is no delta, 3 when it is malformed."""
+    root = delta_root(path)
+    diff_path = root / "manifest.diff.json"
+    doc = parse_json(data, file=diff_path) if data is not None else load_json(diff_path)[1]
+    diff = validate(DeltaManifest, doc, file=diff_path)
+    for i, m in enumerate(diff.metadata):
+        if m.patch != f"patches/{m.path}.zst":
+            raise MirrorError(f"metadata[{i}].patch is {m.patch!r}, not patches/{m.path}.zst", 3, "unsafe-path",
+                              file=diff_path, field=f"metadata[{i}].patch")
+    check_distinct([m.path for m in diff.metadata], file=diff_path, field="metadata")
+    check_distinct([e.path for e in diff.added] + [e.path for e in diff.changed] + list(diff.removed),
+                   file=diff_path, field="added/changed/removed")
+    return root, doc
+
+
+def verify_delta(root: Path, diff: dict, files: Mapping[str, Path] | None = None) -> None:
+    """A delta on its own (`diff` as load_delta returns it): no link or special file, sorted lists,
+    one tombstone per removal, every blob named by an added or changed entry and hashing to its
+    name and size, every metadata patch present, no other file in delta/, and, when the delta has
+    one, its OCI layout exactly as the producer writes it."""
+    from stella_build.rules.formats.mirror import DELTA_SIGNATURE_FILES
+
+    files = files if files is not None else scan_tree(root)
+    where = root / "manifest.diff.json"
     for key in ("added", "changed"):
         paths = [e["path"] for e in diff[key]]
         if paths != sorted(set(paths)):
-            raise MirrorError(f"{root}/manifest.diff.json: {key} is not sorted by path")
+            raise MirrorError(f"{key} is not sorted by path", 3, "schema-invalid", file=where, field=key)
     if diff["removed"] != sorted(set(diff["removed"])):
-        raise MirrorError(f"{root}/manifest.diff.json: removed is not sorted")
-    tomb = [t.get("path") for t in diff["tombstones"]]
+        raise MirrorError("removed is not sorted", 3, "schema-invalid", file=where, field="removed")
+    tomb = [t["path"] for t in diff["tombstones"]]
     if sorted(tomb) != diff["removed"]:
         missing = sorted(set(diff["removed"]) - set(tomb))
-        raise MirrorError(f"{root}/manifest.diff.json: removals without exactly one tombstone each "
-                          f"(missing for {missing[:5]}); refusing the delta")
-    for digest in diff["blobs"]:
-        path = root / "blobs" / "sha256" / digest.split(":", 1)[1]
-        if not path.is_file() or _sha(path.read_bytes()) != digest:
-            raise MirrorError(f"{root}: blob {digest} missing or corrupt")
+        raise MirrorError(f"removals without exactly one tombstone each (missing for {missing[:5]}); refusing "
+                          "the delta", 3, "tombstone-missing", file=where, field="tombstones")
+    sizes = {e["digest"]: e["bytes"] for e in diff["added"] + diff["changed"]}
+    expected = {"manifest.diff.json"} | {m["patch"] for m in diff["metadata"]}
+    expected |= {path.removeprefix("delta/") for path in DELTA_SIGNATURE_FILES.values()}
+    for i, digest in enumerate(diff["blobs"]):
+        rel = "blobs/sha256/" + digest.split(":", 1)[1]
+        expected.add(rel)
+        if digest not in sizes:
+            raise MirrorError(f"blob {digest} is not the content of any added or changed file", 3, "stray-file",
+                              file=where, field=f"blobs[{i}]")
+        if rel not in files:
+            raise MirrorError(f"blob {digest} is missing", 3, "missing-file", file=root / rel)
+        got, size = sha256_file(files[rel])
+        if got != digest or size != sizes[digest]:
+            raise MirrorError(f"blob {digest} is corrupt (sha256 {got}, {size} bytes; expected {sizes[digest]})",
+                              3, "digest-mismatch", file=files[rel])
+    for i, m in enumerate(diff["metadata"]):
+        if m["patch"] not in files:
+            raise MirrorError(f"patch {m['patch']} is missing", 3, "missing-file", file=root / m["patch"],
+                              field=f"metadata[{i}].patch")
+    stray = sorted(set(files) - expected)
+    if stray:
+        raise MirrorError(f"files that manifest.diff.json does not list: {stray[:5]}", 3, "stray-file",
+                          file=files[stray[0]])
     oci = root.parent / "oci"
     if root.name == "delta" and (oci / "index.json").is_file():
-        _verify_delta_layout(root, oci)
+        _verify_delta_layout(root, oci, files)
 
 
-def _verify_delta_layout(root: Path, oci: Path) -> None:
+def _verify_delta_layout(root: Path, oci: Path, files: Mapping[str, Path]) -> None:
     """The delta's oci/ must be exactly the layout rebuilt from delta/ (file by file)."""
     import tempfile
 
     from stella_build.rules.formats.mirror import delta_layout
 
     with tempfile.TemporaryDirectory() as tmp:
-        delta_layout(_files(root), Path(tmp))
-        expected = {rel: _sha(p.read_bytes()) for rel, p in _files(Path(tmp)).items()}
-    actual = {rel: _sha(p.read_bytes()) for rel, p in _files(oci).items()}
+        delta_layout(dict(files), Path(tmp))
+        expected = {rel: sha256_file(p)[0] for rel, p in scan_tree(Path(tmp)).items()}
+    actual = {rel: sha256_file(p)[0] for rel, p in scan_tree(oci).items()}
     bad = sorted(r for r in set(expected) | set(actual) if expected.get(r) != actual.get(r))
     if bad:
-        raise MirrorError(f"{oci}: the delta's OCI layout does not match delta/ ({', '.join(bad[:5])})")
+        raise MirrorError(f"{oci}: the delta's OCI layout does not match delta/ ({', '.join(bad[:5])})", 3,
+                          "oci-layout-mismatch", file=oci / bad[0])
 
 
-def verify_delta_signature(root: Path, key: str) -> None:
-    """manifest.diff.json against delta/signatures/ with the trusted public key (cosign.pub)."""
+_SIGNATURE_CAP = 16 << 20  # a Sigstore bundle, a .sig or a cosign.pub is a few KiB
+
+
+def verify_delta_signature(root: Path, key: str) -> bytes:
+    """manifest.diff.json against delta/signatures/ with the trusted public key (cosign.pub), before
+    anything parses it; returns the verified bytes (parse those, not the file again)."""
     from stella_build.rules.formats import signing
     from stella_build.rules.formats.mirror import DELTA_SIGNATURE_FILES
     from stella_build.rules.formats.keys import SigningKeyError, load_public_key, public_key_digest
 
     names = {role: root / path.removeprefix("delta/") for role, path in DELTA_SIGNATURE_FILES.items()}
     if not names["manifest_bundle"].is_file():  # the legacy .sig and cosign.pub are checked when present
-        raise MirrorError(f"{root}: --key given but the delta is not signed (missing {names['manifest_bundle']})", 4)
+        raise MirrorError(f"{root}: --key given but the delta is not signed (missing {names['manifest_bundle']})", 4,
+                          "signature-missing", file=names["manifest_bundle"])
     try:
         pub = load_public_key(Path(key).read_bytes(), what=key)
     except (OSError, SigningKeyError) as exc:
-        raise MirrorError(f"cannot use the public key {key}: {exc}", 4) from None
-    if names["public_key"].is_file():
+        raise MirrorError(f"cannot use the public key {key}: {exc}", 4, field="--key") from None
+    if os.path.lexists(names["public_key"]):
         try:
-            shipped = load_public_key(names["public_key"].read_bytes(), what=str(names["public_key"]))
+            shipped = load_public_key(read_capped(names["public_key"], _SIGNATURE_CAP), what=str(names["public_key"]))
         except SigningKeyError as exc:
-            raise MirrorError(str(exc)) from None
+            raise MirrorError(str(exc), 3, "signature-invalid", file=names["public_key"]) from None
         if public_key_digest(shipped) != public_key_digest(pub):
-            raise MirrorError(f"{names['public_key']} is not the trusted key {key}")
-    diff = (root / "manifest.diff.json").read_bytes()
+            raise MirrorError(f"{names['public_key']} is not the trusted key {key}", 3, "signature-invalid",
+                              file=names["public_key"])
+    diff = read_capped(root / "manifest.diff.json")
     try:
-        signing.verify_sigstore_bundle(names["manifest_bundle"].read_bytes(), diff, pub,
+        signing.verify_sigstore_bundle(read_capped(names["manifest_bundle"], _SIGNATURE_CAP), diff, pub,
                                        name=names["manifest_bundle"].name)
-        if names["manifest_sig"].is_file():
-            signing.verify_legacy_signature(names["manifest_sig"].read_bytes(), diff, pub,
+        if os.path.lexists(names["manifest_sig"]):
+            signing.verify_legacy_signature(read_capped(names["manifest_sig"], _SIGNATURE_CAP), diff, pub,
                                             name=names["manifest_sig"].name)
     except signing.SignatureInvalid as exc:
-        raise MirrorError(f"{root}: delta signature does not verify: {exc}") from None
+        raise MirrorError(f"{root}: delta signature does not verify: {exc}", 3, "signature-invalid",
+                          file=names["manifest_bundle"]) from None
+    return diff
 
 
 def _archive_signatures() -> set[str]:
@@ -494,9 +664,9 @@ def _archive_signatures() -> set[str]:
 def _decrypted_copy(tree: Path) -> bool:
     """A plaintext mirror whose (signed) provenance says it was shipped encrypted."""
     try:
-        prov = json.loads((tree / "provenance.json").read_bytes())
+        prov = json.loads(read_capped(tree / "provenance.json"))
         encrypted = "encryption" in prov["predicate"]["buildDefinition"]["externalParameters"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (MirrorError, ValueError, KeyError, TypeError):
         return False
     return encrypted and not (tree / ENCRYPTION_FILE).is_file()
 
@@ -507,11 +677,14 @@ def is_delta(path: Path) -> bool:
 
 
 def verify_delta_dir(path: Path, key: str | None = None) -> dict[str, Any]:
-    """Verify a delta on its own (no base needed): structure, blobs, OCI layout, and with `key`
-    the signature over manifest.diff.json. Patches are checked when it is applied."""
-    root, diff = load_delta(path)
+    """Verify a delta on its own (no base needed): structure, paths, blobs, patches present, OCI
+    layout, and with `key` the signature over manifest.diff.json. Patches are decoded when it is
+    applied."""
+    root = delta_root(path)
+    verified = None
     if key is not None:  # first: an unsigned delta is exit 4 whatever else is wrong with it
-        verify_delta_signature(root, key)
+        verified = verify_delta_signature(root, key)
+    root, diff = load_delta(path, verified)
     verify_delta(root, diff)
     return {"kind": "delta", "exportId": diff["exportId"], "baseExportId": diff["baseExportId"],
             "blobs": len(diff["blobs"]), "oci": (root.parent / "oci" / "index.json").is_file(),
@@ -521,30 +694,60 @@ def verify_delta_dir(path: Path, key: str | None = None) -> dict[str, Any]:
 def _check_plaintext_summary(recorded: Path, rebuilt: Path) -> None:
     """An encrypted mirror's mirror.json describes its plaintext packaging: the decrypted rebuild
     must reproduce the archive and the OCI artifact manifest exactly."""
+    from stella_build.delivery.mirror_schema import MirrorSummary
+
     if not recorded.is_file():
         return
-    want, got = json.loads(recorded.read_bytes()), json.loads(rebuilt.read_bytes())
+    want = validate(MirrorSummary, load_json(recorded)[1], file=recorded).model_dump()
+    got = json.loads(rebuilt.read_bytes())
     for field in ("archiveSha256", "ociManifestDigest", "manifestDigest"):
         if want.get(field) != got.get(field):
             raise MirrorError(f"decrypted mirror: {field} is {got.get(field)}, the producer recorded "
-                              f"{want.get(field)} in {recorded}")
+                              f"{want.get(field)}", 3, "digest-mismatch", file=recorded, field=field)
+
+
+def _view_checks(view: MirrorView, key) -> list[Check]:
+    """verify_view (verify/core.py) over a mirror; a parser error escaping it on hostile signature
+    or manifest bytes is a failed verification, not a traceback."""
+    try:
+        return verify_view(view, key)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        return [Check("signatures" if key is not None else "contents", False,
+                      f"unreadable: {type(exc).__name__}: {exc}")]
+
+
+_VIEW_REASONS = {"oci-layout": "oci-layout-mismatch", "layout": "stray-file", "manifest-schema": "schema-invalid",
+                 "tuf": "tuf-failed"}
 
 
 def verify_mirror(path: Path, key: str | None = None) -> dict[str, Any]:
-    """Verify a mirror directory; with `key` (a cosign.pub) also its signatures in mirror/signatures/
-    (rules/verify.py, exit 4 when a signature file is missing, 3 when one does not verify)."""
+    """Verify a mirror directory: its tree (verify_tree), and for an output directory also what
+    `stella-build verify` checks besides signatures (oci/ file by file against the layout the tree
+    makes, mirror.json, no stray file); with `key` (a cosign.pub) its signatures in
+    mirror/signatures/ too (exit 4 when a signature file is missing, 3 when one does not verify)."""
+    path = Path(path)
     tree = mirror_root(path)
     export = verify_tree(tree)
     out = {"kind": "mirror", "exportId": export["exportId"], "files": len(export["contents"]),
            "tuf": (tree / "tuf" / "root.json").is_file()}
     if key is not None:
-        out["signatures"] = _verify_signatures(tree.parent, key)
+        out["signatures"] = _verify_signatures(tree.parent, key)  # the view's checks, with the key
+    elif tree == path / "mirror":
+        failed = [c for c in _view_checks(MirrorView(path), None) if c.ok is False]
+        if failed:
+            raise MirrorError("; ".join(f"{c.file or '-'}: {c.message}" for c in failed[:5]), 3,
+                              _VIEW_REASONS.get(failed[0].name, "digest-mismatch"),
+                              file=path / failed[0].file if failed[0].file else path)
     oci = tree.parent / "oci"
     if oci.is_dir():
         from stella_build.rules.formats.oci import verify_layout
-        problems = verify_layout(oci)
+        scan_tree(oci)  # no links in the layout either
+        try:
+            problems = verify_layout(oci)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OSError) as exc:
+            problems = [f"unreadable ({type(exc).__name__})"]
         if problems:
-            raise MirrorError(f"{oci}: " + "; ".join(map(str, problems[:5])))
+            raise MirrorError(f"{oci}: " + "; ".join(map(str, problems[:5])), 3, "oci-layout-mismatch", file=oci)
         out["oci"] = True
     return out
 
@@ -556,11 +759,14 @@ def _verify_signatures(directory: Path, key: str) -> int:
         needed -= _archive_signatures()
     missing = [f"mirror/{n}" for n in sorted(needed) if not (directory / "mirror" / n).is_file()]
     if missing:
-        raise MirrorError(f"{directory}: --key given but the mirror is not signed (missing {', '.join(missing)})", 4)
+        raise MirrorError(f"{directory}: --key given but the mirror is not signed (missing {', '.join(missing)})", 4,
+                          "signature-missing", file=directory / missing[0])
     view = MirrorView(directory)
-    report = Report(str(directory), view.kind, None, verify_view(view, load_trusted_key(key)))
+    report = Report(str(directory), view.kind, None, _view_checks(view, load_trusted_key(key)))
     if not report.ok:
         failed = report.failed()
+        reason = "signature-invalid" if any("signature" in c.name for c in failed) else "verification-failed"
         raise MirrorError(f"{directory}: signature verification failed: "
-                          + "; ".join(f"{c.file or '-'}: {c.message}" for c in failed[:5]))
+                          + "; ".join(f"{c.file or '-'}: {c.message}" for c in failed[:5]), 3, reason,
+                          file=directory / failed[0].file if failed[0].file else directory)
     return sum(1 for c in report.checks if c.ok and "signature" in c.name)

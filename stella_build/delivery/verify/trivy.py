@@ -12,7 +12,6 @@ Messages name the real files (`show`).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from stella_build.engine.encode.timefmt import parse_rfc3339
@@ -21,7 +20,7 @@ from stella_build.rules.formats import signing
 from stella_build.rules.formats.oci import ANNOTATION_TITLE, LayoutDigests, fallback_tag
 from stella_build.rules.formats.bundle import SIGSTORE_SUFFIX
 from stella_build.delivery.verify.core import (
-    MANIFEST, DirectoryView, _Bad, _strict_bundle, _Verifier,
+    MANIFEST, MAX_SIGNATURE_BYTES, DirectoryView, _Bad, _strict_bundle, _Verifier,
 )
 from stella_build.delivery.verify.core import compare_tree, manifest_entry, OCI_DIR
 
@@ -50,41 +49,50 @@ class TrivyView(DirectoryView):
         if not (self.has(archive) and self.has(bundle_file)):
             return  # already reported by the signature checks
         try:
-            created = json.loads(self.read(MANIFEST))["generatedAt"]
+            created = self.read_json(MANIFEST)["generatedAt"]
             parse_rfc3339(created)
-        except (KeyError, ValueError, TypeError):
+        except (_Bad, KeyError, ValueError, TypeError, AttributeError):
             v.add("oci-layout", None, f"skipped: {MANIFEST} has no valid generatedAt")
             return
         # The layer is what the signed manifest says the archive is (not the file, which may be changed).
         digest, size = manifest_entry(self, archive) or self.digest(archive)
         expected = LayoutDigests()
         layer = expected.add_known_blob("sha256:" + digest, size, names["layer"], {ANNOTATION_TITLE: archive})
-        bundle = self._referrer_bundle(v, layer, names)
-        build_layout(expected, layer, bundle if bundle is not None else self.read(bundle_file), created,
-                     self.java)
+        bundle = self._referrer_bundle(v, layer, names, created)
+        if bundle is None:
+            try:
+                bundle = self.read_limited(bundle_file, MAX_SIGNATURE_BYTES)
+            except _Bad:  # already failed archive-signature; the layout then cannot match either
+                bundle = b""
+        build_layout(expected, layer, bundle, created, self.java)
         actual = {n[len(OCI_DIR):]: self.digest(n)[0] for n in self.names() if n.startswith(OCI_DIR)}
         compare_tree(v, expected.files, actual, OCI_DIR, "signed OCI layout")
 
-    def _referrer_bundle(self, v: _Verifier, layer, names) -> bytes | None:
-        """The Sigstore bundle the layout holds as the artifact's referrer, if it verifies the layer."""
+    def _referrer_bundle(self, v: _Verifier, layer, names, created: str) -> bytes | None:
+        """The Sigstore bundle the layout holds as the artifact's referrer, if it verifies the layer.
+
+        Every JSON file is parsed within verify's limits (`read_json`), the bundle read only when
+        it is signature-sized."""
         from stella_build.rules.formats.oci import TRIVY_ARTIFACT_TYPE
 
         probe = LayoutDigests()
         probe.add_known_blob(layer.digest, layer.size, layer.media_type, layer.annotations)
-        artifact = probe.add_manifest(TRIVY_ARTIFACT_TYPE, None, [layer],
-                                      created=json.loads(self.read(MANIFEST))["generatedAt"])
+        artifact = probe.add_manifest(TRIVY_ARTIFACT_TYPE, None, [layer], created=created)
+
+        def blob_name(descriptor) -> str:
+            return OCI_DIR + "blobs/sha256/" + descriptor["digest"].split(":", 1)[1]
+
         try:
-            index = json.loads(self.read(OCI_DIR + "index.json"))
+            index = self.read_json(OCI_DIR + "index.json")
             tag = fallback_tag(artifact.digest)
             ref_index = next(m for m in index["manifests"]
                              if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag)
-            blob = lambda d: self.read(OCI_DIR + "blobs/sha256/" + d["digest"].split(":", 1)[1])  # noqa: E731
-            referrer = json.loads(blob(ref_index))["manifests"][0]
-            manifest = json.loads(blob(referrer))
+            referrer = self.read_json(blob_name(ref_index))["manifests"][0]
+            manifest = self.read_json(blob_name(referrer))
             if manifest["subject"]["digest"] != artifact.digest:
                 raise _Bad("its subject is not the DB artifact")
-            data = blob(manifest["layers"][0])
-        except (KeyError, ValueError, TypeError, IndexError, StopIteration, _Bad) as exc:
+            data = self.read_limited(blob_name(manifest["layers"][0]), MAX_SIGNATURE_BYTES)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, StopIteration, _Bad) as exc:
             v.add("oci-referrer-signature", False, f"{OCI_DIR}: no readable Sigstore bundle referrer of "
                   f"the DB artifact {artifact.digest} ({exc!r})")
             return None

@@ -1,0 +1,65 @@
+"""`stella-build trivy-db …`: consume Trivy DB patches built by trivy_db_patch targets (docs/trivy-db.md).
+
+Exit codes: 0 ok · 2 usage (BASE missing, OUT not empty and not an earlier output) · 3 verification
+failed (base-mismatch, patch-result-mismatch, digest-mismatch, schema-invalid, size-limit,
+patch-invalid) · 1 I/O error. The work is done by stella_build/delivery/trivy_patch.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from stella_build.cli.common import CTX, CommandFailed, emit
+from stella_build.engine.errors import UsageError, VerificationFailed
+
+
+def _run(fn, *args, **kwargs):
+    """Call a delivery function; its MirrorError becomes the CLI error with the same exit code,
+    reason, file and field; an OSError is exit 1, reason `io-error`."""
+    from stella_build.delivery.untrusted import MirrorError
+
+    try:
+        return fn(*args, **kwargs)
+    except MirrorError as exc:
+        where = {"reason": exc.reason, "file": exc.file, "field": exc.field}
+        if exc.exit_code == 3:
+            raise VerificationFailed(str(exc), **where) from None
+        if exc.exit_code == 2:
+            raise UsageError(str(exc), **where) from None
+        raise CommandFailed(str(exc), exc.exit_code, **where) from None
+    except OSError as exc:
+        raise CommandFailed(f"{exc.strerror or exc}", 1, reason="io-error",
+                            file=exc.filename if isinstance(exc.filename, str) else None) from None
+
+
+@click.group("trivy-db", context_settings=CTX)
+def trivy_db():
+    """Trivy DB patches built by trivy_db_patch targets (docs/trivy-db.md, "Patches")."""
+
+
+@trivy_db.command("patch", context_settings=CTX)
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("patch", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the new trivy.db and metadata.json: new, empty, an earlier output, or "
+                   "BASE's own directory (e.g. a Trivy cache's db/), replaced atomically. Anything else: "
+                   "exit 2 unless --force.")
+@click.option("--force", is_flag=True, default=False,
+              help="Replace OUT even when it is a non-empty directory that is not an earlier output.")
+@click.pass_obj
+def trivy_db_patch(settings, base, patch, out, force):
+    """Apply the patch directory PATCH (trivy.db.zst, metadata.json, patch.json) to BASE (the
+    trivy.db a site holds, or the directory holding it) and write OUT/trivy.db and
+    OUT/metadata.json.
+
+    \b
+    Nothing is written unless BASE has the digest patch.json names (else exit 3, base-mismatch)
+    and the result has the promised digest (else exit 3, patch-result-mismatch).
+      stella-build trivy-db patch ~/.cache/trivy/db stella-out/profiles/trivy-db-patch -o ~/.cache/trivy/db
+    """
+    from stella_build.delivery.trivy_patch import apply_patch_dir
+
+    data = _run(apply_patch_dir, base, patch, out, force=force)
+    emit(settings, f"patched trivy.db {data['base'][:12]}… → {data['result'][:12]}… ({data['bytes']} bytes "
+                   f"from a {data['patchBytes']}-byte patch) → {out}", {"ok": True, **data})

@@ -1,0 +1,140 @@
+"""`stella-build trivy-db patch BASE PATCH -o OUT`: rebuild a Trivy DB from the one a site holds.
+
+BASE is the site's trivy.db (or a directory holding it: a Trivy cache's db/, an earlier OUT);
+PATCH the output directory of a trivy_db_patch target (trivy.db.zst, metadata.json, patch.json).
+Everything is checked before anything is written:
+
+1. patch.json is read under a size cap and must be a format-1 manifest (`schema-invalid`);
+   the patch and metadata.json must have the digests it names (`digest-mismatch`).
+2. BASE must have the manifest's base sha256 (`base-mismatch`, exit 3): a patch against another DB
+   would decode to garbage, or fail zstd's checksum.
+3. The patch is decoded with its output bounded by the declared result size and its window by
+   what the sizes need (rules/formats/trivy/patch.py apply_db_patch), and the result must have
+   the promised sha256 (`patch-result-mismatch`, exit 3).
+4. Only then OUT (guarded as in delivery/outdir.py: new, empty, an earlier output of this command,
+   or BASE's own directory) receives trivy.db and metadata.json, built aside and swapped in.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from stella_build.delivery.outdir import OutputDir
+from stella_build.delivery.untrusted import MirrorError
+from stella_build.rules.formats.trivy.patch import (
+    DB_FILE, FORMAT_VERSION, MANIFEST_FILE, MAX_DB_BYTES, METADATA_FILE, PATCH_FILE, PATCH_SCHEMA, PatchError,
+    apply_db_patch,
+)
+
+# patch.json is ~600 bytes; metadata.json ~200 bytes. Anything far larger is not ours.
+MAX_MANIFEST_BYTES = 1 << 20
+# The top-level entries of an OUT this command wrote (replaced without --force).
+OUTPUT_ENTRIES = frozenset({DB_FILE, METADATA_FILE})
+
+
+def _read(path: Path, cap: int, what: str) -> bytes:
+    """A regular file (no symlink) read whole under `cap` bytes."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise MirrorError(f"{path}: {what} is missing or not a regular file", 3, "missing-file", file=path)
+        size = path.stat().st_size
+        if size > cap:
+            raise MirrorError(f"{path}: {what} has {size} bytes, more than the {cap} allowed", 3, "size-limit",
+                              file=path)
+        with open(path, "rb") as f:
+            data = f.read(cap + 1)
+    except OSError as exc:
+        raise MirrorError(f"{path}: {exc.strerror or exc}", 1, "io-error", file=path) from None
+    if len(data) > cap:
+        raise MirrorError(f"{path}: {what} grew past {cap} bytes while read", 3, "size-limit", file=path)
+    return data
+
+
+def _manifest(patch_dir: Path) -> dict:
+    path = patch_dir / MANIFEST_FILE
+    try:
+        doc = json.loads(_read(path, MAX_MANIFEST_BYTES, "patch.json"))
+        ok = (doc.get("schema") == PATCH_SCHEMA and doc.get("formatVersion") == FORMAT_VERSION
+              and all(isinstance(doc.get(k), dict) and isinstance(doc[k].get("sha256"), str)
+                      and type(doc[k].get("bytes")) is int and 0 <= doc[k]["bytes"] <= MAX_DB_BYTES
+                      for k in ("base", "result", "patch", "metadata")))
+    except (ValueError, AttributeError, RecursionError):
+        ok = False
+    if not ok:
+        raise MirrorError(f"{path}: not a trivy-db patch manifest (format {FORMAT_VERSION}: schema, formatVersion, "
+                          "base/result/patch/metadata with sha256 and bytes)", 3, "schema-invalid", file=path)
+    return doc
+
+
+def _base_file(base: Path) -> Path:
+    for candidate in (base, base / DB_FILE, base / "db" / DB_FILE):
+        if candidate.is_file():
+            return candidate
+    raise MirrorError(f"{base}: no trivy.db there (give the file, or the directory holding it)", 2, "base-missing",
+                      file=base, field="BASE")
+
+
+def _check(data: bytes, entry: dict, path: Path, reason: str) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != entry["bytes"] or digest != entry["sha256"]:
+        raise MirrorError(f"{path}: {len(data)} bytes, sha256 {digest}; patch.json names {entry['bytes']} bytes, "
+                          f"sha256 {entry['sha256']}", 3, reason, file=path)
+
+
+def _is_output(out: Path) -> bool:
+    """OUT is a directory this command wrote before (only trivy.db and metadata.json, regular files)."""
+    try:
+        names = set(os.listdir(out))
+    except OSError:
+        return False
+    return (not out.is_symlink() and bool(names) and names <= OUTPUT_ENTRIES and
+            all((out / n).is_file() and not (out / n).is_symlink() for n in names))
+
+
+def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = False) -> dict:
+    """Check and apply the patch in `patch_dir` to `base` and write OUT/trivy.db + OUT/metadata.json.
+
+    Returns {"out", "base": sha256, "result": sha256, "bytes", "patchBytes"}. Raises MirrorError:
+    exit 3 (`base-mismatch`, `patch-result-mismatch`, `digest-mismatch`, `schema-invalid`,
+    `size-limit`, `patch-invalid`, `missing-file`) with nothing written; exit 2 for a missing BASE
+    (`base-missing`) or an OUT that is not ours (`output-not-empty`, `output-overlaps-input`)."""
+    base_file = _base_file(Path(base))
+    doc = _manifest(Path(patch_dir))
+    patch_path, meta_path = Path(patch_dir) / PATCH_FILE, Path(patch_dir) / METADATA_FILE
+    patch = _read(patch_path, MAX_DB_BYTES, "the patch")
+    _check(patch, doc["patch"], patch_path, "digest-mismatch")
+    metadata = _read(meta_path, MAX_MANIFEST_BYTES, "metadata.json")
+    _check(metadata, doc["metadata"], meta_path, "digest-mismatch")
+    base_bytes = _read(base_file, MAX_DB_BYTES, "the base trivy.db")
+    try:
+        _check(base_bytes, doc["base"], base_file, "base-mismatch")
+    except MirrorError as exc:
+        raise MirrorError(f"{exc} — this patch was made for another base DB; fetch the full db.tar.gz instead",
+                          3, "base-mismatch", file=base_file, field="BASE") from None
+    try:
+        result = apply_db_patch(base_bytes, patch, result_size=doc["result"]["bytes"],
+                                result_sha256=doc["result"]["sha256"])
+    except PatchError as exc:
+        raise MirrorError(f"{patch_path}: {exc}", 3, exc.reason, file=patch_path) from None
+    del base_bytes, patch
+    # Only now is anything written. Re-applying onto an earlier OUT (or the base's own directory:
+    # a Trivy cache's db/) replaces it without --force; outdir.OUTPUT_KINDS has no "trivy-db" kind,
+    # so that case passes force after checking the shape here.
+    out = Path(out)
+    same_ok = base_file.parent if base_file.parent.resolve() == Path(os.path.abspath(out)).resolve() else None
+    with OutputDir(out, kinds=(), inputs=[Path(patch_dir), base_file.parent], same_ok=same_ok,
+                   force=force or _is_output(out)) as od:
+        tmp = od.begin()
+        for name, data in ((DB_FILE, result), (METADATA_FILE, metadata)):
+            with open(tmp / name, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        od.commit()
+    return {"out": str(out), "base": doc["base"]["sha256"], "result": doc["result"]["sha256"],
+            "bytes": len(result), "patchBytes": doc["patch"]["bytes"]}
+
+
+__all__ = ["apply_patch_dir", "OUTPUT_ENTRIES"]

@@ -1,0 +1,271 @@
+"""trivy_db_patch and `stella-build trivy-db patch`: ship only the change of a Trivy DB.
+
+Shows: the patch of a DB with ~1 % of advisories changed is ≤ 2 % of db.tar.gz (sample profiles
+and a 5k synthetic corpus); the patched DB is byte-identical to the full build; a patch against
+the wrong base, a patch whose result is not the promised one, a tampered patch or a bomb frame is
+refused with exit 3 and nothing is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from stella_build.rules.formats.trivy.patch import PatchError, apply_db_patch, make_db_patch
+from tests.conftest import REPO, make_workspace, run_cli
+
+PATCH_TARGET = """
+[targets.trivy-db-patch]
+rule = "trivy_db_patch"
+description = "trivy.db as a patch against the base the sites hold"
+deps = [":{db}"]
+base = {{ db = "{base}", sha256 = "{sha}" }}
+"""
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _patched_workspace(ws: Path, cache: Path, package: str, db_target: str, change) -> dict[str, Path]:
+    """Build v1, keep its trivy.db as the base, `change()` the evidence, build v2 and its patch."""
+    run_cli(["-q", "build", f"//{package}:{db_target}"], cwd=ws, cache=cache, check=True)
+    out = ws / "stella-out" / package / db_target
+    base = ws / "base" / "trivy.db"
+    base.parent.mkdir()
+    shutil.copyfile(out / "trivy.db", base)
+    change()
+    with open(ws / package / "Exportfile", "a") as f:
+        f.write(PATCH_TARGET.format(db=db_target, base="base/trivy.db", sha=_sha(base)))
+    run_cli(["-q", "build", f"//{package}:{db_target}", f"//{package}:trivy-db-patch"], cwd=ws, cache=cache,
+            check=True)
+    return {"base": base, "new": out, "patch": ws / "stella-out" / package / "trivy-db-patch"}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("patch-sample")
+    ws = make_workspace(tmp / "ws")
+
+    def change():  # one of the sample's advisories gets a new summary and fixed version text
+        path = ws / "profiles" / "evidence" / "osv" / "STELLA-SAMPLE-2018-0003-PyPI-requests.json"
+        doc = json.loads(path.read_text())
+        doc["summary"] += " (updated)"
+        doc["modified"] = "2025-01-02T00:00:00Z"
+        path.write_text(json.dumps(doc, indent=2))
+
+    return {**_patched_workspace(ws, tmp / "cache", "profiles", "trivy-db", change), "ws": ws, "tmp": tmp}
+
+
+def test_sample_patch_is_small_and_names_both_digests(sample):
+    patch, new, base = sample["patch"], sample["new"], sample["base"]
+    doc = json.loads((patch / "patch.json").read_bytes())
+    size = (patch / "trivy.db.zst").stat().st_size
+    assert doc["base"] == {"sha256": _sha(base), "bytes": base.stat().st_size}
+    assert doc["result"] == {"path": "trivy.db", "sha256": _sha(new / "trivy.db"),
+                             "bytes": (new / "trivy.db").stat().st_size}
+    assert doc["patch"]["sha256"] == _sha(patch / "trivy.db.zst") and doc["patch"]["bytes"] == size
+    assert doc["formatVersion"] == 1
+    assert _sha(base) != _sha(new / "trivy.db")  # the change reached the DB
+    assert (patch / "metadata.json").read_bytes() == (new / "metadata.json").read_bytes()
+    # measured: 62 bytes against a 6,091-byte db.tar.gz (1.0 %)
+    assert size <= 0.02 * (new / "db.tar.gz").stat().st_size, (size, (new / "db.tar.gz").stat().st_size)
+
+
+def test_sample_patch_applies_byte_identical(sample, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
+                cwd=sample["ws"])
+    assert r.code == 0, r.stderr
+    assert r.json()["result"] == _sha(sample["new"] / "trivy.db")
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "trivy.db"]
+    assert (out / "trivy.db").read_bytes() == (sample["new"] / "trivy.db").read_bytes()
+    assert (out / "metadata.json").read_bytes() == (sample["new"] / "metadata.json").read_bytes()
+    # again onto its own earlier output: replaced without --force
+    r = run_cli(["trivy-db", "patch", str(sample["base"]), str(sample["patch"]), "-o", str(out)], cwd=sample["ws"])
+    assert r.code == 0, r.stderr
+
+
+def test_in_place_update_of_a_trivy_cache_db_dir(sample, tmp_path):
+    db = tmp_path / "cache" / "db"
+    db.mkdir(parents=True)
+    shutil.copyfile(sample["base"], db / "trivy.db")
+    (db / "metadata.json").write_text("{}")
+    r = run_cli(["trivy-db", "patch", str(db), str(sample["patch"]), "-o", str(db)], cwd=sample["ws"])
+    assert r.code == 0, r.stderr
+    assert _sha(db / "trivy.db") == _sha(sample["new"] / "trivy.db")
+    assert not [p for p in db.parent.iterdir() if p.name != "db"]  # no leftovers next to it
+
+
+def _refused(sample, tmp_path, base: Path, patch: Path, reason: str, exit_code: int = 3) -> None:
+    out = tmp_path / "out"
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(base), str(patch), "-o", str(out)], cwd=sample["ws"])
+    assert r.code == exit_code, r.stdout + r.stderr
+    assert [e["reason"] for e in r.json()["errors"]] == [reason]
+    assert "Traceback" not in r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == [p for p in tmp_path.iterdir() if p.name != "out"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_wrong_base_is_refused_without_writing(sample, tmp_path):
+    _refused(sample, tmp_path, sample["new"] / "trivy.db", sample["patch"], "base-mismatch")
+
+
+def test_wrong_base_keeps_an_existing_out_untouched(sample, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(sample["base"], out / "trivy.db")
+    before = _sha(out / "trivy.db")
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["new"] / "trivy.db"), str(sample["patch"]),
+                 "-o", str(out)], cwd=sample["ws"])
+    assert r.code == 3 and r.json()["errors"][0]["reason"] == "base-mismatch"
+    assert sorted(p.name for p in out.iterdir()) == ["trivy.db"] and _sha(out / "trivy.db") == before
+
+
+def _copy_patch(sample, tmp_path) -> Path:
+    dst = tmp_path / "patch-copy"
+    shutil.copytree(sample["patch"], dst)
+    return dst
+
+
+def test_result_not_the_promised_one_is_refused(sample, tmp_path):
+    patch = _copy_patch(sample, tmp_path)
+    doc = json.loads((patch / "patch.json").read_bytes())
+    doc["result"]["sha256"] = "0" * 64
+    (patch / "patch.json").write_text(json.dumps(doc))
+    _refused(sample, tmp_path, sample["base"], patch, "patch-result-mismatch")
+
+
+def test_tampered_patch_is_refused(sample, tmp_path):
+    patch = _copy_patch(sample, tmp_path)
+    (patch / "trivy.db.zst").write_bytes(b"\0" + (patch / "trivy.db.zst").read_bytes()[1:])
+    _refused(sample, tmp_path, sample["base"], patch, "digest-mismatch")
+
+
+def test_user_directory_is_not_replaced(sample, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
+                cwd=sample["ws"])
+    assert r.code == 2 and r.json()["errors"][0]["reason"] == "output-not-empty"
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_wrong_pinned_base_fails_analysis(sample, tmp_path):
+    ws = sample["ws"]
+    ef = ws / "profiles" / "Exportfile"
+    text = ef.read_text()
+    try:
+        ef.write_text(text.replace(_sha(sample["base"]), "1" * 64))
+        r = run_cli(["--output", "json", "build", "//profiles:trivy-db-patch"], cwd=ws, cache=sample["tmp"] / "cache")
+        assert r.code == 2 and r.json()["errors"][0]["reason"] == "base-mismatch"
+    finally:
+        ef.write_text(text)
+
+
+# -- the format, directly -----------------------------------------------------------------------
+
+def test_bomb_frame_is_refused_before_decoding():
+    base = b"x" * 4096
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (8 << 20))  # declares 8 MiB
+    with pytest.raises(PatchError) as exc:
+        apply_db_patch(base, bomb, result_size=4096, result_sha256="0" * 64)
+    assert exc.value.reason == "size-limit"
+
+
+def test_frame_without_size_is_bounded_while_decoding():
+    base = b"y" * 4096
+    cobj = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    frame = cobj.compress(b"\0" * (4 << 20)) + cobj.flush()
+    with pytest.raises(PatchError) as exc:
+        apply_db_patch(base, frame, result_size=4096, result_sha256="0" * 64)
+    assert exc.value.reason == "size-limit"
+
+
+def test_patch_against_another_base_fails_the_checksum():
+    import os
+    base = os.urandom(200_000)
+    new = base[:1000] + b"changed" + base[1000:]
+    patch = make_db_patch(base, new, 3)
+    assert apply_db_patch(base, patch, result_size=len(new), result_sha256=hashlib.sha256(new).hexdigest()) == new
+    with pytest.raises(PatchError) as exc:
+        apply_db_patch(os.urandom(200_000), patch, result_size=len(new), result_sha256=hashlib.sha256(new).hexdigest())
+    assert exc.value.reason in ("patch-invalid", "patch-result-mismatch")
+
+
+# -- a synthetic corpus with 1 % of advisories changed --------------------------------------------
+
+SYNTH_EXPORTFILE = """[package]
+source_date_epoch = 1735689600
+
+[targets.osv]
+rule = "osv_source"
+srcs = ["osv/**/*.json"]
+shards = 4
+source = { name = "synthetic", license = "CC0-1.0" }
+
+[targets.trivy-db]
+rule = "trivy_db"
+deps = [":osv"]
+"""
+
+
+def test_synthetic_one_percent_change(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        from gen_osv_corpus import encode, generate
+    finally:
+        sys.path.pop(0)
+    ws = make_workspace(tmp_path / "ws", packages=())
+    pkg = ws / "synth"
+    (pkg / "osv").mkdir(parents=True)
+    (pkg / "Exportfile").write_text(SYNTH_EXPORTFILE)
+    docs = list(generate(5000, 1))
+    for i, doc in enumerate(docs):
+        (pkg / "osv" / f"{i // 500:03d}").mkdir(exist_ok=True)
+        (pkg / "osv" / f"{i // 500:03d}" / f"{doc['id']}.json").write_bytes(encode(doc))
+
+    def change():  # every 100th advisory: new summary, modified date and fixed version
+        for i, doc in enumerate(docs):
+            if i % 100 == 0:
+                doc = dict(doc, summary=(doc.get("summary") or "") + " (revised)", modified="2025-01-02T00:00:00Z")
+                (pkg / "osv" / f"{i // 500:03d}" / f"{doc['id']}.json").write_bytes(encode(doc))
+
+    paths = _patched_workspace(ws, tmp_path / "cache", "synth", "trivy-db", change)
+    size = (paths["patch"] / "trivy.db.zst").stat().st_size
+    archive = (paths["new"] / "db.tar.gz").stat().st_size
+    assert _sha(paths["base"]) != _sha(paths["new"] / "trivy.db")
+    assert size <= 0.02 * archive, f"patch {size} bytes vs db.tar.gz {archive} bytes"
+    out = tmp_path / "out"
+    r = run_cli(["trivy-db", "patch", str(paths["base"]), str(paths["patch"]), "-o", str(out)], cwd=ws)
+    assert r.code == 0, r.stderr
+    assert (out / "trivy.db").read_bytes() == (paths["new"] / "trivy.db").read_bytes()
+
+
+def test_bomb_stays_under_a_memory_cap(tmp_path):
+    """A frame without a content size that inflates to 2 GiB, under RLIMIT_AS = 512 MiB: refused
+    with size-limit after at most the declared result size + 1 MiB, never a MemoryError."""
+    import subprocess
+
+    cobj = zstandard.ZstdCompressor(level=1, write_content_size=False).compressobj()
+    chunk = b"\0" * (1 << 20)
+    bomb = b"".join(cobj.compress(chunk) for _ in range(2048)) + cobj.flush()
+    (tmp_path / "bomb.zst").write_bytes(bomb)
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))\n"
+        "from stella_build.rules.formats.trivy.patch import PatchError, apply_db_patch\n"
+        "try:\n"
+        f"    apply_db_patch(b'z' * 65536, open({str(tmp_path / 'bomb.zst')!r}, 'rb').read(),\n"
+        "                   result_size=1 << 20, result_sha256='0' * 64)\n"
+        "except PatchError as exc:\n"
+        "    print(exc.reason)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "size-limit"
