@@ -24,7 +24,23 @@ REFERENCE_GAPS = [
         "upstream": "observed with osv-scanner 2.6.0 / osv-scalibr 0.5.2 and the --offline local "
                     "database; Go module paths are case-sensitive (go.dev/ref/mod#module-path)",
     },
+    {
+        "id": "ubuntu-lts-image",
+        "applies": "osv-scanner `scan image` of an Ubuntu LTS system (the image cross-check of the SBOM path)",
+        "reason": "osv-scanner 2.6.0 names the packages of an Ubuntu image `Ubuntu:22.04`, without the `:LTS` "
+                  "that every Ubuntu LTS record's ecosystem carries (`Ubuntu:22.04:LTS`), so an LTS image "
+                  "matches no record (the shared jammy fixture: curl 7.81.0-1ubuntu1.10 gets none of "
+                  "USN-6237-1, USN-6429-1, USN-6718-1); from an SBOM purl (`distro=ubuntu-22.04`) it names "
+                  "them `Ubuntu:22.04:LTS` and matches. The Ubuntu reference is the SBOM path; images are "
+                  "cross-checked for the non-LTS releases only",
+        "upstream": "observed with osv-scanner 2.6.0 / osv-scalibr 0.5.2 (dpkg extractor, os-release "
+                    "VERSION_ID); OSV ecosystems: 'Ubuntu:<RELEASE>' with a mandatory ':LTS' suffix for LTS",
+    },
 ]
+
+
+def ubuntu_lts(ecosystem: str) -> bool:
+    return ecosystem.startswith("Ubuntu:") and ecosystem.endswith(":LTS") and ":Pro" not in ecosystem
 
 
 def osv_scanner_gap(base_ecosystem: str, name: str) -> str | None:

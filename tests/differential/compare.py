@@ -57,9 +57,6 @@ class Report:
     never_reported: list[str] = field(default_factory=list)   # records osv-scanner never matched
     policy_notes: Counter = field(default_factory=Counter)
 
-    def failing(self) -> list[Line]:
-        return self.lines
-
     def classes(self) -> Counter:
         return Counter((ln.pair, ln.klass) for ln in self.lines)
 
@@ -73,6 +70,10 @@ class Report:
                + str(dict(Counter(r.split(':')[0] for r in self.dropped_by_osv_scanner.values()))),
                f"json:policy gave no answer (listed reasons): {dict(self.policy_notes)}",
                f"disagreements: {len(self.lines)} (allowed by the reviewed list: {len(self.allowed)})"]
+        allowed = Counter(entry.get("rule") or entry.get("record") for _, entry in self.allowed)
+        for name, n in sorted(allowed.items()):
+            example = next(ln for ln, e in self.allowed if (e.get("rule") or e.get("record")) == name)
+            out.append(f"  allowed by {name}: {n}; e.g. {example.text()}")
         for (pair, klass), n in sorted(self.classes().items(), key=lambda kv: (-kv[1], kv[0])):
             example = next(ln for ln in self.lines if (ln.pair, ln.klass) == (pair, klass))
             out.append(f"  class {pair} / {klass}: {n}; e.g. {example.text()}")

@@ -23,8 +23,6 @@ from typing import Any, Iterator
 
 import yaml
 
-DATASETS = ("osv-pypi", "osv-go", "ghsa", "osv-ubuntu", "rustsec", "alpine-secdb")
-
 Events = tuple[tuple[str, str], ...]          # ((kind, version), ...) in source order
 Ranges = tuple[tuple[str, Events], ...]       # ((type, events), ...)
 

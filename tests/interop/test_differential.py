@@ -84,7 +84,10 @@ def test_every_record_and_every_ecosystem_is_probed(differential) -> None:
     unprobed = [(a.record_id, a.ecosystem, a.name) for pkg, affs in probes.affected.items()
                 for a in affs if not probes.versions[pkg]]
     assert unprobed == []
-    assert report.comparisons["policy-vs-reference"] > 0 and report.comparisons["policy-vs-trivy"] > 0
+    datasets = {a.dataset for affs in probes.affected.values() for a in affs}
+    assert datasets == {"osv-pypi", "osv-go", "ghsa", "osv-ubuntu", "rustsec", "alpine-secdb"}
+    for pair in ("policy-vs-reference", "policy-vs-trivy", "spec-vs-osv-scanner"):
+        assert report.comparisons[pair] > 100_000, pair
 
 
 def test_osv_scanner_drops_only_the_records_the_schema_check_predicts(differential) -> None:
@@ -156,6 +159,47 @@ def test_osv_scanner_reference_gaps_still_hold(tool, tmp_path) -> None:
             for r in json.loads(out.read_text())["results"] for p in r["packages"]}
     assert seen["github.com/stella-gap/lower"] == {"STELLA-GAP-1"}   # the fixture works
     assert seen["github.com/Stella-Gap/Upper"] == set(), "osv-scanner now matches upper-case module paths"
+
+
+def test_osv_scanner_ubuntu_lts_image_gap_still_holds(tool, tmp_path) -> None:
+    """REFERENCE_GAPS["ubuntu-lts-image"], on the shared jammy fixture: an SBOM purl of its curl
+    gets the Ubuntu:22.04:LTS records expected.json names, an image of the same rootfs gets none.
+    When this fails, remove the entry and cross-check Ubuntu LTS images too."""
+    from tests.conftest import SHARED_DATA
+    from tests.differential import lockfiles, osvdb, runners
+    from tests.differential.corpus import load_osv_file, Record, affected_of
+
+    scanner = tool("osv-scanner")
+    fixture = SHARED_DATA / "osv-ubuntu" / "fixtures"
+    expected = {p["package"]: p for p in json.loads((fixture / "expected.json").read_text())["packages"]}["curl"]
+    assert expected["advisories"]  # the fixture says curl is affected
+    records = []
+    for f in sorted((SHARED_DATA / "osv-ubuntu").glob("*.json")):
+        doc = load_osv_file(f)
+        records.append(Record(id=doc["id"], dataset="osv-ubuntu", path=f.name, osv=doc, withdrawn=False,
+                              affected=affected_of(doc, "osv-ubuntu", f.name)))
+    osvdb.write_db(tmp_path / "db", records)
+    lockfiles.write_image_tar(fixture / "jammy-rootfs", tmp_path / "jammy.tar")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    image_out = tmp_path / "image.json"
+    proc = subprocess.run(runners.osv_scanner_image_cmd(scanner, tmp_path / "db", tmp_path / "jammy.tar", image_out),
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    image = {(p["package"]["name"], p["package"]["ecosystem"]): {v["id"] for v in p.get("vulnerabilities") or ()}
+             for r in json.loads(image_out.read_text())["results"] for p in r["packages"]}
+    (tmp_path / "sbom").mkdir()
+    (tmp_path / "sbom" / "curl.cdx.json").write_text(json.dumps({
+        "bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1, "components": [{
+            "type": "library", "name": "curl", "version": expected["source_version"], "bom-ref": "curl",
+            "purl": f"pkg:deb/ubuntu/curl@{expected['source_version']}?arch=source&distro=ubuntu-22.04"}]}))
+    sbom_out = tmp_path / "sbom.json"
+    proc = subprocess.run(runners.osv_scanner_cmd(scanner, tmp_path / "db", tmp_path / "sbom", sbom_out),
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    sbom = {(p["package"]["name"], p["package"]["ecosystem"]): {v["id"] for v in p.get("vulnerabilities") or ()}
+            for r in json.loads(sbom_out.read_text())["results"] for p in r["packages"]}
+    assert sbom[("curl", "Ubuntu:22.04:LTS")] >= set(expected["advisories"])
+    assert image[("curl", "Ubuntu:22.04")] == set(), "osv-scanner now matches Ubuntu LTS records in images"
 
 
 # -- the test's own evaluators (fast, no tools) ------------------------------------------------------
