@@ -52,7 +52,12 @@ def main(argv: list[str]) -> int:
     if argv[0] == "build":
         args = argv[1:] or ["//profiles/..."]
         return subprocess.call([str(BIN / "stella-build"), *args], cwd=ROOT, env=env)
-    return subprocess.call([str(BIN / "python"), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
+    args = argv[1:]
+    if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args):
+        # one worker per core (pytest-xdist), a test file per worker: most tests drive the real CLI
+        # in subprocesses, so two files at once keep both cores busy
+        args = ["-n", str(max(1, min(os.cpu_count() or 1, 4))), "--dist", "loadfile", *args]
+    return subprocess.call([str(BIN / "python"), "-m", "pytest", *args], cwd=ROOT, env=env)
 
 
 if __name__ == "__main__":
