@@ -606,12 +606,15 @@ def test_oversized_content_length_is_refused_before_reading(hostile, tmp_path):
 
 
 _BOMB_SCRIPT = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
     from stella_build.engine.cache.remote import RemoteCache
     rc = RemoteCache.from_url(sys.argv[1], retries=0, env={})
     ok = rc.get_cas("cd" * 32, 4096, sys.argv[2])
-    print(json.dumps({"ok": ok, "corrupt": rc.stats.as_dict()["corrupt"],
-                      "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not getrusage(): ru_maxrss survives execve on Linux, so a child spawned from a large
+    # pytest worker reports the worker's peak; VmHWM is this process image's own high-water mark.
+    with open("/proc/self/status") as f:
+        hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print(json.dumps({"ok": ok, "corrupt": rc.stats.as_dict()["corrupt"], "maxrss_mib": hwm_kib / 1024}))
 """)
 
 
