@@ -9,6 +9,13 @@ CVSS v3/v4 vectors, CVE/GHSA aliases, references, withdrawn records). Output dep
 ``--count`` and ``--seed``: the same arguments give byte-identical files (JSON with sorted keys,
 timestamps derived from the seed, never the wall clock). Files are sharded as
 ``<out>/<ecosystem>/<nnn>/<ID>.json`` so that no directory gets too large.
+
+The daily update (bench/bench_daily.py): ``--change 0.01 --change-seed 2`` rewrites a seeded 1 %
+of an existing ``--out`` tree (same ``--count`` and ``--seed``) with the next version of each
+chosen advisory: ``modified`` 1-30 days later, one more reference, and some ``fixed`` versions
+moved to a later patch release.
+
+    python bench/gen_osv_corpus.py --count 100000 --seed 1 --out /tmp/osv-100k --change 0.01 --change-seed 2
 """
 from __future__ import annotations
 
@@ -128,6 +135,54 @@ def generate(count: int, seed: int) -> Iterator[dict[str, Any]]:
         yield advisory(rng, i)
 
 
+def changed(doc: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The next version of ``doc`` (a new dict): ``modified`` 1-30 days later, one reference
+    added, and each ``fixed`` event moved to a later patch release with probability 1/2 (at
+    least the first one, so every changed record changes its Trivy values too)."""
+    doc = json.loads(json.dumps(doc))
+    days = rng.randint(1, 30)
+    mod = doc["modified"]
+    import datetime as dt
+
+    when = dt.datetime.strptime(mod, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
+    doc["modified"] = _rfc3339(int(when.timestamp()) + days * 86400)
+    doc["references"].append({"type": "ADVISORY",
+                              "url": f"https://example.org/{doc['id'].lower()}/update-{days}"})
+    first = True
+    for aff in doc["affected"]:
+        for rng_ in aff.get("ranges", []):
+            for ev in rng_["events"]:
+                if "fixed" in ev and (first or rng.random() < 0.5):
+                    parts = ev["fixed"].split(".")
+                    parts += ["0"] * (3 - len(parts))
+                    parts[2] = str(int(parts[2]) + 1)
+                    ev["fixed"] = ".".join(parts)
+                    first = False
+    return doc
+
+
+def corpus_path(out: str, index: int, doc: dict[str, Any]) -> str:
+    """Where the files format writes advisory ``index``: ``<out>/<ecosystem>/<nnn>/<ID>.json``."""
+    eco = doc["affected"][0]["package"]["ecosystem"].replace(".", "_")
+    return os.path.join(out, eco, f"{index // 1000:04d}", doc["id"] + ".json")
+
+
+def change_corpus(out: str, count: int, seed: int, fraction: float, change_seed: int) -> list[str]:
+    """Rewrite ``round(count * fraction)`` seeded-random advisories of the files-format corpus at
+    ``out`` (written with the same ``count`` and ``seed``) with their ``changed`` version;
+    returns the paths written, sorted. Same arguments → same files."""
+    rng = random.Random(change_seed)
+    chosen = set(rng.sample(range(count), round(count * fraction)))
+    written = []
+    for i, doc in enumerate(generate(count, seed)):
+        if i in chosen:
+            path = corpus_path(out, i, doc)
+            with open(path, "wb") as fh:
+                fh.write(encode(changed(doc, rng)))
+            written.append(path)
+    return sorted(written)
+
+
 def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -138,7 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="directory (files) or file path (jsonl)")
     p.add_argument("--format", choices=["files", "jsonl"], default="files")
+    p.add_argument("--change", type=float, metavar="FRACTION", help=(
+        "rewrite this fraction of the existing files-format corpus at --out with the next "
+        "version of each chosen advisory (the daily update)"))
+    p.add_argument("--change-seed", type=int, default=2)
     args = p.parse_args(argv)
+    if args.change is not None:
+        paths = change_corpus(args.out, args.count, args.seed, args.change, args.change_seed)
+        print(f"changed {len(paths)} of {args.count} advisories (change seed {args.change_seed}) "
+              f"in {args.out}", file=sys.stderr)
+        return 0
     if args.format == "jsonl":
         with open(args.out, "wb") as fh:
             for doc in generate(args.count, args.seed):
@@ -146,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         made: set[str] = set()
         for i, doc in enumerate(generate(args.count, args.seed)):
-            eco = doc["affected"][0]["package"]["ecosystem"].replace(".", "_")
-            d = os.path.join(args.out, eco, f"{i // 1000:04d}")
+            path = corpus_path(args.out, i, doc)
+            d = os.path.dirname(path)
             if d not in made:
                 os.makedirs(d, exist_ok=True)
                 made.add(d)
-            with open(os.path.join(d, doc["id"] + ".json"), "wb") as fh:
+            with open(path, "wb") as fh:
                 fh.write(encode(doc))
     print(f"wrote {args.count} advisories (seed {args.seed}) to {args.out}", file=sys.stderr)
     return 0

@@ -5,126 +5,19 @@ stored beside the result so `explain` can diff two records field by field.
 """
 from __future__ import annotations
 
-import functools
-import importlib.util
+import itertools
 import json
-import re
+import operator
 import sys
-from pathlib import Path
 from typing import Any
 
 import blake3
 
+from stella_build.engine.closure import import_closure, implementation_digest  # noqa: F401 (re-exported)
 from stella_build.engine.encode import canonical_json
 from stella_build.engine.rule_api import ActionSpec
 
 CACHE_SCHEMA = 1
-
-
-@functools.lru_cache(maxsize=None)
-def _package_locations(name: str) -> tuple[Path, ...]:
-    """Directories of a package (import system's answer, so package-dir mappings are followed)."""
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return ()
-    if spec is None or spec.submodule_search_locations is None:
-        return ()
-    return tuple(Path(p) for p in spec.submodule_search_locations)
-
-
-@functools.lru_cache(maxsize=None)
-def _module_path(name: str) -> tuple[Path, bool] | None:
-    """(source file, is package) of a module of a package, or None (a name that is not a module:
-    an attribute imported with `from m import name`, or a compiled/namespace module)."""
-    parent, _, leaf = name.rpartition(".")
-    if not parent:
-        locations = _package_locations(name)
-        init = next((d / "__init__.py" for d in locations if (d / "__init__.py").is_file()), None)
-        return (init, True) if init else None
-    parent_dirs = _package_locations(parent)
-    for directory in parent_dirs:
-        if (directory / leaf / "__init__.py").is_file():
-            return directory / leaf / "__init__.py", True
-        if (directory / f"{leaf}.py").is_file():
-            return directory / f"{leaf}.py", False
-    if parent_dirs:  # a subpackage mapped elsewhere (setuptools package-dir, editable installs)
-        init = next((d / "__init__.py" for d in _package_locations(name) if (d / "__init__.py").is_file()), None)
-        if init is not None:
-            return init, True
-    return None
-
-
-# `import a.b, c` and `from a.b import (x, y)` / `from .a import x`, at any indentation. A scan, not a
-# parse, because it runs on every build; a false match (the word in a docstring) can only add a
-# module to the closure, never drop one.
-_IMPORT = re.compile(r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#]+)"
-                     r"|import[ \t]+([^\n#]+))", re.M)
-
-
-@functools.lru_cache(maxsize=None)
-def _imports_of(name: str) -> tuple[str, ...]:
-    """Modules a module's source may import (module level and inside functions), as absolute names:
-    `import a.b`, `from a import b` (b if it is a submodule, else a), relative forms resolved."""
-    found = _module_path(name)
-    if found is None:
-        return ()
-    path, is_pkg = found
-    package = name if is_pkg else name.rpartition(".")[0]
-    out: set[str] = set()
-    for m in _IMPORT.finditer(path.read_text(encoding="utf-8")):
-        if m.group(3):
-            out.update(part.split()[0] for part in m.group(3).split(",") if part.strip())
-            continue
-        module, names = m.group(1), m.group(2).strip("() \t\n")
-        level = len(module) - len(module.lstrip("."))
-        if level:
-            base = package.split(".")
-            base = base[: len(base) - (level - 1)] if level > 1 else base
-            module = ".".join(base + ([module[level:]] if module[level:] else []))
-        out.add(module)
-        for part in names.replace("\n", ",").split(","):
-            word = part.split("#")[0].strip().split(" ")[0]
-            if word and word != "*" and word.isidentifier():
-                out.add(f"{module}.{word}")
-    return tuple(sorted(out))
-
-
-@functools.lru_cache(maxsize=None)
-def import_closure(module_name: str) -> tuple[tuple[str, Path], ...]:
-    """Every module of the action's top-level package that importing `module_name` can execute:
-    the module, the modules it imports (transitively, function-local imports included) and their
-    parent packages, as sorted (module name, source file). Modules outside that package (the
-    standard library, pinned third-party libraries) are covered by the key's `libraries`/`python`."""
-    top = module_name.split(".", 1)[0]
-    seen: dict[str, Path] = {}
-    stack = [module_name]
-    while stack:
-        name = stack.pop()
-        if name in seen or not (name == top or name.startswith(top + ".")):
-            continue
-        found = _module_path(name)
-        if found is None:
-            continue
-        seen[name] = found[0]
-        parts = name.split(".")
-        stack.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        stack.extend(_imports_of(name))
-    return tuple(sorted(seen.items()))
-
-
-@functools.lru_cache(maxsize=None)
-def implementation_digest(fn: str) -> str:
-    """Digest of exactly the code an action can run: BLAKE3 over the name and bytes of every module
-    in `import_closure` of the action function's module. Editing a module no action imports (the
-    CLI, verify, mirror apply, the service) changes no key; editing a shared format library
-    re-runs every action that imports it."""
-    h = blake3.blake3()
-    for name, path in import_closure(fn.split(":", 1)[0]):
-        h.update(name.encode() + b"\0")
-        h.update(path.read_bytes())
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def key_record(spec: ActionSpec, input_digests: list[tuple[str, str]]) -> dict[str, Any]:
@@ -152,11 +45,50 @@ _KEY_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_as
 
 
 def _is_sorted(items: list) -> bool:
-    return all(items[i] <= items[i + 1] for i in range(len(items) - 1))
+    return all(map(operator.le, items, itertools.islice(items, 1, None)))  # C loops: per hit
 
 
 def action_key(record: dict[str, Any]) -> str:
-    return blake3.blake3(_KEY_ENCODER.encode(record).encode("utf-8", "surrogatepass")).hexdigest()
+    """BLAKE3 (64 hex) of the record's JSON (sorted keys, no whitespace, UTF-8): `record_bytes`."""
+    return blake3.blake3(record_bytes(record)).hexdigest()
+
+
+_PAIR_JOIN = '","'.join
+# Bytes the JSON encoder would escape in a string (ensure_ascii=False): controls, quote, backslash.
+# In UTF-8 they occur only as themselves (every byte of a multi-byte sequence is >= 0x80).
+_JSON_SPECIAL = bytes(range(0x20)) + b'"\\'
+
+
+def _inputs_json(pairs: Any) -> bytes | None:
+    """`[["name","digest"],...]` for a non-empty list of (str, str), built with joins: the
+    encoder spends ~0.3 µs per pair, a join ~0.1 µs, and an action has up to hundreds of inputs
+    (the cache-hit overhead, docs/engine.md "Performance"). None (use the encoder) when any item
+    is not a pair of str, or when a name holds a character JSON escapes: then the quotes
+    counted below are more than the four per pair that the joins wrote."""
+    if type(pairs) is not list or not pairs or set(map(len, pairs)) != {2}:
+        return None
+    try:
+        data = ('[["' + '"],["'.join(map(_PAIR_JOIN, pairs)) + '"]]').encode("utf-8", "surrogatepass")
+    except TypeError:  # an item that is not str
+        return None
+    if len(data) - len(data.translate(None, _JSON_SPECIAL)) != 4 * len(pairs):
+        return None
+    return data
+
+
+def record_bytes(record: dict[str, Any]) -> bytes:
+    """The key record as `_KEY_ENCODER` encodes it, in UTF-8 (surrogates passed through).
+
+    Identical bytes, faster: the top-level keys are sorted, so the record is the encoding of the
+    keys before "inputs", then the inputs (`_inputs_json`), then the keys after it."""
+    inputs = _inputs_json(record.get("inputs"))
+    if inputs is None:
+        return _KEY_ENCODER.encode(record).encode("utf-8", "surrogatepass")
+    head = _KEY_ENCODER.encode({k: v for k, v in record.items() if k < "inputs"})
+    tail = _KEY_ENCODER.encode({k: v for k, v in record.items() if k > "inputs"})
+    return b"".join((("{" if head == "{}" else head[:-1] + ",").encode("utf-8", "surrogatepass"),
+                     b'"inputs":', inputs,
+                     ("}" if tail == "{}" else "," + tail[1:]).encode("utf-8", "surrogatepass")))
 
 
 def diff_records(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

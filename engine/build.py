@@ -9,6 +9,7 @@ from typing import Callable
 from stella_build.engine.analysis import BuildGraph, analyze
 from stella_build.engine.cache.cas import CorruptBlob
 from stella_build.engine.errors import EXIT_BUILD_FAILED, EXIT_OK, ErrorInfo
+from stella_build.engine.executors.base import ExecutorConfig
 from stella_build.engine.labels import Label
 from stella_build.engine.materialize import materialize
 from stella_build.engine.rule_api import BuildOptions
@@ -34,6 +35,7 @@ class BuildSummary:
     # a quarantined evidence file), from executed AND cached actions, so a rebuild that runs
     # nothing still shows them; deduplicated, sorted. They never change the exit code.
     warnings: list[dict] = field(default_factory=list)
+    executor: str = "local"  # ExecutorConfig.describe(): local, dask-local or tcp://HOST:PORT
 
     @property
     def hermetic(self) -> bool:
@@ -51,7 +53,17 @@ class BuildSummary:
         statuses = [o.status for o in self.outcomes.values()]
         return {"total": len(statuses), "executed": statuses.count("executed"),
                 "cached": statuses.count("cached") - self.remote_hits, "remote_hits": self.remote_hits,
-                "failed": statuses.count("failed"), "skipped": statuses.count("skipped")}
+                "failed": statuses.count("failed"), "skipped": statuses.count("skipped"),
+                **self.remote_counts()}
+
+    def remote_counts(self) -> dict:
+        """{"remote_executed": actions a remote executor's worker ran, "workers": {address: n}}
+        (zero and {} with the local executor)."""
+        workers: dict[str, int] = {}
+        for o in self.outcomes.values():
+            if o.status == "executed" and o.worker:
+                workers[o.worker] = workers.get(o.worker, 0) + 1
+        return {"remote_executed": sum(workers.values()), "workers": dict(sorted(workers.items()))}
 
     def to_json(self) -> dict:
         return {"ok": self.ok, "exit_code": self.exit_code, "targets": self.targets,
@@ -60,6 +72,7 @@ class BuildSummary:
                 "warnings": self.warnings,
                 "check": {"differences": self.check_differences},
                 "remote": self.remote_stats,
+                "executor": self.executor,
                 "duration_s": round(self.duration_s, 3)}
 
 
@@ -79,13 +92,17 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
               check: bool = False, progress: Callable | None = None,
               graph: BuildGraph | None = None, remote=None,
               warn: Callable[[str], None] | None = None,
-              options: BuildOptions | None = None) -> BuildSummary:
+              options: BuildOptions | None = None,
+              executor: ExecutorConfig | None = None) -> BuildSummary:
     """Analyze (unless `graph` is given), execute what is not cached, materialize the requested
-    targets under stella-out/. Build failures are in the summary; StellaError for bad input."""
+    targets under stella-out/. Build failures are in the summary; StellaError for bad input.
+    `executor`: where misses run (engine/executors/; None: this machine's process pool)."""
     started = time.perf_counter()
     graph = graph or analyze(workspace, patterns, options)
     actions = graph.actions_for(graph.requested)
-    executor = Executor(cache_dir, jobs, progress=progress, remote=remote, warn=warn)
+    executor_config = executor
+    executor = Executor(cache_dir, jobs, progress=progress, remote=remote, warn=warn,
+                        executor=executor_config)
     # A build that signs (an action with secrets: the Sign action, TUF keys; or a post-build step
     # such as keyless signing) must not sign bytes that anyone with write access to a shared cache
     # chose: it serves only results executed here or authenticated by a trusted key.
@@ -142,7 +159,8 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
                         outputs=outputs, errors=errors, duration_s=time.perf_counter() - started,
                         check_differences=diffs, primary=primary, remote_hits=executor.remote_hits,
                         remote_stats=remote.stats.as_dict() if remote is not None else None,
-                        post_build=graph.post_build(), warnings=collect_warnings(outcomes))
+                        post_build=graph.post_build(), warnings=collect_warnings(outcomes),
+                        executor=executor_config.describe() if executor_config else "local")
 
 
 def collect_warnings(outcomes: dict[str, Outcome]) -> list[dict]:

@@ -246,6 +246,13 @@ def function_reference(fn: Callable | str) -> str:
     return f"{module}:{qualname}"
 
 
+def record_digest(data: bytes) -> bytes:
+    """The 32-byte BLAKE3 digest naming a record by its exact bytes (``ActionContext.memo`` keys)."""
+    import blake3
+
+    return blake3.blake3(data).digest()
+
+
 def input_name(artifact: Artifact) -> str:
     """A stable sandbox-relative name for an artifact (no absolute paths, no '//').
 
@@ -265,8 +272,11 @@ class ActionContext:
 
     def __init__(self, *, action_id: str, label: str, sandbox: Path, params: dict[str, Any],
                  source_date_epoch: int | None, inputs: dict[str, Path],
-                 secrets: dict[str, str] | None = None):
+                 secrets: dict[str, str] | None = None, memo_cache: Path | None = None):
         self.action_id = action_id
+        # The cache directory holding the per-record memo, set by the engine's sandbox for a
+        # `build`-mode action only (None: check mode or outside the engine, memo disabled).
+        self.memo_cache = memo_cache
         self.label = label
         self.sandbox = sandbox
         self.params = params
@@ -291,6 +301,18 @@ class ActionContext:
         with open(path, "wb") as f:
             f.write(data)
         return path
+
+    def memo(self, namespace: str, fn: Callable | str):
+        """The per-record memo of this action (``stella_build.engine.memo.RecordMemo``): look a
+        record's result up by ``record_digest(bytes)`` with ``get``, ``put`` new results,
+        ``save()`` at the end. Scoped by ``namespace``, the implementation digest of ``fn`` (the
+        action function: its import closure) and ``self.params``; disabled (always misses) under
+        ``build --check`` and outside an engine sandbox. Values must be a pure function of the
+        record's bytes and the params (docs/engine.md "Incremental rebuilds")."""
+        from stella_build.engine.memo import RecordMemo, memo_root
+
+        return RecordMemo(memo_root(self.memo_cache), namespace, function_reference(fn),
+                          self.params, self.action_id)
 
     def tree_files(self, name: str) -> list[tuple[str, Path]]:
         """Sorted (relative path, path) of the files of a staged tree input."""

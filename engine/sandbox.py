@@ -130,7 +130,8 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
         fn = getattr(importlib.import_module(module_name), func_name)
         actx = ActionContext(action_id=task["id"], label=task["label"], sandbox=sandbox,
                              params=task["params"], source_date_epoch=task["source_date_epoch"],
-                             inputs=inputs, secrets=task.get("secrets") or {})
+                             inputs=inputs, secrets=task.get("secrets") or {},
+                             memo_cache=cache_dir if task.get("mode", "build") == "build" else None)
         stats = fn(actx) or {}
         outputs = _collect_outputs(sandbox / "out")
         _check_declared(outputs, task["outputs"])

@@ -10,25 +10,32 @@ post-build signing step) serves only results this machine executed or a trusted 
 from __future__ import annotations
 
 import itertools
-import multiprocessing
+import operator
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from stella_build.engine.actions import action_key, key_record
 from stella_build.engine.cache.cas import Cas
-from stella_build.engine.cache.index import Index
+from stella_build.engine.cache.index import Index, stat_match, valid_result
 from stella_build.engine.cache.records import (
     ORIGIN_LOCAL, ORIGIN_REMOTE, from_wire, outputs_problem, result_problem, to_wire, vouchable,
 )
 from stella_build.engine.encode.digest import file_digests
 from stella_build.engine.rule_api import ActionSpec, Artifact
-from stella_build.engine.sandbox import SCRUBBED_ENV, run_action, worker_init
+from stella_build.engine.executors.base import ExecutorConfig
+from stella_build.engine.executors.local import LocalExecutor
+from stella_build.engine.sandbox import run_action
+
+if TYPE_CHECKING:  # the process pool (multiprocessing) is loaded only when an action runs
+    from concurrent.futures import ProcessPoolExecutor
 
 _RACY_SECONDS = 2.0  # files modified this recently are re-hashed next time (racy-git problem)
+_PRODUCER = operator.attrgetter("producer")  # C loops over every input of every action
+_NO_PRODUCER = frozenset({None})
 
 
 @dataclass
@@ -42,6 +49,7 @@ class Outcome:
     remote: bool = False  # served by the remote cache
     error: dict | None = None
     differences: list[dict] = field(default_factory=list)
+    worker: str | None = None  # the remote executor's worker that ran it (None: this machine)
 
 
 class SourceDigests:
@@ -52,31 +60,42 @@ class SourceDigests:
         self.memo: dict[str, tuple[str, str, int]] = {}
 
     def digests(self, paths: list) -> dict[str, tuple[str, str, int]]:
+        """path → (blake3, sha256, size) of source files (str or Path)."""
         names = [p if isinstance(p, str) else str(p) for p in paths]
+        memo = self.ensure(names)
+        return {p: memo[p] for p in names}
+
+    def ensure(self, names: list[str]) -> dict[str, tuple[str, str, int]]:
+        """Digest the files among `names` (str paths) that this build has not seen yet; returns
+        the memo itself (path → (blake3, sha256, size)), so the cache-hit path reads it without
+        building a dict per action."""
         wanted = [p for p in names if p not in self.memo]
         if wanted:
-            stored = self.index.get_stats(wanted)
+            # Raw stored entries, compared with the file's signature as bytes (index.stat_match):
+            # this runs once per source file in every build, so no JSON parsing per file.
+            stored = self.index.get_stats_raw(wanted)
             fresh: dict[str, list] = {}
             now = time.time()
             for p in wanted:
                 st = os.stat(p)
-                sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-                old = stored.get(p)
-                if old and old[:4] == sig:
-                    self.memo[p] = (old[4], old[5], st.st_size)
+                known = stat_match(stored[p], st)
+                if known is not None:
+                    self.memo[p] = (known[0], known[1], st.st_size)
                     continue
+                sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
                 b3, sha, size = file_digests(p)
                 self.memo[p] = (b3, sha, size)
                 if now - st.st_mtime > _RACY_SECONDS:
                     fresh[p] = sig + [b3, sha]
             self.index.put_stats(fresh)
-        return {p: self.memo[p] for p in names}
+        return self.memo
 
 
 class Executor:
     def __init__(self, cache_dir: Path, jobs: int, *,
                  progress: Callable[[str, Outcome, int, int], None] | None = None,
-                 remote=None, warn: Callable[[str], None] | None = None):
+                 remote=None, warn: Callable[[str], None] | None = None,
+                 executor: ExecutorConfig | None = None):
         self.cache_dir = cache_dir
         self.remote = remote  # engine.cache.remote.RemoteCache or None
         self.warn = warn or (lambda msg: None)
@@ -89,44 +108,49 @@ class Executor:
         self.jobs = max(1, jobs)
         self.sources = SourceDigests(self.index)
         self.progress = progress or (lambda *a: None)
-        self._pool: ProcessPoolExecutor | None = None
         self._sandbox_seq = itertools.count()
-        self._saved_env: dict[str, str | None] = {}
+        # Misses run on an executor (engine/executors/): this machine's process pool (started only
+        # when something must run), or a Dask cluster; --check always re-executes locally.
+        self.local = LocalExecutor(self.jobs)
+        self.runner = self.local
+        if executor is not None and executor.remote:
+            from stella_build.engine.executors.dask import DaskExecutor
+            try:
+                self.runner = DaskExecutor(executor, cache_dir=cache_dir, jobs=self.jobs, remote=remote,
+                                           local=self.local, cas=self.cas, warn=self.warn)
+            except Exception:  # a usage error (no --remote-cache): release the index first
+                self.index.close()
+                raise
 
     # -- worker pool (started only when something must run) ----------------------------------
     def _pool_get(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # Spawned workers inherit the environment at spawn time: PYTHONHASHSEED must be set
-            # before the interpreter starts, so it is set here for the pool's lifetime.
-            for k in ("PYTHONHASHSEED",):
-                self._saved_env[k] = os.environ.get(k)
-                os.environ[k] = SCRUBBED_ENV[k]
-            self._pool = ProcessPoolExecutor(max_workers=self.jobs,
-                                             mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=worker_init)
-        return self._pool
+        return self.local.pool()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            for k, v in self._saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        if self.runner is not self.local:
+            self.runner.close()
+        self.local.close()
         self.index.close()
 
     # -- inputs and keys --------------------------------------------------------------------
     def _staged_inputs(self, spec: ActionSpec, done: dict[str, Outcome]) -> list[list]:
         """[sandbox name, source path, blake3, tree root or None] for every staged file."""
+        # Runs for every action of every build, hit or miss: one pass over the inputs, digests
+        # read straight from the build's memo (cache-hit overhead, docs/engine.md "Performance").
         staged: list[list] = []
-        sources = [a.path_str for a in spec.inputs.values() if a.producer is None]
-        digests = self.sources.digests(sources) if sources else {}
-        for name, art in sorted(spec.inputs.items()):
+        inputs = spec.inputs
+        memo_get = self.sources.memo.get
+        todo: list[list] = []  # source entries whose digest this build has not computed yet
+        append = staged.append
+        for name in sorted(inputs):
+            art = inputs[name]
             if art.producer is None:
                 path = art.path_str
-                staged.append([name, path, digests[path][0], None])
+                known = memo_get(path)
+                entry = [name, path, known[0] if known else None, None]
+                append(entry)
+                if known is None:
+                    todo.append(entry)
                 continue
             producer = done[art.producer]
             if art.tree:
@@ -141,6 +165,10 @@ class Executor:
                     raise RuntimeError(f"rule bug: action {spec.id} reads {art.output!r}, which "
                                        f"{art.producer} did not produce")
                 staged.append([name, self.cas.path_str(rec["blake3"]), rec["blake3"], None])
+        if todo:  # one batch per action: one index read for all of its new source files
+            memo = self.sources.ensure([e[1] for e in todo])
+            for entry in todo:
+                entry[2] = memo[entry[1]][0]
         return staged
 
     def artifact_files(self, art: Artifact, done: dict[str, Outcome]) -> dict[str, dict]:
@@ -165,7 +193,7 @@ class Executor:
             signing = any(a.secrets for a in actions)
         done: dict[str, Outcome] = {}
         pending = {a.id: a for a in actions}
-        waiting_on = {a.id: {i.producer for i in a.inputs.values() if i.producer} for a in actions}
+        waiting_on = {a.id: set(map(_PRODUCER, a.inputs.values())) - _NO_PRODUCER for a in actions}
         running: dict[Future, tuple[Outcome, list]] = {}
         total = len(actions)
         failed = False
@@ -201,7 +229,8 @@ class Executor:
                         self.progress("cached", outcome, len(done), total)
                         continue
                     task = self._task(spec, outcome.key, staged, "build")
-                    running[self._pool_get().submit(run_action, task)] = (outcome, staged)
+                    running[self.runner.submit(task, outcome.record, secrets=bool(spec.secrets))] = (
+                        outcome, staged)
                     self.progress("started", outcome, len(done), total)
             # drop actions that can never run because an input failed
             for a_id in list(pending):
@@ -229,6 +258,7 @@ class Executor:
                 outcome.outputs = {o["path"]: o for o in result["outputs"]}
                 outcome.stats = result.get("stats", {})
                 outcome.status = "executed"
+                outcome.worker = result.get("worker")
                 self.index.put_result(outcome.key, {"outputs": result["outputs"],
                                                     "stats": outcome.stats,
                                                     "action": outcome.spec.id,
@@ -249,11 +279,17 @@ class Executor:
         or poisoned index entry) is dropped, so the action re-runs and writes a good one. Without
         `spec` (read-only callers such as explain), the declared outputs come from the stored key
         record and nothing is dropped. `signing`: only entries this machine can vouch for."""
-        hit = self.index.get_result(key)
+        # With `spec`, result_problem below is the stricter check: the index's own check runs
+        # only on a record it refuses (a malformed record stays a silent miss, as it always was).
+        hit = self.index.get_result(key, checked=spec is None)
         if hit is None:
             return None
         if spec is not None:
             problem = result_problem(hit, spec.outputs)
+            if problem is None and not isinstance(hit.get("stats", {}), dict):
+                return None
+            if problem is not None and not valid_result(hit):
+                return None
             if problem is not None:
                 self.index.drop_result(key)
                 self.dropped.append({"action": spec.id, "key": key, "problem": problem})
@@ -369,10 +405,10 @@ class Executor:
 
         Returns the number of AC records sent. A failed upload goes through
         `RemoteCache.handle_error`: one warning, or RemoteCacheError when the remote is required."""
+        if self.remote is None or not self.remote.upload or not self.remote.available:
+            return 0  # before the import: a build without a remote cache never loads remote.py
         from stella_build.engine.cache.remote import Outcome as RemoteOutcome, RemoteCacheError
 
-        if self.remote is None or not self.remote.upload or not self.remote.available:
-            return 0
         chosen = [o for o in outcomes.values()
                   if o.status == "executed" or (all_cached and o.status == "cached")]
         sent = 0

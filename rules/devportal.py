@@ -43,6 +43,7 @@ from stella_build.engine.rule_api import (
 )
 from stella_build.rules.formats import devportal as D
 from stella_build.rules.formats.bundle import BUILDER_ID, builder_version
+from stella_build.rules.providers import DevPortalBundle
 from stella_build.rules.signing import SignParams, resolve_signer
 
 BUILD_TYPE = "https://stella-build.dev/buildtypes/devportal-offline/v1"
@@ -165,7 +166,10 @@ class DevportalOffline(Rule):
             secrets={} if signer is None else {"key_path": str(signer.key_path), "password": signer.password})
         files = {n: spec.out(n) for n in outputs if not n.endswith("/")}
         trees = {d: spec.out(d + "/") for d in D.SECTIONS}
-        return [DefaultOutputs(files=files, trees=trees, primary=(D.ARCHIVE,))]
+        # mirror_full and offline_kit carry the bundle through this provider (docs/devportal.md)
+        bundle = DevPortalBundle(files=dict(files), trees=dict(trees), archive=files[D.ARCHIVE],
+                                 manifest=files[D.MANIFEST], signed=signer is not None)
+        return [bundle, DefaultOutputs(files=files, trees=trees, primary=(D.ARCHIVE,))]
 
 
 RULES = (DevportalOffline,)

@@ -74,7 +74,7 @@ def _slug(text: str) -> str:
 
 class JsonPolicy(Rule):
     name = "json_policy"
-    version = "1"
+    version = "2"
     doc = "json:policy profile: json:raw + normalized evidence + policy snapshot + evaluated findings"
     Params = JsonPolicyParams
     accepts = (AdvisorySet, NormalizedAdvisorySet, VexSet, SbomSet)

@@ -4,7 +4,10 @@
                                     tombstone per removal, the metadata patches, expected digests
     delta/blobs/sha256/<hex>        content files whose digest the base lacks
     delta/patches/<path>.zst        every metadata file of the new mirror (export.json, provenance,
-                                    tuf/*, signatures/*), zstd against the base's file as dictionary
+                                    tuf/*, signatures/*), zstd against the base's file as dictionary;
+                                    and every changed Trivy DB archive (db.tar.gz, javadb.tar.gz)
+                                    whose tar patches smaller than the archive: a zstd patch of its
+                                    tar against the base archive's tar (`blobPatches[]`)
     delta/signatures/               when signed: manifest.diff.json signed (bundle + legacy .sig)
     oci/                            the delta as one OCI artifact (tag "delta"), layers = delta/ files
                                     but signatures/; when signed the manifest.diff.json bundle is its
@@ -28,7 +31,7 @@ from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
 )
 
-from stella_build.rules.formats.mirror import MIRROR_TAG, is_metadata
+from stella_build.rules.formats.mirror import MIRROR_TAG, is_db_archive, is_metadata
 from stella_build.rules.providers import MirrorTree
 from stella_build.rules.signing import SignParams, add_signing, resolve_signer
 from stella_build.rules.formats.mirror import DIFF_SCHEMA, DIFF_FILE, DELTA_SIGNATURE_FILES, DELTA_BUNDLE, make_patch, delta_layout
@@ -78,6 +81,9 @@ class MirrorDelta(Rule):
                     "tuf/snapshot.json", "tuf/timestamp.json"):
             if (base_dir / rel).is_file():
                 inputs[f"base/{rel}"] = Artifact(logical=f"mirror-base/{rel}", path=(base_dir / rel).resolve())
+        # The base's DB archives: a changed one travels as a patch against it (blobPatches).
+        inputs.update({f"base-blob/{rel}": Artifact(logical=f"mirror-base/{rel}", path=path)
+                       for rel, path in _base_db_archives(export_path).items()})
         spec = ctx.action(mnemonic="MirrorDelta", fn=mirror_delta, inputs=inputs,
                           outputs=["delta/", "oci/"], params={"base_sha256": pinned, "level": params.compression_level})
         delta, trees_out = spec.out("delta/"), {"delta": spec.out("delta/"), "oci": spec.out("oci/")}
@@ -122,9 +128,64 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
     return path.resolve(), actual
 
 
+def _base_db_archives(export_path: Path) -> dict[str, Path]:
+    """{path: file} of the DB archives the base export.json lists and its mirror/ tree holds. The
+    base comes from outside the workspace: a path that is not a plain relative path inside the
+    base's directory is skipped (that archive then travels whole), never opened."""
+    base_dir = export_path.parent.resolve()
+    try:
+        contents = json.loads(export_path.read_bytes()).get("contents")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return {}  # the action reports a malformed base (_check_base)
+    out = {}
+    for c in contents if isinstance(contents, list) else []:
+        rel = c.get("path") if isinstance(c, dict) else None
+        if not isinstance(rel, str) or not is_db_archive(rel) or "\\" in rel or rel.startswith("/") or \
+                any(part in ("", ".", "..") for part in rel.split("/")):
+            continue
+        path = (base_dir / rel).resolve()
+        if path.is_relative_to(base_dir) and path.is_file():
+            out[rel] = path
+    return out
+
+
+def _blob_patches(changed: list[dict], base_digests: set[str], base_blobs: Mapping[str, Path],
+                  new_files: Mapping[str, Path], level: int) -> tuple[list[dict], dict[str, bytes]]:
+    """(blobPatches[], {patches/<path>.zst: bytes}) for the changed DB archives whose patch is
+    smaller than the archive. An archive is patched only against the base's own file at its path,
+    and only when that file still has the digest the base export.json lists (else it travels whole)."""
+    from stella_build.rules.formats.trivy.patch import PatchError, make_archive_patch
+
+    entries, patches, done = [], {}, set()
+    for e in changed:
+        src = base_blobs.get(e["path"])
+        if src is None or not is_db_archive(e["path"]) or e["digest"] in base_digests or e["digest"] in done:
+            continue
+        base = src.read_bytes()
+        if "sha256:" + sha256_hex(base) != e["baseDigest"]:
+            continue
+        new = new_files[e["path"]].read_bytes()
+        try:
+            made = make_archive_patch(base, new, level)
+        except PatchError:  # not one gzip member of a tar under 2 GiB: ship it whole
+            made = None
+        if made is None or len(made[0]) >= len(new):
+            continue
+        patch, desc = made
+        name = f"patches/{e['path']}.zst"
+        patches[name] = patch
+        done.add(e["digest"])
+        entries.append({"path": e["path"], "digest": e["digest"], "bytes": e["bytes"],
+                        "baseDigest": e["baseDigest"], "baseBytes": len(base), **desc, "patch": name,
+                        "patchDigest": "sha256:" + sha256_hex(patch), "patchBytes": len(patch)})
+    return entries, patches
+
+
 def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: dict,
-                  base_meta: Mapping[str, bytes], level: int) -> tuple[dict, dict[str, bytes], dict[str, Path]]:
-    """(manifest.diff.json, {patches/<path>.zst: bytes}, {blobs/sha256/<hex>: source file})."""
+                  base_meta: Mapping[str, bytes], level: int,
+                  base_blobs: Mapping[str, Path] | None = None) -> tuple[dict, dict[str, bytes], dict[str, Path]]:
+    """(manifest.diff.json, {patches/<path>.zst: bytes}, {blobs/sha256/<hex>: source file}).
+    `base_blobs` = {path: file} of the base's DB archives: changed ones become blobPatches."""
     base = json.loads(base_export)
     new = json.loads(new_files["export.json"].read_bytes())
     old = {c["path"]: c for c in base["contents"]}
@@ -134,11 +195,13 @@ def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: di
     changed = [{"path": p, "digest": cur[p]["digest"], "bytes": cur[p]["bytes"], "baseDigest": old[p]["digest"]}
                for p in sorted(cur) if p in old and old[p]["digest"] != cur[p]["digest"]]
     removed = sorted(p for p in old if p not in cur)
+    blob_patches, patches = _blob_patches(changed, base_digests, base_blobs or {}, new_files, level)
+    patched = {e["digest"] for e in blob_patches}
     blobs: dict[str, Path] = {}
     for e in added + changed:
-        if e["digest"] not in base_digests:
+        if e["digest"] not in base_digests and e["digest"] not in patched:
             blobs[f"blobs/sha256/{e['digest'].split(':', 1)[1]}"] = new_files[e["path"]]
-    patches, metadata = {}, []
+    metadata = []
     for rel in sorted(r for r in new_files if is_metadata(r)):
         data = new_files[rel].read_bytes()
         dictionary = base_export if rel == "export.json" else base_meta.get(rel)
@@ -159,6 +222,8 @@ def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: di
                 "indexSha256": summary["ociIndexSha256"]},
         "resetBaseline": False,
     }
+    if blob_patches:  # absent when empty: deltas without DB archives keep their bytes (and goldens)
+        diff["blobPatches"] = blob_patches
     return diff, patches, blobs
 
 
@@ -189,13 +254,16 @@ def mirror_delta(actx: ActionContext) -> dict:
     new_files.update({name[len("new-meta/"):]: actx.input(name) for name in actx.inputs
                       if name.startswith("new-meta/")})
     summary = json.loads(actx.input("new-summary.json").read_bytes())
-    diff, patches, blobs = compute_delta(base_export, new_files, summary, base_meta, actx.params["level"])
+    base_blobs = {name[len("base-blob/"):]: actx.input(name) for name in actx.inputs if name.startswith("base-blob/")}
+    diff, patches, blobs = compute_delta(base_export, new_files, summary, base_meta, actx.params["level"],
+                                         base_blobs)
     files: dict[str, bytes | Path] = {DIFF_FILE: canonical_json.dumps(diff), **patches, **blobs}
     for rel, data in files.items():
         actx.write_output(f"delta/{rel}", data if isinstance(data, bytes) else data.read_bytes())
     delta_layout(files, actx.out_dir / "oci")
     return {"added": len(diff["added"]), "changed": len(diff["changed"]), "removed": len(diff["removed"]),
-            "blobs": len(blobs)}
+            "blobs": len(blobs), "blobPatches": len(diff.get("blobPatches", ())),
+            "blobPatchBytes": sum(e["patchBytes"] for e in diff.get("blobPatches", ()))}
 
 
 def delta_signed_layout(actx: ActionContext) -> dict:

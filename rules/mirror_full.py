@@ -10,6 +10,8 @@ A full mirror (target outputs under stella-out/<pkg>/<target>/):
       data/normalized/{advisories,vex,sboms}/<group>/<chunk>.jsonl.zst (normalized evidence deps)
       data/policy/…              copied from json:policy bundles in deps
       trivy/<target>/{db.tar.gz|javadb.tar.gz, metadata.json}   Trivy DBs in deps, as built
+      devportal/                 a devportal_offline dep's output directory, as built (the bundle
+                                 archive, its .sha256, provenance.json and the unpacked bundle)
       tuf/{root,1.root,targets,snapshot,timestamp}.json  when `tuf` is configured
       signatures/                when signed (SIGNATURE_FILES): over export.json, mirror.tar.zst and
                                  the provenance; never packaged into the tar or the OCI artifact
@@ -52,9 +54,12 @@ from stella_build.engine.rule_api import (
 
 from stella_build.rules.formats.bundle import BUILDER_ID, builder_version, manifest_contents, rerun_hash
 from stella_build.rules.evidence.select import selected as _selected, since_epoch as _since
-from stella_build.rules.providers import AdvisorySet, Bundle, NormalizedAdvisorySet, SbomSet, TrivyArtifacts, VexSet
+from stella_build.rules.providers import (
+    AdvisorySet, Bundle, DevPortalBundle, NormalizedAdvisorySet, SbomSet, TrivyArtifacts, VexSet,
+)
 from stella_build.rules.signing import SignParams, add_signing, resolve_signer
 from stella_build.rules.formats.mirror import ENCRYPTION_FILE, SIGNATURE_FILES, MANIFEST_BUNDLE, media_type, mirror_layout, package_tree
+from stella_build.rules.formats.mirror import DEVPORTAL_DIR
 from stella_build.rules.providers import MirrorTree
 
 MANIFEST_SCHEMA = "https://stella-build.dev/schemas/export-manifest/v1"
@@ -197,7 +202,7 @@ class MirrorFull(Rule):
     version = "1"
     doc = "mirror:full profile: content-chunked evidence mirror as a tree, OCI layout and tar.zst, with TUF"
     Params = MirrorFullParams
-    accepts = (AdvisorySet, NormalizedAdvisorySet, VexSet, SbomSet, Bundle, TrivyArtifacts)
+    accepts = (AdvisorySet, NormalizedAdvisorySet, VexSet, SbomSet, Bundle, TrivyArtifacts, DevPortalBundle)
 
     def analyze(self, ctx: AnalysisContext, params: MirrorFullParams) -> list:
         selectors = params.selectors.merged_over(ctx.selectors) if params.selectors else ctx.selectors
@@ -229,6 +234,7 @@ class MirrorFull(Rule):
         if not inputs:
             raise UsageError("mirror_full needs evidence in deps (osv_source, vex_source, sbom_source, "
                              "osv_normalize or json_policy targets)", field="deps")
+        inputs.update(devportal_inputs(ctx))
         params_out: dict[str, Any] = {
             "profile": {"kind": "mirror", "variant": "full", "name": ctx.label.name, "revision": params.revision},
             "tenant": params.tenant, "selectors": sel, "level": params.compression_level,
@@ -285,6 +291,22 @@ class MirrorFull(Rule):
                                                       for rel, art in signatures.items())))
         return [provider, DefaultOutputs(files=files, trees=trees,
                                          primary=("mirror.tar.zst", "mirror/export.json"))]
+
+
+def devportal_inputs(ctx: AnalysisContext) -> dict[str, Artifact]:
+    """Action inputs carrying a devportal_offline dep (at most one) by reference to its outputs:
+    `devportal/f/<file>` and `devportal/t/<section>` (trees), placed under mirror/devportal/ by
+    mirror_assemble. UsageError `devportal-dep-duplicate` (exit 2) for a second one."""
+    portals = ctx.providers(DevPortalBundle)
+    if len(portals) > 1:
+        raise UsageError(f"mirror_full carries one developer portal; deps name {len(portals)} "
+                         f"({', '.join(str(dep) for dep, _ in portals)})", field="deps",
+                         reason="devportal-dep-duplicate")
+    inputs: dict[str, Artifact] = {}
+    for _dep, portal in portals:
+        inputs.update({f"devportal/f/{rel}": art for rel, art in sorted(portal.files.items())})
+        inputs.update({f"devportal/t/{tree}": art for tree, art in sorted(portal.trees.items())})
+    return inputs
 
 
 # -- actions: shard -----------------------------------------------------------------------------------
@@ -414,6 +436,12 @@ def mirror_assemble(actx: ActionContext) -> dict:
                     files[rel] = path.read_bytes()
         elif name.startswith("trivy/"):
             files[name] = actx.input(name).read_bytes()
+        elif name.startswith("devportal/f/"):  # the portal's bytes, read from its action's outputs
+            files[f"{DEVPORTAL_DIR}/{name.removeprefix('devportal/f/')}"] = actx.input(name).read_bytes()
+        elif name.startswith("devportal/t/"):
+            section = name.removeprefix("devportal/t/")
+            for rel, path in actx.tree_files(name):
+                files[f"{DEVPORTAL_DIR}/{section}/{rel}"] = path.read_bytes()
     epoch = actx.source_date_epoch
     if epoch is None:
         epoch = parse_rfc3339(newest) if newest else 0

@@ -3,6 +3,7 @@
     [targets.offline-kit]
     rule = "offline_kit"
     deps = [":trivy-db", ":trivy-java-db", ":mirror-full"]   # or a mirror_delta
+    # deps may also name a devportal_offline target: its output directory goes to devportal/
     split_size = "700M"        # optional: also cut the archive into parts (removable media)
 
 The kit depends on the export targets (never on their sources): it packages their outputs as
@@ -39,9 +40,10 @@ from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, PostBuild, Rule,
     TargetParams, TrustMaterialMissing, UsageError,
 )
+from stella_build.rules.formats import devportal as D
 from stella_build.rules.formats import kit as K
 from stella_build.rules.formats.bundle import BUILDER_ID, builder_version
-from stella_build.rules.providers import MirrorTree, TrivyArtifacts
+from stella_build.rules.providers import DevPortalBundle, MirrorTree, TrivyArtifacts
 from stella_build.rules.signing import KEYLESS, SignParams, Signer, add_signing, resolve_signer
 
 BUILD_TYPE = "https://stella-build.dev/buildtypes/offline-kit/v1"
@@ -78,6 +80,8 @@ def _kind(providers) -> str | None:
             return p.kind
         if isinstance(p, MirrorTree):
             return "mirror-full"
+        if isinstance(p, DevPortalBundle):
+            return "devportal"
     outputs = next((p for p in providers if isinstance(p, DefaultOutputs)), None)
     if outputs is not None and "delta" in outputs.trees:
         return "mirror-delta"
@@ -132,7 +136,7 @@ class OfflineKit(Rule):
     version = "1"
     doc = "offline kit: Trivy DBs, mirror, trust material and attestations as one reproducible archive"
     Params = OfflineKitParams
-    accepts = (TrivyArtifacts, MirrorTree, DefaultOutputs)
+    accepts = (TrivyArtifacts, MirrorTree, DevPortalBundle, DefaultOutputs)
 
     def analyze(self, ctx: AnalysisContext, params: OfflineKitParams) -> list:
         if ctx.source_date_epoch is None:
@@ -144,20 +148,23 @@ class OfflineKit(Rule):
         for label, providers in ctx.deps:
             kind = _kind(providers)
             if kind is None:
-                raise UsageError(f"{label} is not a trivy_db, trivy_java_db, mirror_full or mirror_delta "
-                                 "target", field="deps", reason="kit-dep-unsupported")
+                raise UsageError(f"{label} is not a trivy_db, trivy_java_db, mirror_full, mirror_delta or "
+                                 "devportal_offline target", field="deps", reason="kit-dep-unsupported")
             if any(e["kind"] == kind for e in exports):
                 raise UsageError(f"{label}: the kit already has a {kind} export (one of each kind)",
                                  field="deps", reason="kit-dep-duplicate")
             outputs = next(p for p in providers if isinstance(p, DefaultOutputs))
+            if kind == "devportal":  # carried by reference to the devportal action's outputs
+                outputs = next(p for p in providers if isinstance(p, DevPortalBundle))
             keyless |= any(isinstance(p, PostBuild) and p.kind == KEYLESS for p in providers)
             files = sorted(rel for rel in outputs.files if rel not in K.EXCLUDED.get(kind, ()))
             inputs.update({f"in/{kind}/f/{rel}": outputs.files[rel] for rel in files})
             inputs.update({f"in/{kind}/t/{tree}": art for tree, art in outputs.trees.items()})
             exports.append({"kind": kind, "target": str(label), "files": files, "trees": sorted(outputs.trees)})
-        if not exports:
+        if not any(e["kind"] != "devportal" for e in exports):
             raise UsageError("offline_kit needs deps: trivy_db, trivy_java_db, mirror_full or mirror_delta "
-                             "targets", field="deps", reason="kit-dep-unsupported")
+                             "targets (a devportal_offline target only goes with them)", field="deps",
+                             reason="kit-dep-unsupported")
         exports.sort(key=lambda e: list(K.SECTIONS).index(e["kind"]))
         signer = resolve_signer(ctx, params.sign)  # exit 4 here on a missing key or password
         if keyless:
@@ -254,7 +261,8 @@ def _trivy_entry(kind: str, section: str, files: dict[str, K.KitFile]) -> dict:
 
 def _main_file(kind: str, section: str) -> str:
     return {"trivy-db": f"{section}/db.tar.gz", "trivy-java-db": f"{section}/javadb.tar.gz",
-            "mirror-full": f"{section}/mirror.tar.zst", "mirror-delta": f"{section}/delta/manifest.diff.json"}[kind]
+            "mirror-full": f"{section}/mirror.tar.zst", "mirror-delta": f"{section}/delta/manifest.diff.json",
+            "devportal": f"{section}/{D.ARCHIVE}"}[kind]
 
 
 def _export_id(kind: str, section: str, files: dict[str, K.KitFile]) -> str | None:
@@ -266,6 +274,19 @@ def _export_id(kind: str, section: str, files: dict[str, K.KitFile]) -> str | No
         return None
     value = _read_json(kf.source, f"{section}/{manifest}").get("exportId")
     return value if isinstance(value, str) else None
+
+
+def _devportal_entry(section: str, files: dict[str, K.KitFile]) -> dict:
+    """What offline-manifest.json says of a carried portal beyond the common export fields: its
+    bundleId (from its manifest.json) and whether it is signed (manifest.dsse.json, which the
+    kit's signatures.txt does not list: `kit verify --key` checks it, like `devportal verify`)."""
+    kf = files.get(f"{section}/{D.MANIFEST}")
+    if kf is None:
+        raise ActionError(f"the devportal export has no {D.MANIFEST}", file=f"{section}/{D.MANIFEST}",
+                          reason="kit-input-invalid")
+    bundle_id = _read_json(kf.source, f"{section}/{D.MANIFEST}").get("bundleId")
+    return {"bundleId": bundle_id if isinstance(bundle_id, str) else None,
+            "signed": f"{section}/{D.DSSE}" in files}
 
 
 def _key_files(kind: str, section: str) -> str:
@@ -384,8 +405,11 @@ def kit_assemble(actx: ActionContext) -> dict:
         if main not in files:
             raise ActionError(f"{e['target']} has no {main.removeprefix(section + '/')}", file=main,
                               reason="kit-input-invalid")
-        exports.append({"kind": kind, "target": e["target"], "path": section, "exportId": export_id,
-                        "signed": bool(rels), "artifact": {"path": main, "sha256": files[main].sha256}})
+        entry = {"kind": kind, "target": e["target"], "path": section, "exportId": export_id,
+                 "signed": bool(rels), "artifact": {"path": main, "sha256": files[main].sha256}}
+        if kind == "devportal":
+            entry.update(_devportal_entry(section, files))
+        exports.append(entry)
         files.update(_attestation(kind, section, export_id, files))
     trust_files, trust = _trust(actx, files)
     files.update(trust_files)
@@ -400,7 +424,7 @@ def kit_assemble(actx: ActionContext) -> dict:
     files[K.SIGNATURES] = K.KitFile.of_bytes(K.signatures_txt(relations))
     files[K.VERIFY_SCRIPT] = K.KitFile.of_bytes(K.verify_script())
     files[K.IMPORT_SCRIPT] = K.KitFile.of_bytes(K.import_script())
-    files[K.README] = K.KitFile.of_bytes(K.readme(p["name"], signed))
+    files[K.README] = K.KitFile.of_bytes(K.readme(p["name"], signed, any(e["kind"] == "devportal" for e in exports)))
     entries = K.file_entries({path: (kf.sha256, kf.size) for path, kf in files.items()})
     signer = None if p["signer"] is None else {k: v for k, v in p["signer"].items() if k != "publicKey"}
     manifest = canonical_json.dumps(K.offline_manifest(

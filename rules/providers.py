@@ -102,3 +102,23 @@ class MirrorTree(Provider):
     summary: Artifact
     signatures: tuple[tuple[str, Artifact], ...] = ()
     encrypted: bool = False
+
+
+@dataclass(frozen=True)
+class DevPortalBundle(Provider):
+    """A built devportal:offline bundle (rules/devportal.py), for rules that carry it further
+    (mirror_full, offline_kit) by reference to the devportal action's outputs: never rebuilt,
+    never re-rendered, so the carried bytes are the portal's bytes.
+
+    `files`: the output directory's single files by relative path (the archive, its `.sha256`,
+    `provenance.json`, `manifest.json`, `checksums.txt`, `instructions-portable.txt`,
+    `verify-offline.sh`, and when signed `manifest.dsse.json`, `cosign.pub`); `trees`: its section
+    directories (`portal`, `specs`, `sdks`, `changelog`) as tree artifacts. Together they are the
+    target's output directory, which `verify-offline.sh` and `stella-build devportal verify` check
+    as a build tree (archive + unpacked bundle)."""
+
+    files: dict[str, Artifact]
+    trees: dict[str, Artifact]
+    archive: Artifact
+    manifest: Artifact
+    signed: bool = False

@@ -40,7 +40,7 @@ from stella_build.engine.rule_api import canonical_json
 from stella_build.engine.rule_api import sha256_hex
 from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams,
-    UsageError, input_name, logical_from_input_name,
+    UsageError, input_name, logical_from_input_name, record_digest,
 )
 
 from stella_build.rules.providers import AdvisorySet, NormalizedAdvisorySet, SbomSet, SourceMeta, VexSet
@@ -139,30 +139,47 @@ def osv_shard(actx: ActionContext) -> dict:
     from stella_build.rules.evidence.model import EvidenceError, read_evidence_file
     from stella_build.rules.evidence.sources.osv import load_osv_document
 
-    records, quarantined = [], []
+    # Per-file memo (docs/engine.md "Incremental rebuilds"): the record line of a file is a pure
+    # function of (logical path, bytes, params), so an unchanged file's line is replayed, not
+    # re-parsed. Malformed files are never memoized (they are re-checked every run).
+    memo = actx.memo("osv-shard", osv_shard)
+    records, quarantined = [], []  # [(sort key, canonical line)]
     for name in sorted(actx.inputs):
         logical = logical_from_input_name(name)
         try:
             data = read_evidence_file(actx.input(name), logical)  # size-capped before reading
+        except EvidenceError as exc:
+            _quarantine(actx, exc, quarantined)
+            continue
+        digest = record_digest(logical.encode() + b"\0" + data)
+        hit = memo.get(digest)
+        if hit is not None:
+            rec_id, _, line = hit.partition(b"\n")  # the id as a JSON string: no raw newline
+            records.append(((json.loads(rec_id), logical), line + b"\n"))
+            continue
+        try:
             doc = load_osv_document(data, logical)
         except EvidenceError as exc:
             _quarantine(actx, exc, quarantined)
             continue
         ecos, pkgs = _ecosystems_and_packages(doc)
-        records.append({
+        line = canonical_json.dumps_line({
             "id": doc["id"], "modified": doc["modified"], "published": doc.get("published"),
             "withdrawn": doc.get("withdrawn"), "ecosystems": ecos, "packages": pkgs,
             "source": actx.params["source"]["name"], "path": logical, "sha256": sha256_hex(data),
             "document": doc,
         })
-    records.sort(key=lambda r: (r["id"], r["path"]))
+        records.append(((doc["id"], logical), line))
+        memo.put(digest, canonical_json.dumps(doc["id"]) + b"\n" + line[:-1])
+    records.sort(key=lambda r: r[0])
     with open(actx.output("records.jsonl"), "wb") as out:
-        for rec in records:
-            out.write(canonical_json.dumps_line(rec))
+        for _, line in records:
+            out.write(line)
     quarantined.sort(key=lambda q: (q["path"], q["field"]))
     actx.write_output("stats.json", canonical_json.dumps(
         {"files": len(actx.inputs), "records": len(records), "quarantined": quarantined}))
-    return {"records": len(records), **quarantine_summary(quarantined)}
+    memo.save()
+    return {"records": len(records), "memo": memo.stats(), **quarantine_summary(quarantined)}
 
 
 # -- normalized evidence sources ------------------------------------------------------------

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from stella_build.engine.rule_api import canonical_json, rfc3339
 from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, DefaultOutputs, Rule, TargetParams, UsageError,
-    input_name,
+    input_name, record_digest,
 )
 
 from stella_build.rules.providers import AdvisorySet, NormalizedAdvisorySet, TrivyArtifacts
@@ -130,7 +130,7 @@ def _resolve_data_sources(ctx: AnalysisContext, given: dict) -> dict[str, "DataS
 
 class TrivyDb(Rule):
     name = "trivy_db"
-    version = "1"
+    version = "2"
     doc = "trivy:db profile: trivy.db (bbolt, schema v2), metadata.json, db.tar.gz and its OCI layout"
     Params = TrivyDbParams
     accepts = (AdvisorySet, NormalizedAdvisorySet)
@@ -249,34 +249,20 @@ RULES: tuple[type[Rule], ...] = (TrivyDb, TrivyJavaDb)
 
 # -- TrivyShard ------------------------------------------------------------------------------
 
-def _records(actx: ActionContext, quarantined: list | None = None) -> Iterator:
-    """Normalized advisories of the shard (raw OSV records are normalized here; one that does not
-    normalize is appended to ``quarantined`` as {path, field, reason, message} and skipped, or
-    fails the action when the source is strict)."""
-    from stella_build.rules.evidence.model import Advisory, EvidenceError, SourceInfo
+def _line_advisories(actx: ActionContext, line: bytes) -> list:
+    """The normalized advisories of one records.jsonl line (raw OSV lines are normalized here;
+    withdrawn raw records give none). Raises EvidenceError for a raw document that does not
+    normalize."""
+    from stella_build.rules.evidence.model import Advisory, SourceInfo
 
-    fmt = actx.params["format"]
-    with open(actx.input("records.jsonl"), "rb") as f:
-        if fmt == "normalized":
-            for line in f:
-                yield Advisory.model_validate(json.loads(line))
-            return
-        from stella_build.rules.evidence.sources.osv import normalize_osv
+    if actx.params["format"] == "normalized":
+        return [Advisory.model_validate(json.loads(line))]
+    from stella_build.rules.evidence.sources.osv import normalize_osv
 
-        source = SourceInfo(**actx.params["source"])
-        for line in f:
-            raw = json.loads(line)
-            if raw.get("withdrawn"):
-                continue
-            try:
-                advisories = normalize_osv(raw["document"], raw["path"], source)
-            except EvidenceError as exc:
-                if actx.params.get("strict") or quarantined is None:
-                    raise ActionError(exc.message, file=exc.path, field=exc.field, reason=exc.reason) from None
-                quarantined.append({"path": exc.path, "field": exc.field, "reason": exc.reason,
-                                    "message": exc.message})
-                continue
-            yield from advisories
+    raw = json.loads(line)
+    if raw.get("withdrawn"):
+        return []
+    return normalize_osv(raw["document"], raw["path"], SourceInfo(**actx.params["source"]))
 
 
 def _check_name(text: str, what: str, adv) -> None:
@@ -298,9 +284,13 @@ def _distro_ds(distro, ds, override: bool):
     return DataSource(sid, name, url)
 
 
-def map_shard(actx: ActionContext) -> dict:
-    """One shard's records → sorted Trivy key/value lines and the shard's mapping report (see
-    the module docstring)."""
+def _map_record(actx: ActionContext, advisories: list) -> bytes:
+    """The mapping of one records.jsonl line's advisories, as the bytes ``map_shard`` replays
+    (and memoizes: a pure function of the line and the action params). JSON list, one event per
+    advisory: ``["x", ecosystem, code, reason, id]`` not mapped, ``["s"]`` nothing to write, or
+    ``["e", approximation note | null, bucket, data source JSON, items]`` where items are
+    ``["a", sort key, tiebreak, kv line]`` and ``["v", sort key, tiebreak, kv line, id,
+    detail JSON]`` (a vulnerability detail, written once per (id, detail) in the shard)."""
     from stella_build.rules.formats.trivy.schema import (
         DataSource, NotMappable, dumps_member, merge_advisories, merge_vulnerability, record_entries,
         trivy_route, vulnerability_detail,
@@ -310,15 +300,9 @@ def map_shard(actx: ActionContext) -> dict:
     ds = DataSource(**actx.params["data_source"])
     alpine_ds = DataSource(**actx.params["os_data_source"])
     override = actx.params.get("override", False)
-    lines: list[tuple[str, str, str, object]] = []
-    sources: dict[str, DataSource] = {}
-    stats = {"records": 0, "entries": 0, "skipped": 0, "not_mapped": 0, "approximated": 0}
-    not_mapped: dict[tuple[str, str, str], list[str]] = {}
-    approximated: list[list[str]] = []
-    details_seen: set[tuple[str, str]] = set()
-    late_quarantined: list[dict] = []  # raw OSV documents that do not normalize
-    for adv in _records(actx, late_quarantined):
-        stats["records"] += 1
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    events: list = []
+    for adv in advisories:
         try:
             kind, where, distro = trivy_route(adv.ecosystem)
             if kind == "alpine":
@@ -330,35 +314,90 @@ def map_shard(actx: ActionContext) -> dict:
             entries, note = record_entries(adv, bucket, distro)
         except NotMappable as exc:
             # kept in json:raw; listed in mapping.json with the ecosystem and the reason
-            not_mapped.setdefault((adv.ecosystem, exc.code, str(exc)), []).append(adv.id)
-            stats["not_mapped"] += 1
+            events.append(["x", adv.ecosystem, exc.code, str(exc), adv.id])
             continue
         if not entries:
-            stats["skipped"] += 1
+            events.append(["s"])
             continue
-        if note is not None:
-            approximated.append([adv.id, adv.ecosystem, adv.package.name, adv.source_path, note])
-            stats["approximated"] += 1
-        sources.setdefault(bucket, bucket_ds)
+        approx = [adv.id, adv.ecosystem, adv.package.name, adv.source_path, note] if note is not None else None
         tiebreak = f"{dep:04d}\0{adv.id}\0{adv.source_path}"
         detail = vulnerability_detail(adv, bucket_ds.id)
         detail_text = dumps_member(detail)
-        for bucket, pkg, vid, member in entries:
+        items = []
+        for bucket_name, pkg, vid, member in entries:
             _check_name(pkg, "package name", adv)
             _check_name(vid, "vulnerability id", adv)
             value = merge_advisories([member]).decode()
-            lines.append((f"{bucket}\0{pkg}\0{vid}", "a", tiebreak, {"m": member, "v": value}))
-            if (vid, detail_text) not in details_seen:
-                details_seen.add((vid, detail_text))
-                lines.append((f"vulnerability\0{vid}", "v", tiebreak,
-                              {"d": detail, "v": merge_vulnerability(vid, [detail]).decode()}))
-            stats["entries"] += 1
+            key = f"{bucket_name}\0{pkg}\0{vid}"
+            items.append(["a", key, tiebreak, dumps((key, "a", tiebreak, {"m": member, "v": value}))])
+            vkey = f"vulnerability\0{vid}"
+            vline = (vkey, "v", tiebreak, {"d": detail, "v": merge_vulnerability(vid, [detail]).decode()})
+            items.append(["v", vkey, tiebreak, dumps(vline), vid, detail_text])
+        events.append(["e", approx, bucket, bucket_ds.to_json_bytes().decode(), items])
+    return dumps(events).encode("utf-8", "surrogatepass")
+
+
+def map_shard(actx: ActionContext) -> dict:
+    """One shard's records → sorted Trivy key/value lines and the shard's mapping report (see
+    the module docstring). Each line's mapping is computed by ``_map_record`` or replayed from
+    the per-record memo (docs/engine.md "Incremental rebuilds"); both go through the same
+    replay below, so a memo hit cannot produce other bytes than a fresh computation."""
+    from stella_build.rules.evidence.model import EvidenceError
+
+    dep = actx.params["dep"]
+    memo = actx.memo("trivy-shard", map_shard)
+    lines: list[tuple[str, str, str]] = []  # (sort key, tiebreak, kv line)
+    sources: dict[str, str] = {}
+    stats = {"records": 0, "entries": 0, "skipped": 0, "not_mapped": 0, "approximated": 0}
+    not_mapped: dict[tuple[str, str, str], list[str]] = {}
+    approximated: list[list[str]] = []
+    details_seen: set[tuple[str, str]] = set()
+    late_quarantined: list[dict] = []  # raw OSV documents that do not normalize
+    with open(actx.input("records.jsonl"), "rb") as f:
+        for line in f:
+            digest = record_digest(line)
+            mapped = memo.get(digest)
+            if mapped is None:
+                try:
+                    advisories = _line_advisories(actx, line)
+                except EvidenceError as exc:  # never memoized: re-checked every run
+                    if actx.params.get("strict"):
+                        raise ActionError(exc.message, file=exc.path, field=exc.field,
+                                          reason=exc.reason) from None
+                    late_quarantined.append({"path": exc.path, "field": exc.field,
+                                             "reason": exc.reason, "message": exc.message})
+                    continue
+                mapped = _map_record(actx, advisories)
+                memo.put(digest, mapped)
+            for event in json.loads(mapped):
+                stats["records"] += 1
+                if event[0] == "x":
+                    not_mapped.setdefault((event[1], event[2], event[3]), []).append(event[4])
+                    stats["not_mapped"] += 1
+                    continue
+                if event[0] == "s":
+                    stats["skipped"] += 1
+                    continue
+                _, approx, bucket, bucket_ds, items = event
+                if approx is not None:
+                    approximated.append(approx)
+                    stats["approximated"] += 1
+                sources.setdefault(bucket, bucket_ds)
+                for item in items:
+                    if item[0] == "a":
+                        lines.append((item[1], item[2], item[3]))
+                        stats["entries"] += 1
+                    elif (item[4], item[5]) not in details_seen:
+                        details_seen.add((item[4], item[5]))
+                        lines.append((item[1], item[2], item[3]))
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     for bucket, src in sources.items():
-        lines.append((f"data-source\0{bucket}", "d", f"{dep:04d}", src.to_json_bytes().decode()))
-    lines.sort(key=lambda t: (t[0], t[2]))
+        key = f"data-source\0{bucket}"
+        lines.append((key, f"{dep:04d}", dumps((key, "d", f"{dep:04d}", src))))
+    lines.sort(key=lambda t: (t[0], t[1]))
     with open(actx.output("kv.jsonl"), "w", encoding="utf-8") as out:
-        for line in lines:
-            out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+        for _, _, text in lines:
+            out.write(text + "\n")
     report = {"records": stats["records"],
               "not_mapped": [[eco, code, reason, sorted(ids)]
                              for (eco, code, reason), ids in sorted(not_mapped.items())],
@@ -369,6 +408,8 @@ def map_shard(actx: ActionContext) -> dict:
         report["quarantined"] = sorted(source_quarantined + late_quarantined,
                                        key=lambda q: (q["path"], q["field"]))
     actx.write_output("report.json", canonical_json.dumps(report))
+    memo.save()
+    stats["memo"] = memo.stats()
     if late_quarantined:  # the source shard already warned about its own quarantined files
         stats["quarantined"] = len(late_quarantined)
         stats["warnings"] = [{"file": q["path"], "field": q["field"], "reason": q["reason"],

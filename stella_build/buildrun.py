@@ -20,7 +20,9 @@ from stella_build.engine.rule_api import BuildOptions
 @dataclass
 class BuildRequest:
     """What to build and how: `patterns` are labels or patterns (`//pkg:target`), `cache_dir` the
-    local cache, `jobs` parallel actions (≥ 1); `remote` an engine RemoteCache or None."""
+    local cache, `jobs` parallel actions (≥ 1); `remote` an engine RemoteCache or None;
+    `executor` where misses run (engine.executors.ExecutorConfig; None: `executor_from_env()`,
+    i.e. STELLA_EXECUTOR / STELLA_EXECUTOR_FALLBACK, which `--executor` sets, else local)."""
 
     patterns: list[str]
     options: BuildOptions
@@ -28,6 +30,21 @@ class BuildRequest:
     jobs: int
     check: bool = False
     remote: object | None = None
+    executor: object | None = None
+
+
+def executor_from_env(environ=None):
+    """The ExecutorConfig named by STELLA_EXECUTOR (local | dask-local | dask://HOST:PORT) and
+    STELLA_EXECUTOR_FALLBACK (local | none); local when unset. The CLI's `--executor` and
+    `--executor-fallback` set these for their process (cli/entry.py). UsageError (exit 2,
+    `bad-executor`) for a bad value."""
+    import os
+
+    from stella_build.engine.executors import parse_executor
+    from stella_build.engine.executors.base import EXECUTOR_ENV, FALLBACK_ENV
+
+    env = os.environ if environ is None else environ
+    return parse_executor(env.get(EXECUTOR_ENV), env.get(FALLBACK_ENV), field="--executor")
 
 
 def require_post_build_ready(graph) -> list:
@@ -73,9 +90,10 @@ def execute(workspace, request: BuildRequest, *, progress: Callable | None = Non
     from stella_build.engine.analysis import analyze
     from stella_build.engine.build import run_build
 
+    executor = request.executor if request.executor is not None else executor_from_env()
     graph = graph or analyze(workspace, request.patterns, request.options)
     require_post_build_ready(graph)
     summary = run_build(workspace, request.patterns, cache_dir=request.cache_dir, jobs=request.jobs,
                         check=request.check, progress=progress, remote=request.remote, graph=graph,
-                        warn=warn)
+                        warn=warn, executor=executor)
     return graph, summary

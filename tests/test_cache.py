@@ -95,12 +95,18 @@ def test_stats_gc_and_clean(sample_ws, tmp_path):
     assert run_cli(["cache", "stats", "--output", "json"], cwd=sample_ws, cache=cache, check=True).json()["blobs"] == 0
     res = run_cli(["-q", "--output", "json", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
     assert res.json()["actions"]["executed"] == 9
+    packs = sorted((cache / "memo-v1").rglob("*.pack"))
+    assert packs and stats["memo_packs"] >= 1 and stats["memo_bytes"] > 0
+    old = 30 * 24 * 3600
+    os.utime(packs[0], (packs[0].stat().st_atime - old, packs[0].stat().st_mtime - old))
     keep = run_cli(["cache", "gc", "--max-size", "1G", "--output", "json"], cwd=sample_ws, cache=cache, check=True).json()
     assert keep["evicted_actions"] == 0 and keep["kept_actions"] == 9
+    # Memo packs no build rewrote for 14 days go; packs in use stay.
+    assert keep["removed_memo_packs"] == 1 and not packs[0].exists() and all(p.exists() for p in packs[1:])
     bad = run_cli(["cache", "gc", "--max-size", "lots"], cwd=sample_ws, cache=cache)
     assert bad.code == 2 and "bad size" in bad.stderr
     run_cli(["cache", "clean"], cwd=sample_ws, cache=cache, check=True)
-    assert not (cache / "cas").exists()
+    assert not (cache / "cas").exists() and not (cache / "memo-v1").exists()
 
 
 def test_kill_9_at_several_points_then_rebuild_is_golden(tmp_path):
@@ -160,3 +166,96 @@ def test_failed_action_leaves_no_output_and_no_cache_entry(sample_ws, tmp_path):
     ef.write_text(original)
     run_cli(["-q", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
     assert output_digests(sample_ws, "profiles", "json-raw") == GOLDEN
+
+
+# ---- the cache-hit path (docs/engine.md "Performance"): faster, and the same answers ---------------
+
+def test_action_key_bytes_are_exactly_the_json_encoding_whatever_the_input_names():
+    """record_bytes builds the inputs with joins; any name JSON would escape (quote, backslash,
+    control characters) or any item that is not a pair of str must give the encoder's bytes."""
+    import random
+
+    from stella_build.engine.actions import _KEY_ENCODER, _inputs_json, action_key, record_bytes
+
+    import blake3
+
+    names = ["a", 'q"uote', "back\\slash", "tab\t", "nl\n", "nul\x00", "é/ü/日本", "\ud800lone",
+             "\u2028", "\x7f", "x" * 300, "[]", '","', ""]
+    rng = random.Random(15)
+    fast = 0
+    for _ in range(2000):
+        pairs = [(rng.choice(names) + str(i), rng.choice(["ab" * 32, rng.choice(names)]))
+                 for i in range(rng.randint(0, 6))]
+        record = {"cache_schema": 1, "fn": rng.choice(["m:f", 'm:"q"']), "implementation": "ff",
+                  "inputs": pairs, "params": {"inputs": [], "x": rng.choice(names)}, "python": "3.11"}
+        if rng.random() < 0.2:
+            record = {"inputs": pairs} if rng.random() < 0.5 else {"inputs": pairs, "zz": [1.5, None]}
+        if rng.random() < 0.1:
+            record["inputs"] = [list(p) + ["third"] for p in pairs]
+        expected = _KEY_ENCODER.encode(record).encode("utf-8", "surrogatepass")
+        assert record_bytes(record) == expected, record
+        assert action_key(record) == blake3.blake3(expected).hexdigest()
+        fast += _inputs_json(record["inputs"]) is not None
+    assert 100 < fast < 1900  # both the join path and the encoder fallback were exercised
+
+
+def test_stat_memo_entries_match_only_their_exact_signature(tmp_path):
+    """Source digests are reused only when size, mtime, inode and ctime all match the stored
+    entry; a rewrite with the same size and mtime (only ctime moves) is hashed again, and a
+    damaged entry is a miss, never an exception."""
+    import blake3
+
+    from stella_build.engine.cache.index import Index, _j, stat_match
+    from stella_build.engine.scheduler import SourceDigests
+
+    src = tmp_path / "advisory.json"
+    src.write_bytes(b"A" * 100)
+    past = time.time() - 60  # older than the racy window: the digest is stored in the index
+    os.utime(src, (past, past))
+    st = os.stat(src)
+    raw = _j([st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "a" * 64, "b" * 64])
+    assert stat_match(raw, st) == ("a" * 64, "b" * 64)
+    for damaged in (raw[:-1], raw + b" ", raw.replace(b"a" * 64, b"A" * 64), b"", None,
+                    b'[%d,%d,%d,%d,"x"]' % (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)):
+        assert stat_match(damaged, st) is None
+
+    index = Index(tmp_path / "cache")
+    try:
+        first = SourceDigests(index).digests([src])[str(src)]
+        assert first[0] == blake3.blake3(b"A" * 100).hexdigest()
+        assert index.get_stats_raw([str(src)])[str(src)] is not None  # memoized for the next build
+        assert SourceDigests(index).digests([src])[str(src)] == first
+        time.sleep(0.01)
+        src.write_bytes(b"B" * 100)  # same size; mtime put back: only ctime tells
+        os.utime(src, (past, past))
+        assert SourceDigests(index).digests([src])[str(src)][0] == blake3.blake3(b"B" * 100).hexdigest()
+        index.put_stats({str(src): ["not", "a", "signature"]})
+        assert SourceDigests(index).digests([src])[str(src)][0] == blake3.blake3(b"B" * 100).hexdigest()
+    finally:
+        index.close()
+
+
+def test_cache_hit_path_drops_a_wrong_entry_but_leaves_a_malformed_one_a_silent_miss(tmp_path):
+    """The scheduler checks a hit once (records.result_problem); an entry listing the wrong
+    outputs is dropped with a warning, one the index itself would refuse stays a silent miss."""
+    from stella_build.engine.scheduler import Executor
+
+    warnings: list[str] = []
+
+    class Spec:
+        id, outputs = "//p:t#A", ["out.json"]
+
+    ex = Executor(tmp_path / "cache", 1, warn=warnings.append)
+    try:
+        digest = ex.cas.put_bytes(b"{}")
+        good = {"path": "out.json", "blake3": digest, "sha256": "0" * 64, "size": 2, "mode": 0o644}
+        ex.index.put_result("k1", {"outputs": [good], "stats": {}}, {}, Spec.id)
+        assert ex._lookup("k1", Spec)["outputs"] == [good]
+        ex.index.put_result("k2", {"outputs": [dict(good, path="other.json")], "stats": {}}, {}, Spec.id)
+        assert ex._lookup("k2", Spec) is None and ex.index.get_result("k2") is None  # dropped
+        ex.index.put_result("k3", {"outputs": [dict(good, mode=0o777)], "stats": {}}, {}, Spec.id)
+        ex.index.put_result("k4", {"outputs": [good], "stats": []}, {}, Spec.id)
+        assert ex._lookup("k3", Spec) is None and ex._lookup("k4", Spec) is None
+        assert [w.split(":")[0] for w in warnings] == ["dropped the local cache entry of //p"]
+    finally:
+        ex.close()

@@ -220,7 +220,7 @@ def test_encryption_round_trip_and_wrong_identity(sample, tmp_path):
     (tmp_path / "wrong.txt").write_text(str(other) + "\n")
     ws = make_workspace(tmp_path / "ws")
     add_targets(ws, "profiles", '[targets.mirror-enc]\nrule = "mirror_full"\n'
-                                'deps = [":osv-sample", ":sbom-sample", ":vex-sample", ":json-policy"]\n'
+                                'deps = [":osv-sample", ":sbom-sample", ":vex-sample", ":json-policy", ":devportal-offline"]\n'
                                 f'encryption = {{ recipients = ["{ident.to_public()}"] }}\n')
     run_cli(["-q", FULL, "//profiles:mirror-enc"], cwd=ws, cache=root / "cache", check=True)
     enc = ws / "stella-out/profiles/mirror-enc"

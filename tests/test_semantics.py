@@ -145,17 +145,42 @@ def test_out_of_order_events_mean_the_sorted_timeline():
     assert value["PatchedVersions"] == ["2.5.0", "1.0.0"]
 
 
-def test_range_reopened_at_its_own_fix_version_is_contiguous():
-    """[0.12.2, 0.13.0) and [0.13.0, 0.14.0rc1) in one range (PyPA's apache-iotdb record writes it
-    so): at 0.13.0 "fixed" sorts before "introduced", so 0.13.x stays affected."""
+def test_range_reopened_at_its_own_fix_version_is_contiguous_in_file_order():
+    """[0.12.2, 0.13.0) then [0.13.0, 0.14.0rc1) written in version order: "fixed 0.13.0" comes
+    before "introduced 0.13.0" in the record, so 0.13.x stays affected."""
     from stella_build.rules.evidence.model import Advisory
-    doc = osv("STELLA-SEM-0008", "PyPI", "reopened", [{"introduced": "0.13.0"}, {"fixed": "0.14.0rc1"},
-                                                      {"introduced": "0.12.2"}, {"fixed": "0.13.0"}])
+    doc = osv("STELLA-SEM-0008", "PyPI", "reopened", [{"introduced": "0.12.2"}, {"fixed": "0.13.0"},
+                                                      {"introduced": "0.13.0"}, {"fixed": "0.14.0rc1"}])
     (adv,) = normalize_osv(doc, "t/reopened.json", SRC)
     for v, want in [("0.12.1", False), ("0.12.2", True), ("0.13.0", True), ("0.13.5", True), ("0.14.0rc1", False)]:
         assert affected("PyPI", v, adv.ranges) is want, v
     _, value = trivy_value(Advisory.model_validate(adv.to_canonical()))
     assert value["VulnerableVersions"] == [">=0.12.2, <0.14.0rc1"]
+
+
+# Ties (events at one version) keep the record's order: OSV sorts the events and says nothing
+# about equal versions; osv.dev (Python's stable sorted) and osv-scanner (Go's insertion sort for
+# short lists) keep the record's order there. The two records of the shared corpora with such a
+# tie, as osv.dev enumerates them in their own ``versions`` lists and osv-scanner 2.6.0 answers.
+@pytest.mark.parametrize("name, events, probes", [
+    # PYSEC-2022-42972 (apache-iotdb): osv.dev's versions list is 0.12.2 .. 0.12.6
+    ("apache-iotdb", [{"introduced": "0.13.0"}, {"fixed": "0.14.0rc1"}, {"introduced": "0.12.2"}, {"fixed": "0.13.0"}],
+     {"0.12.1": False, "0.12.2": True, "0.12.6": True, "0.13.0": False, "0.13.3a1": False, "0.13.5": False,
+      "0.14.0rc1": False}),
+    # PYSEC-2023-72 (pyspark): osv.dev's versions list ends at 3.1.3 (3.2.0 and 3.2.1 not listed)
+    ("pyspark", [{"introduced": "0"}, {"fixed": "3.1.1"}, {"introduced": "3.2.0"}, {"fixed": "3.2.2"},
+                 {"introduced": "3.1.1"}, {"fixed": "3.2.0"}],
+     {"3.0.3": True, "3.1.1": True, "3.1.3": True, "3.2.0": False, "3.2.1": False, "3.2.2": False}),
+])
+def test_events_at_one_version_keep_the_record_order(name, events, probes):
+    from stella_build.rules.evidence.model import Advisory
+    (adv,) = normalize_osv(osv("STELLA-SEM-0009", "PyPI", name, events), f"t/{name}.json", SRC)
+    for v, want in probes.items():
+        assert affected("PyPI", v, adv.ranges) is want, v
+    # the trivy:db mapping walks the same sorted events: Trivy's PEP 440 comparer gets the same set
+    _, value = trivy_value(Advisory.model_validate(adv.to_canonical()))
+    want_constraints = {"apache-iotdb": [">=0.12.2, <0.13.0"], "pyspark": ["<3.2.0"]}[name]
+    assert value["VulnerableVersions"] == want_constraints
 
 
 def test_out_of_order_events_in_go_too():

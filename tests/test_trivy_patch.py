@@ -269,3 +269,15 @@ def test_bomb_stays_under_a_memory_cap(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "size-limit"
+
+
+def test_truncated_patch_is_patch_invalid():
+    """A frame cut short decodes to fewer bytes than its header declares: refused as corrupt
+    (`patch-invalid`), not reported as a mere result mismatch."""
+    import os
+    base = os.urandom(100_000)
+    new = base[:5000] + b"changed" + base[5000:]
+    patch = make_db_patch(base, new, 3)
+    with pytest.raises(PatchError) as exc:
+        apply_db_patch(base, patch[:-12], result_size=len(new), result_sha256=hashlib.sha256(new).hexdigest())
+    assert exc.value.reason == "patch-invalid"

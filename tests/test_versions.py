@@ -83,7 +83,11 @@ def test_apk_known_orderings(a, op, b):
     expected = {"<": -1, "=": 0, ">": 1}[op]
     assert apk_compare(a, b) == expected
     assert apk_compare(b, a) == -expected
-    assert compare("Alpine:v3.18", a, b) == expected
+    if apk_version_valid(a) and apk_version_valid(b):
+        assert compare("Alpine:v3.18", a, b) == expected
+    else:  # apk-tools' fuzzy comparisons of invalid versions: evaluation refuses them
+        with pytest.raises(VersionError, match="invalid apk version"):
+            compare("Alpine:v3.18", a, b)
 
 
 def test_apk_validity():

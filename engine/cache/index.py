@@ -79,10 +79,38 @@ def _valid_output(o: Any) -> bool:
             and type(o.get("size")) is int and o["size"] >= 0 and o.get("mode") in (0o644, 0o755))
 
 
-def _valid_result(data: Any) -> bool:
+def valid_result(data: Any) -> bool:
+    """Whether `data` has the shape of a result record (outputs with safe paths, well-formed
+    digests, sizes and modes; stats an object). Anything else read from the index is a miss."""
     return (isinstance(data, dict) and isinstance(data.get("outputs"), list)
             and all(_valid_output(o) for o in data["outputs"])
             and isinstance(data.get("stats", {}), dict))
+
+
+_valid_result = valid_result
+
+# The tail of a stat entry as `_j` writes it after the four integers: two lowercase hex digests.
+_STAT_TAIL = re.compile(rb'([0-9a-f]{64})","([0-9a-f]{64})"\]\Z')
+
+
+def stat_match(raw: bytes | None, st: os.stat_result) -> tuple[str, str] | None:
+    """(blake3, sha256) from a stored stat entry (`Index.get_stats_raw`) when it was recorded
+    for exactly this signature (size, mtime_ns, inode, ctime_ns), else None.
+
+    The entry is `_j([size, mtime_ns, ino, ctime_ns, blake3, sha256])`; comparing its bytes with
+    the signature formatted the same way costs one format and one regex per source file, where
+    parsing and checking the JSON cost several times that (this runs for every source file of
+    every build). Any other bytes (another signature, damage, hand edits) are no match: the
+    file is hashed again."""
+    if not raw:
+        return None
+    head = b'[%d,%d,%d,%d,"' % (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if not raw.startswith(head):
+        return None
+    m = _STAT_TAIL.match(raw, len(head))
+    if m is None:
+        return None
+    return m.group(1).decode("ascii"), m.group(2).decode("ascii")
 
 
 def _valid_stat(entry: Any) -> bool:
@@ -266,12 +294,17 @@ class Index:
             self.env = None
 
     # -- action cache ---------------------------------------------------------------------
-    def get_result(self, key: str) -> dict | None:
-        """The result record stored for `key`, or None (absent or not a well-formed record)."""
+    def get_result(self, key: str, *, checked: bool = True) -> dict | None:
+        """The result record stored for `key`, or None (absent or not a well-formed record).
+
+        `checked=False`: any JSON value stored there (None if absent or not JSON), for a caller
+        that checks the record more strictly itself (the scheduler's `records.result_problem`)."""
         def op():
             with self.env.begin(db=self.ac) as txn:
                 return txn.get(key.encode())
         data = _load(self._run(op))
+        if not checked:
+            return data
         return data if _valid_result(data) else None
 
     def get_results(self, keys: Iterable[str]) -> dict[str, dict]:
@@ -311,7 +344,12 @@ class Index:
 
     # -- history for explain ------------------------------------------------------------------
     def _record_last(self, txn, action_id: str, key: str) -> None:
-        entry = _load(txn.get(action_id.encode(), db=self.last))
+        raw = txn.get(action_id.encode(), db=self.last)
+        # Every no-op build rewrites this for every action: when the stored entry (written by _j,
+        # keys sorted) already starts with this key as "current", nothing changes; skip parsing.
+        if raw is not None and raw.startswith(b'{"current":"%s"' % key.encode()):
+            return
+        entry = _load(raw)
         entry = entry if isinstance(entry, dict) else {}
         if entry.get("current") != key:
             previous = entry.get("current")
@@ -350,6 +388,15 @@ class Index:
             if _valid_stat(entry):
                 out[p] = entry
         return out
+
+    def get_stats_raw(self, paths: list[str]) -> dict[str, bytes | None]:
+        """path → the stored bytes of its stat entry (None when absent), unparsed: see
+        `stat_match`, which checks them against a fresh `os.stat` without decoding JSON."""
+        def op():
+            with self.env.begin(db=self.stat) as txn:
+                get = txn.get
+                return {p: get(p.encode()) for p in paths}
+        return self._run(op)
 
     def put_stats(self, entries: dict[str, list]) -> None:
         if not entries:

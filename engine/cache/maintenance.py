@@ -1,27 +1,41 @@
 """`stella-build cache stats|gc|verify|clean` over the LMDB index and the CAS."""
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 from stella_build.engine.cache.cas import Cas
 from stella_build.engine.cache.index import Index
 from stella_build.engine.cache.records import drop_bad_results
+from stella_build.engine.memo import MEMO_DIR  # per-record memo packs, one per shard action
+
+MEMO_MAX_AGE = 14 * 24 * 3600   # gc drops packs no build rewrote for this long (seconds)
+
+
+def _memo_packs(cache_dir: Path) -> list[tuple[Path, os.stat_result]]:
+    root = cache_dir / MEMO_DIR
+    return [(p, p.stat()) for p in sorted(root.rglob("*.pack")) if p.is_file()] if root.is_dir() else []
 
 
 def stats(cache_dir: Path) -> dict:
     index, cas = Index(cache_dir), Cas(cache_dir)
     try:
         blobs = list(cas.iter_blobs())
+        packs = _memo_packs(cache_dir)
         return {"cache_dir": str(cache_dir), **index.counts(), "blobs": len(blobs),
-                "blob_bytes": sum(size for _, size, _ in blobs)}
+                "blob_bytes": sum(size for _, size, _ in blobs),
+                "memo_packs": len(packs), "memo_bytes": sum(st.st_size for _, st in packs)}
     finally:
         index.close()
 
 
 def gc(cache_dir: Path, max_size: int) -> dict:
     """Evict least recently used action results until blobs fit in `max_size` bytes, then delete
-    blobs no remaining result names (temp and sandbox leftovers of killed builds too)."""
+    blobs no remaining result names (temp and sandbox leftovers of killed builds too). Per-record
+    memo packs (engine/memo.py) that no build rewrote for MEMO_MAX_AGE are deleted: a build rewrites
+    every pack it uses, and a missing pack only costs time."""
     index, cas = Index(cache_dir), Cas(cache_dir)
     try:
         results = sorted(index.all_results(), key=lambda r: r[2], reverse=True)  # newest first
@@ -43,11 +57,16 @@ def gc(cache_dir: Path, max_size: int) -> dict:
             cas.discard(digest)
         for leftover in ("tmp", "sandbox", "noop-memo"):
             shutil.rmtree(cache_dir / leftover, ignore_errors=True)
+        cutoff = time.time() - MEMO_MAX_AGE
+        stale = [(p, st) for p, st in _memo_packs(cache_dir) if st.st_mtime < cutoff]
+        for pack, _ in stale:
+            pack.unlink(missing_ok=True)
         for damaged in cache_dir.glob("index-v*.damaged-*"):  # a repair killed half-way
             shutil.rmtree(damaged, ignore_errors=True)
         return {"evicted_actions": len(evict), "kept_actions": len(keep_keys),
                 "removed_blobs": len(removed), "removed_bytes": sum(sizes[d] for d in removed),
-                "blob_bytes": total}
+                "blob_bytes": total, "removed_memo_packs": len(stale),
+                "removed_memo_bytes": sum(st.st_size for _, st in stale)}
     finally:
         index.close()
 
@@ -84,7 +103,7 @@ def verify(cache_dir: Path) -> dict:
 
 def clean(cache_dir: Path) -> dict:
     existed = cache_dir.exists()
-    for child in ("cas", "tmp", "sandbox", "noop-memo") + tuple(p.name for p in cache_dir.glob("index-v*")):
+    for child in ("cas", "tmp", "sandbox", "noop-memo", MEMO_DIR) + tuple(p.name for p in cache_dir.glob("index-v*")):
         shutil.rmtree(cache_dir / child, ignore_errors=True)
     (cache_dir / "index.lock").unlink(missing_ok=True)
     return {"cache_dir": str(cache_dir), "removed": existed}

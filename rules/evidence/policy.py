@@ -173,6 +173,11 @@ def match_name(ecosystem: str, name: str) -> str:
         return _PEP503.sub("-", name).lower()
     if base == "crates.io":
         return name.lower().replace("_", "-")
+    if base == "SwiftURL":
+        # Swift package URLs with or without scheme and ".git" name one package (Trivy's
+        # NormalizePkgName drops both too); the rest stays case-sensitive
+        name = name.removeprefix("https://").removeprefix("http://")
+        return name.removesuffix(".git")
     if base in _CASE_SENSITIVE:
         return name
     return name.lower()
@@ -223,7 +228,10 @@ def component_key(component: dict) -> Optional[tuple[str, str]]:
         # dpkg and apk (upstream qualifier), RPM names for RPM distributions
         name = p.name if d.lookup == "binary" else source_from_purl(p.type, p.name, p.version, p.qualifiers)[0]
         return d.base, match_name(d.base, name)  # pkg:deb/ubuntu/…: Ubuntu's records, not Debian's
-    if base in ("Go", "npm") and p.namespace:
+    if base in ("Go", "npm", "SwiftURL") and p.namespace:
+        # the namespace is part of the name: github.com/gin-gonic/gin, @babel/core, and for Swift
+        # the package URL without its scheme (pkg:swift/github.com/apple/swift-nio@1.0 is
+        # github.com/apple/swift-nio, the OSV SwiftURL name)
         name = f"{p.namespace}/{p.name}"
     elif base == "Maven" and p.namespace:
         name = f"{p.namespace}:{p.name}"

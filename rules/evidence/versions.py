@@ -11,6 +11,10 @@ Libraries do the ordering wherever a maintained one exists:
   Python rpmvercmp with ``~`` and ``^``, from python-rpm-vercmp and antlir; it passes every vector
   of rpm's own tests/rpmvercmp.at, which tests/test_os_distros.py holds as data) over
   ``[epoch:]version[-release]``; the ``rpm`` Python bindings are not on PyPI.
+- Packagist: composer/semver's normalization and PHP's version_compare, hand-written in
+  ``versions_composer.py`` (``univers.versions.ComposerVersion`` is plain SemVer: it rejects
+  ``1.2.3.4`` and orders ``1.0.0-RC1`` below ``1.0.0-beta1``); checked against composer/semver's
+  own test vectors.
 - Maven: hand-written below (``maven_compare``), because the one PyPI port (``univers.maven``)
   follows an old ComparableVersion and fails Maven 3.9's own test vectors (``1.0.RELEASE == 1.0``,
   MNG-6964, MNG-7644; tests/test_semantics.py holds them as data).
@@ -18,14 +22,18 @@ Libraries do the ordering wherever a maintained one exists:
   Gentoo's rules, which reject ``_git``/``_svn`` suffixes and ``~hash``), so ``apk_compare`` below
   follows apk-tools' tokenizer (src/version.c): digits, one letter, ``_suffix[N]`` (alpha < beta <
   pre < rc < (none) < cvs < svn < git < hg < p), ``~commit`` and ``-rN``. Wolfi and Chainguard
-  packages are apk packages and use the same order.
+  packages are apk packages and use the same order. ``compare`` refuses a version apk-tools
+  rejects (``apk_version_valid``: ``2.7.16-33``, ``0.8.21.r2``, ``1.18.-r2``), so a record naming
+  one is listed invalid; ``apk_compare`` itself orders them too (sorting never fails).
 
 ``affected`` implements the OSV evaluation algorithm (https://ossf.github.io/osv-schema/,
 "Evaluation"): events of a range are sorted by version, ``introduced`` switches on, ``fixed`` (at
 or above) and ``last_affected`` (strictly above) switch off, ``introduced: "0"`` means "from the
-beginning"; a range with ``limit`` events only holds versions below at least one limit, and a
-limit containing ``*`` is infinity (no limit events = an implicit ``*``); ranges are OR'ed
-together with the explicit ``versions`` list (equal in the ecosystem's order). GIT ranges are never
+beginning", events at one version keep the record's order (a stable sort, as the reference
+implementations do); a range with ``limit`` events only holds versions below at least one limit,
+and a limit containing ``*`` is infinity (no limit events = an implicit ``*``); ranges are OR'ed
+together with the explicit ``versions`` list (the same string once the ecosystem normalizes its
+spelling: ``version_equal``; ``0.20`` does not list 0.20.0). GIT ranges are never
 evaluated here (they need a commit graph). ``vulnerable_intervals`` gives the same set as
 half-open/closed intervals, which is what the Trivy mapping writes as constraints.
 """
@@ -53,6 +61,8 @@ __all__ = [
     "cargo_requirement_bounds",
     "semver_successor",
     "maven_compare",
+    "composer_compare",
+    "version_equal",
     "Interval",
     "vulnerable_intervals",
     "range_limit",
@@ -84,6 +94,7 @@ _ECOSYSTEM_ALIASES = {
     "hex": "Hex",
     "pub": "Pub",
     "swifturl": "SwiftURL",
+    "packagist": "Packagist", "composer": "Packagist",
 }
 
 
@@ -524,6 +535,32 @@ def apk_compare(a: str, b: str) -> int:
     return 0  # pragma: no cover - loop returns for equal kinds
 
 
+# --------------------------------------------------------------------------- Composer (Packagist)
+
+def composer_compare(a: str, b: str) -> int:
+    """Order two Composer versions as Composer does (-1, 0, 1): composer/semver's
+    VersionParser::normalize, then PHP's version_compare (``versions_composer``):
+    ``1.0 == v1.0.0 == 1.0.0.0``, ``1.0.0-dev < 1.0.0-alpha1 < 1.0.0-beta1 < 1.0.0-RC1 < 1.0.0 <
+    1.0.0-patch1 < 1.0.0.1``. Raises VersionError for a version Composer rejects."""
+    from stella_build.rules.evidence.versions_composer import ComposerVersionError
+    from stella_build.rules.evidence.versions_composer import compare as _composer
+
+    try:
+        return _composer(a, b)
+    except ComposerVersionError as exc:
+        raise VersionError(str(exc)) from None
+
+
+def _apk_strict_cmp(a: str, b: str) -> int:
+    # apk_compare orders invalid versions too (sorting must not fail); evaluation must not: a
+    # version apk-tools rejects ("2.7.16-33", "0.8.21.r2", "1.18.-r2") is no package version,
+    # so records naming one are listed invalid instead of being evaluated silently.
+    for v in (a, b):
+        if not apk_version_valid(v):
+            raise VersionError(f"invalid apk version {v!r} (apk-tools rejects it)")
+    return apk_compare(a, b)
+
+
 # --------------------------------------------------------------------------- dispatch
 
 _COMPARATORS: dict[str, Callable[[str, str], int]] = {
@@ -532,7 +569,7 @@ _COMPARATORS: dict[str, Callable[[str, str], int]] = {
     "npm": _semver_cmp,
     "crates.io": _semver_cmp,
     "Maven": maven_compare,
-    "Alpine": apk_compare,
+    "Alpine": _apk_strict_cmp,
     "Debian": _debian_cmp,
     "Ubuntu": _debian_cmp,
     "AlmaLinux": rpm_compare,
@@ -540,13 +577,14 @@ _COMPARATORS: dict[str, Callable[[str, str], int]] = {
     "openSUSE": rpm_compare,
     "SUSE": rpm_compare,
     "Red Hat": rpm_compare,
-    "Wolfi": apk_compare,
-    "Chainguard": apk_compare,
+    "Wolfi": _apk_strict_cmp,
+    "Chainguard": _apk_strict_cmp,
     "RubyGems": _gem_cmp,
     "NuGet": _nuget_cmp,
     "Hex": _semver_cmp,
     "Pub": _semver_cmp,
     "SwiftURL": _semver_cmp,
+    "Packagist": composer_compare,
 }
 
 
@@ -568,11 +606,16 @@ def sort_key(ecosystem: str) -> Callable[[str], Any]:
 # --------------------------------------------------------------------------- OSV ranges
 
 _EVENT_KINDS = ("introduced", "fixed", "last_affected", "limit")
-# Events at one version: "fixed X" before "introduced X", so that [a, X) followed by [X, b) (a
-# range reopened at the version that fixed the previous one, as PyPA and GHSA data write it) is
-# [a, b) rather than losing [X, b) to an empty "introduced X, fixed X"; "last_affected X" after
-# "introduced X", so that "introduced X, last_affected X" is exactly X.
-_TIE_ORDER = {"fixed": 0, "introduced": 1, "last_affected": 2, "limit": 3}
+# Events at one version keep the order the record gives them (a stable sort). The OSV
+# evaluation walks ``sorted(range.events)`` and says nothing more about equal versions; the
+# reference implementations sort stably (osv.dev's Python ``sorted``, whose enumerated
+# ``versions`` lists follow it, and osv-scanner's Go ``sort.Slice``, an insertion sort for the
+# short event lists of real records), so the record's own order decides. In file order
+# "introduced 1.0, fixed 2.0, introduced 2.0, fixed 3.0" is [1.0, 3.0); out of order, e.g.
+# PYSEC-2022-42972 "introduced 0.13.0, fixed 0.14.0rc1, introduced 0.12.2, fixed 0.13.0", the
+# sorted walk meets "introduced 0.13.0" before "fixed 0.13.0" and 0.13.x is not affected, as
+# osv.dev's versions list of the record (0.12.2 .. 0.12.6) and osv-scanner say. One rule for
+# json:policy and the trivy:db mapping (both walk ``_sorted_events``); docs/evidence.md.
 
 
 def _range_parts(r: Any) -> tuple[str, list[tuple[str, str]]]:
@@ -628,28 +671,62 @@ def _range_includes(ecosystem: str, version: str, events: list[tuple[str, str]])
 
 
 def _event_cmp(cmp: Callable[[str, str], int], x: tuple[str, str], y: tuple[str, str]) -> int:
+    """Order of two events by version ("introduced 0" first); 0 at equal versions, so that the
+    stable ``sorted`` keeps the record's order there (see ``_EVENT_KINDS``)."""
     (kx, vx), (ky, vy) = x, y
     zx = kx == "introduced" and vx == "0"
     zy = ky == "introduced" and vy == "0"
     if zx or zy:
         return (not zx) - (not zy)
-    r = cmp(vx, vy)
-    return r if r else _TIE_ORDER[kx] - _TIE_ORDER[ky]
+    return cmp(vx, vy)
+
+
+def _pep440_text(v: str) -> str:
+    try:
+        return str(_PepVersion(v))
+    except _PepInvalid:
+        return v
+
+
+def version_equal(ecosystem: str, a: str, b: str) -> bool:
+    """Are ``a`` and ``b`` the same version string once the ecosystem normalizes its spelling?
+
+    OSV's IncludedInVersions compares strings (``v == version``), not positions in the order:
+    a listed ``0.20`` names 0.20 only, not 0.20.0 (osv.dev enumerates every released spelling).
+    The spelling is normalized the way the ecosystem itself writes a version: PEP 440's normal
+    form for PyPI (``1.0RC1`` = ``1.0rc1``, ``0.20`` != ``0.20.0``), Go without its ``v``,
+    Maven's ComparableVersion canonical form (``5.2.20`` = ``5.2.20.RELEASE``: Maven's own
+    ``equals``), Composer's VersionParser::normalize (``1.0`` = ``v1.0.0`` = ``1.0.0.0``); every
+    other ecosystem: the exact string. Raises nothing: a spelling that does not normalize is
+    compared as written."""
+    if a == b:
+        return True
+    try:
+        base = canonical_ecosystem(ecosystem)
+    except VersionError:
+        return False
+    if base == "PyPI":
+        return _pep440_text(a) == _pep440_text(b)
+    if base == "Go":
+        return a.removeprefix("v") == b.removeprefix("v")
+    try:
+        if base == "Maven":
+            return maven_compare(a, b) == 0
+        if base == "Packagist":
+            from stella_build.rules.evidence.versions_composer import ComposerVersionError, normalize
+
+            try:
+                return normalize(a) == normalize(b)
+            except ComposerVersionError:
+                return False
+    except VersionError:
+        return False
+    return False
 
 
 def _in_versions(ecosystem: str, version: str, versions: Sequence[str]) -> bool:
-    """OSV IncludedInVersions: equal in the ecosystem's order (``1.0`` == ``1.0.0`` in PEP 440,
-    ``5.2.20`` == ``5.2.20.RELEASE`` in Maven); a listed version that cannot be ordered still
-    matches by its exact spelling."""
-    if version in versions:
-        return True
-    for listed in versions:
-        try:
-            if compare(ecosystem, version, listed) == 0:
-                return True
-        except VersionError:
-            continue
-    return False
+    """OSV IncludedInVersions: ``version`` is one of ``versions`` (``version_equal``)."""
+    return any(version_equal(ecosystem, version, listed) for listed in versions)
 
 
 def affected(
@@ -769,8 +846,12 @@ def alpine_fixed_version(ecosystem: str, fixed_versions: Iterable[str]) -> str |
     recorded on an older line (a backport kept in the APKBUILD history), so an installed version
     below the highest fix may lack it, while every version at or above it has it. Using the
     highest fix never misses an installed package of the branch's line (docs/trivy-db.md).
+    Raises VersionError for a fixed version apk-tools rejects.
     """
     fixed = [f for f in fixed_versions if f and f != "0"]
+    for f in fixed:  # max() of one element compares nothing: check each on its own
+        if not apk_version_valid(f):
+            raise VersionError(f"invalid apk version {f!r} (apk-tools rejects it)")
     return max(fixed, key=sort_key(ecosystem)) if fixed else None
 
 

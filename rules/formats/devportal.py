@@ -21,11 +21,11 @@ output directory):
 """
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Mapping
 
 from stella_build.engine.rule_api import canonical_json, sha256_hex
+from stella_build.rules.formats import checksums as C
 
 __all__ = ["VERSION", "ARCHIVE", "MANIFEST", "CHECKSUMS", "DSSE", "PUBLIC_KEY", "INSTRUCTIONS",
            "VERIFY_SCRIPT", "SECTIONS", "EXECUTABLE", "UNLISTED", "PREDICATE_TYPE", "DevportalFormatError",
@@ -53,11 +53,11 @@ PREDICATE_TYPE = "https://stella-build.dev/attestations/devportal-offline/v1"
 # bundleId = uuid5(this namespace, sha256 of the sorted "path sha256" listing): equal content,
 # equal id, whatever machine or time built it (the StellaOps manifest asks for a UUID).
 _BUNDLE_NAMESPACE = uuid.UUID("8a3c6f0e-5b1d-5d2e-9f4a-6d2b7c1e0a93")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = C.HEX64
 # Paths a bundle may hold: relative, normalized, from a conservative character set (every path the
-# rule writes fits; anything else in a bundle is refused before it is trusted).
-_SEGMENT = re.compile(r"^[A-Za-z0-9._+@=-]+$")
-MAX_PATH = 1024
+# rule writes fits; anything else in a bundle is refused before it is trusted): the rule of
+# rules/formats/checksums.py, shared with Offline Kits.
+MAX_PATH = C.MAX_PATH
 _CONTENT_TYPES = (
     (".tar.gz", "application/gzip"), (".whl", "application/zip"),
     (".html", "text/html; charset=utf-8"), (".css", "text/css; charset=utf-8"),
@@ -78,56 +78,27 @@ class DevportalFormatError(ValueError):
 def is_safe_path(path: object) -> bool:
     """Whether `path` may name a file of a bundle: relative POSIX, normalized (no '', '.', '..'
     segment), at most MAX_PATH characters, segments from [A-Za-z0-9._+@=-]."""
-    if not isinstance(path, str) or not path or len(path) > MAX_PATH:
-        return False
-    return all(_SEGMENT.match(seg) and seg not in (".", "..") for seg in path.split("/"))
+    return C.is_safe_path(path)
 
 
 def check_path(path: object, where: str) -> str:
     """`path` when is_safe_path, else DevportalFormatError naming `where`."""
-    if not is_safe_path(path):
-        raise DevportalFormatError(f"{where}: {path!r} is not a safe bundle path (relative, normalized, "
-                                   "characters A-Z a-z 0-9 . _ + @ = -)")
-    return path  # type: ignore[return-value]
+    return C.check_path(path, where, error=DevportalFormatError, noun="bundle")
 
 
-def _sorted_paths(paths) -> list[str]:
-    return sorted(paths, key=lambda p: p.encode())
+_sorted_paths = C.sorted_paths
 
 
 def checksums_txt(digests: Mapping[str, str]) -> bytes:
     """`root <sha256 of the rest>` then `<sha256>  <path>` per file, sorted by path bytes (the
     lines `sha256sum -c` reads)."""
-    body = "".join(f"{digests[p]}  {check_path(p, CHECKSUMS)}\n" for p in _sorted_paths(digests)).encode()
-    return f"root {sha256_hex(body)}\n".encode() + body
+    return C.checksums_txt(digests, where=CHECKSUMS, error=DevportalFormatError, noun="bundle")
 
 
 def parse_checksums(data: bytes, name: str = CHECKSUMS) -> tuple[str, dict[str, str]]:
     """(root, {path: sha256}) of a checksums.txt, checked strictly: the root matches, every line is
     `<64 hex>  <safe path>`, paths strictly ascending (sorted, no duplicate). DevportalFormatError."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise DevportalFormatError(f"{name}: not ASCII") from None
-    if not text.endswith("\n"):
-        raise DevportalFormatError(f"{name}: does not end with a newline")
-    first, _, body = text.partition("\n")
-    if not first.startswith("root ") or not _HEX64.match(first[5:]):
-        raise DevportalFormatError(f"{name}: the first line is not 'root <sha256>'")
-    if sha256_hex(body.encode()) != first[5:]:
-        raise DevportalFormatError(f"{name}: root {first[5:]} does not match the lines after it")
-    out: dict[str, str] = {}
-    previous = b""
-    for n, line in enumerate(body.splitlines(), 2):
-        digest, sep, path = line.partition("  ")
-        if not sep or not _HEX64.match(digest):
-            raise DevportalFormatError(f"{name} line {n}: not '<sha256>  <path>'")
-        check_path(path, f"{name} line {n}")
-        if path.encode() <= previous:
-            raise DevportalFormatError(f"{name} line {n}: {path} is out of order or repeated")
-        previous = path.encode()
-        out[path] = digest
-    return first[5:], out
+    return C.parse_checksums(data, name, error=DevportalFormatError, noun="bundle")
 
 
 # -- manifest.json ----------------------------------------------------------------------------------

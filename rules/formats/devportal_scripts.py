@@ -10,6 +10,8 @@ tests/test_devportal.py runs the script under dash).
 """
 from __future__ import annotations
 
+from stella_build.rules.formats.checksums import SH_HELPERS, SH_PICK_SHA
+
 from stella_build.rules.formats.devportal import ARCHIVE, DSSE, MANIFEST, PREDICATE_TYPE, PROVENANCE, PUBLIC_KEY
 
 __all__ = ["verify_script", "instructions"]
@@ -46,14 +48,7 @@ fail() { printf '%s: FAIL: %s\n' "$prog" "$*" >&2; exit 1; }
 usage() { printf '%s: %s\nusage: sh verify-offline.sh [PATH]\n' "$prog" "$*" >&2; exit 2; }
 note() { printf '%s: %s\n' "$prog" "$*"; }
 
-if command -v sha256sum >/dev/null 2>&1; then
-	SHA=sha256sum
-elif command -v shasum >/dev/null 2>&1; then
-	SHA="shasum -a 256"
-else
-	fail "neither sha256sum nor shasum is installed"
-fi
-
+""" + SH_PICK_SHA + r"""
 [ $# -le 1 ] || usage "give one PATH"
 if [ $# -eq 1 ]; then
 	target=$1
@@ -66,25 +61,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/verify-offline.XXXXXX") || fail "cannot create
 trap 'rm -rf "$work"' EXIT
 trap 'exit 1' HUP INT TERM
 
-sha_stdin() {  # sha256 hex of standard input
-	set -- $($SHA)
-	printf '%s\n' "$1"
-}
-
-check_hex() {  # $1 value, $2 where
-	case $1 in
-	*[!0-9a-f]*|'') fail "$2: '$1' is not a sha256" ;;
-	esac
-	[ ${#1} -eq 64 ] || fail "$2: '$1' is not a sha256"
-}
-
-check_path() {  # $1 a path from a list, $2 the list: relative, normalized, safe characters only
-	case $1 in
-	''|/*|*//*|*/|./*|../*|*/./*|*/../*|.|..|*/.|*/..) fail "$2: bad path '$1'" ;;
-	*[!A-Za-z0-9._+@=/-]*) fail "$2: bad character in path '$1'" ;;
-	esac
-}
-
+""" + SH_HELPERS + r"""
 verify_tree() {  # $1 an unpacked bundle; $2 "build" when the archive and its sidecars may be beside it
 	dir=$1
 	list=$dir/checksums.txt

@@ -21,6 +21,8 @@ Kit tree (inside `stella-offline-kit-<YYYYMMDD>.tar.gz`, under one directory of 
                                signature files
     trivy/java-db/             the same for trivy_java_db (javadb.tar.gz, oci/ tag 1)
     mirror/ | mirror-delta/    a mirror_full (or mirror_delta) output directory, unchanged
+    devportal/                 a devportal_offline output directory, unchanged: the bundle archive,
+                               its .sha256, provenance.json and the unpacked bundle (portal/ ...)
     trust/                     cosign.pub (signed kits), tuf-root.json (a mirror with TUF),
                                sigstore-trusted-root.json (keyless signing)
     attestations/<export>/     statement.json (the in-toto statement), attestation.dsse.json,
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable, Mapping
 
 from stella_build.engine.rule_api import canonical_json, sha256_hex
+from stella_build.rules.formats import checksums as C
 from stella_build.rules.formats.kit_scripts import IMPORT_KIT_SH, VERIFY_ATTESTATIONS_SH, VERIFY_KIT_SH
 
 KIT_SCHEMA = "https://stella-build.dev/schemas/offline-kit/v1"
@@ -71,6 +74,7 @@ SECTIONS: dict[str, str] = {
     "trivy-java-db": "trivy/java-db",
     "mirror-full": "mirror",
     "mirror-delta": "mirror-delta",
+    "devportal": "devportal",
 }
 # Files of an export's output directory a kit leaves out: the raw DBs are inside the archives.
 EXCLUDED = {"trivy-db": frozenset({"trivy.db"}), "trivy-java-db": frozenset({"trivy-java.db"})}
@@ -85,10 +89,10 @@ TRIVY_DBS: dict[str, tuple[str, str, str, int]] = {
 DB_ARCHIVES: dict[str, str] = {f"{SECTIONS[kind]}/{archive}": kind for kind, (archive, *_rest) in TRIVY_DBS.items()}
 
 # Paths a kit may hold: relative, normalized, from a conservative character set (every path the
-# exports produce fits; anything else in a kit is refused before it touches a disk).
-_SEGMENT = re.compile(r"^[A-Za-z0-9._+@=-]+$")
-MAX_PATH = 1024
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# exports produce fits; anything else in a kit is refused before it touches a disk): the rule of
+# rules/formats/checksums.py, shared with devportal bundles.
+MAX_PATH = C.MAX_PATH
+_HEX64 = C.HEX64
 _SIZE = re.compile(r"^([0-9]+)([KMG]?)$")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 MAX_PARTS = 1000
@@ -117,19 +121,12 @@ def part_name(archive: str, index: int) -> str:
     return f"{archive}.part-{index:03d}"
 
 
-def is_safe_path(path: object) -> bool:
-    """Whether `path` may name a file of a kit: relative POSIX, normalized (no '', '.', '..'
-    segment), at most MAX_PATH characters, segments from [A-Za-z0-9._+@=-]."""
-    if not isinstance(path, str) or not path or len(path) > MAX_PATH:
-        return False
-    return all(_SEGMENT.match(seg) and seg not in (".", "..") for seg in path.split("/"))
+is_safe_path = C.is_safe_path  # may `path` name a file of a kit (rules/formats/checksums.py)
 
 
 def check_path(path: object, where: str) -> str:
-    if not is_safe_path(path):
-        raise KitFormatError(f"{where}: {path!r} is not a safe kit path (relative, normalized, "
-                             "characters A-Z a-z 0-9 . _ + @ = -)")
-    return path  # type: ignore[return-value]
+    """`path` when is_safe_path, else KitFormatError naming `where`."""
+    return C.check_path(path, where, error=KitFormatError, noun="kit")
 
 
 def parse_size(text: str) -> int:
@@ -142,42 +139,18 @@ def parse_size(text: str) -> int:
 
 # -- checksums.txt and the other lists --------------------------------------------------------------
 
-def _sorted_paths(paths: Iterable[str]) -> list[str]:
-    return sorted(paths, key=lambda p: p.encode())
+_sorted_paths = C.sorted_paths
 
 
 def checksums_txt(digests: Mapping[str, str]) -> bytes:
     """`root <sha256 of the rest>` then `<sha256>  <path>` per file, sorted by path bytes."""
-    body = "".join(f"{digests[p]}  {check_path(p, 'checksums')}\n" for p in _sorted_paths(digests)).encode()
-    return f"root {sha256_hex(body)}\n".encode() + body
+    return C.checksums_txt(digests, where="checksums", error=KitFormatError, noun="kit")
 
 
 def parse_checksums(data: bytes, name: str = CHECKSUMS) -> tuple[str, dict[str, str]]:
     """(root, {path: sha256}) of a checksums.txt, checked strictly: the root matches, every line is
-    `<64 hex>  <safe path>`, paths strictly ascending (sorted, no duplicate)."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise KitFormatError(f"{name}: not ASCII") from None
-    if not text.endswith("\n"):
-        raise KitFormatError(f"{name}: does not end with a newline")
-    first, _, body = text.partition("\n")
-    if not first.startswith("root ") or not _HEX64.match(first[5:]):
-        raise KitFormatError(f"{name}: the first line is not 'root <sha256>'")
-    if sha256_hex(body.encode()) != first[5:]:
-        raise KitFormatError(f"{name}: root {first[5:]} does not match the lines after it")
-    out: dict[str, str] = {}
-    previous = b""
-    for n, line in enumerate(body.splitlines(), 2):
-        digest, sep, path = line.partition("  ")
-        if not sep or not _HEX64.match(digest):
-            raise KitFormatError(f"{name} line {n}: not '<sha256>  <path>'")
-        check_path(path, f"{name} line {n}")
-        if path.encode() <= previous:
-            raise KitFormatError(f"{name} line {n}: {path} is out of order or repeated")
-        previous = path.encode()
-        out[path] = digest
-    return first[5:], out
+    `<64 hex>  <safe path>`, paths strictly ascending (sorted, no duplicate). KitFormatError."""
+    return C.parse_checksums(data, name, error=KitFormatError, noun="kit")
 
 
 def signatures_txt(relations: Iterable[tuple[str, str, str]]) -> bytes:
@@ -461,8 +434,15 @@ def attestations_script() -> bytes:
     return VERIFY_ATTESTATIONS_SH.encode()
 
 
-def readme(name: str, signed: bool) -> bytes:
+def readme(name: str, signed: bool, devportal: bool = False) -> bytes:
+    """README.md of a kit; the devportal paragraph only when the kit carries a portal (so a kit
+    without one keeps its bytes)."""
     key = " -k cosign.pub" if signed else ""
+    portal = """
+devportal/ is the developer portal (API and Exportfile references, formats, SDKs), checked with
+the rest: open devportal/portal/index.html from an unpacked kit (`sh verify-kit.sh -o DIR`), or
+check it on its own with `sh devportal/verify-offline.sh` or `stella-build devportal verify devportal`.
+""" if devportal else ""
     return f"""# {name}: a stella-build Offline Kit
 
 Everything an air-gapped Trivy needs, checked without the network (docs/offline-kit.md):
@@ -476,4 +456,4 @@ With stella-build: `stella-build kit verify|import` (stricter; see offline-manif
 exact commands). trivy/ holds the DBs as archives and OCI layouts (`skopeo copy oci:trivy/db/oci:2
 docker://REGISTRY/trivy-db:2`), mirror/ the evidence mirror (`stella-build mirror verify`),
 trust/ the keys and roots to check them with, attestations/ each export's provenance.
-""".encode()
+{portal}""".encode()

@@ -13,6 +13,8 @@ kit's checksums.txt like any other file, and `tests/test_offline_kit.py` runs th
 """
 from __future__ import annotations
 
+from stella_build.rules.formats.checksums import SH_HELPERS, SH_PICK_SHA
+
 # Why `sha256sum -c` and not one process per file: a mirror has thousands of files; `-c` reads the
 # "<sha256>  <path>" lines checksums.txt already holds (the format of GNU coreutils, busybox and
 # perl's shasum alike) and checks them in one process.
@@ -45,14 +47,7 @@ fail() { printf '%s: FAIL: %s\n' "$prog" "$*" >&2; exit 1; }
 usage() { printf '%s: %s\nusage: sh verify-kit.sh [-k cosign.pub] [-o DIR] [PATH]\n' "$prog" "$*" >&2; exit 2; }
 note() { printf '%s: %s\n' "$prog" "$*"; }
 
-if command -v sha256sum >/dev/null 2>&1; then
-	SHA=sha256sum
-elif command -v shasum >/dev/null 2>&1; then
-	SHA="shasum -a 256"
-else
-	fail "neither sha256sum nor shasum is installed"
-fi
-COSIGN=$(command -v cosign 2>/dev/null || true)
+""" + SH_PICK_SHA + r"""COSIGN=$(command -v cosign 2>/dev/null || true)
 
 key=
 out=
@@ -80,25 +75,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/verify-kit.XXXXXX") || fail "cannot create a t
 trap 'rm -rf "$work"' EXIT
 trap 'exit 1' HUP INT TERM
 
-sha_stdin() {  # sha256 hex of standard input
-	set -- $($SHA)
-	printf '%s\n' "$1"
-}
-
-check_hex() {  # $1 value, $2 where
-	case $1 in
-	*[!0-9a-f]*|'') fail "$2: '$1' is not a sha256" ;;
-	esac
-	[ ${#1} -eq 64 ] || fail "$2: '$1' is not a sha256"
-}
-
-check_path() {  # $1 a path from a list, $2 the list: relative, normalized, safe characters only
-	case $1 in
-	''|/*|*//*|*/|./*|../*|*/./*|*/../*|.|..|*/.|*/..) fail "$2: bad path '$1'" ;;
-	*[!A-Za-z0-9._+@=/-]*) fail "$2: bad character in path '$1'" ;;
-	esac
-}
-
+""" + SH_HELPERS + r"""
 run_cosign() {  # cosign ARGS...; prints its output only when it fails
 	"$COSIGN" "$@" </dev/null >"$work/cosign.log" 2>&1 || { cat "$work/cosign.log" >&2; return 1; }
 }

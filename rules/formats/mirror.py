@@ -67,7 +67,16 @@ def packaged(files: Mapping[str, Any]) -> dict[str, Any]:
     return {rel: v for rel, v in files.items() if not rel.startswith(SIGNATURES_DIR)}
 
 
+# Where a carried developer portal (a devportal_offline dep's output directory) sits in mirror/.
+DEVPORTAL_DIR = "devportal"
+
+
 def media_type(rel: str) -> str:
+    if rel.startswith(DEVPORTAL_DIR + "/"):
+        # the portal's own types (its manifest.json) without parameters: OCI descriptors allow none
+        from stella_build.rules.formats.devportal import content_type
+
+        return content_type(rel.removeprefix(DEVPORTAL_DIR + "/")).split(";", 1)[0]
     if rel.endswith(".jsonl.zst"):
         return "application/x-ndjson+zstd"
     if rel.endswith(".json"):
@@ -79,6 +88,12 @@ def media_type(rel: str) -> str:
     if rel.endswith("db.tar.gz"):
         return "application/vnd.aquasec.trivy.db.layer.v1.tar+gzip"
     return "application/octet-stream"
+
+
+def is_db_archive(rel: str) -> bool:
+    """A Trivy DB archive (db.tar.gz, javadb.tar.gz): mirror:delta carries a changed one as a patch
+    of its tar against the base's (`blobPatches`, rules/formats/trivy/patch.py make_archive_patch)."""
+    return rel.startswith("trivy/") and rel.endswith(("/db.tar.gz", "/javadb.tar.gz"))
 
 
 def file_bytes(v: bytes | Path) -> bytes:

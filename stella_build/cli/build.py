@@ -71,8 +71,10 @@ def run_build_command(settings, patterns: list[str], options: BuildOptions, *, c
     workspace = settings.workspace()
     progress = Progress(quiet=settings.quiet or settings.output == "json" and not sys.stderr.isatty())
     remote = settings.remote()
+    from stella_build.engine.executors import parse_executor
+    executor = parse_executor(settings.executor, settings.executor_fallback, field="--executor")
     request = BuildRequest(patterns=patterns, options=options, cache_dir=settings.cache_dir(),
-                           jobs=settings.jobs, check=check, remote=remote)
+                           jobs=settings.jobs, check=check, remote=remote, executor=executor)
     try:
         _graph, summary = execute(workspace, request, progress=progress,
                                   warn=lambda msg: click.echo(f"warning: {msg}", err=True))

@@ -19,7 +19,7 @@ class Settings:
 
     def __init__(self, workspace, cache_dir, remote_cache, remote_upload, remote_required, jobs,
                  output, quiet, debug, remote_cache_sign_key=None, remote_cache_trust=(),
-                 remote_cache_timeout=None):
+                 remote_cache_timeout=None, executor=None, executor_fallback=None):
         self.workspace_arg = workspace
         self.cache_dir_arg = cache_dir
         self.remote_cache = remote_cache or os.environ.get("STELLA_REMOTE_CACHE")
@@ -35,6 +35,8 @@ class Settings:
         self.output = output
         self.quiet = quiet
         self.debug = debug
+        self.executor = executor                    # --executor / STELLA_EXECUTOR (click reads the env)
+        self.executor_fallback = executor_fallback  # --executor-fallback / STELLA_EXECUTOR_FALLBACK
 
     def workspace(self):
         from stella_build.engine.workspace import Workspace

@@ -6,7 +6,6 @@ import sys
 
 def main() -> int:
     from stella_build.cli.noop import fast_main
-
     code = fast_main(sys.argv[1:])
     if code is not None:
         return code

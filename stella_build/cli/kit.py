@@ -75,8 +75,9 @@ def kit_verify(settings, path, key, max_size):
     \b
     Checks, in one streamed pass with bounded memory: the parts (missing, changed, reordered),
     the archive against <archive>.sha256, every member (safe path, type, order), every file
-    against checksums.txt and offline-manifest.json, the Trivy DBs inside their archives, and
-    with --key the detached signature and every signature in the kit.
+    against checksums.txt and offline-manifest.json, the Trivy DBs inside their archives, a
+    carried developer portal's own checksums.txt and manifest.json (devportal/), and with --key
+    the detached signature and every signature in the kit (the portal's manifest.dsse.json too).
       stella-build kit verify stella-out/profiles/offline-kit --key cosign.pub
     """
     from stella_build.delivery.kit import verify_kit
@@ -87,8 +88,10 @@ def kit_verify(settings, path, key, max_size):
         form = f", from {report['archive']['parts']} parts"
     elif report["form"] == "unpacked":
         form = ", unpacked"
+    portal = report.get("devportal")
+    carried = f" (developer portal {portal['bundleId']} checked)" if portal else ""
     emit(settings, f"OK: {report['kit']} ({report['kitId']}{form}): {report['files']} files, "
-                   f"{len(report['exports'])} exports; {_signatures(report)}", {"ok": True, **report})
+                   f"{len(report['exports'])} exports{carried}; {_signatures(report)}", {"ok": True, **report})
 
 
 @kit.command("import", context_settings=CTX)
@@ -104,7 +107,8 @@ def kit_import(settings, path, trivy_cache, key, force, allow_downgrade, max_siz
     """Verify the kit at PATH (as `kit verify`), then install its Trivy DBs into --trivy-cache:
     db/trivy.db + db/metadata.json and java-db/trivy-java.db + java-db/metadata.json, each
     directory swapped in atomically. Nothing is written before everything verifies; the same kit
-    twice changes nothing; an older DB is refused unless --allow-downgrade.
+    twice changes nothing; an older DB is refused unless --allow-downgrade. A developer portal
+    in the kit (devportal/) is not installed: open it in the unpacked kit (docs/offline-kit.md).
 
     \b
     Then scan offline (the last two flags keep Trivy from calling check.trivy.dev):

@@ -53,7 +53,8 @@ def mirror():
 def mirror_verify(settings, path, key):
     """Verify a mirror directory: no links, contents, rerunHash, provenance subject, TUF, OCI layout
     and mirror.json, and with --key its signatures (signatures/export.sig over mirror.tar.zst,
-    signatures/manifest.sig, …).
+    signatures/manifest.sig, …). A carried developer portal (mirror/devportal/) is then checked
+    as `devportal verify` checks it (with --key, its manifest.dsse.json when signed).
 
     PATH may also be a delta: its structure, paths, blobs and OCI layout, and with --key the
     signature over manifest.diff.json (its patches are decoded by `mirror apply`, which needs the
@@ -67,9 +68,17 @@ def mirror_verify(settings, path, key):
                        + (", signature verified" if key else "") + ")", {"ok": True, **data})
         return
     data = _run(verify_mirror, path, key)
+    from stella_build.delivery.devportal import verify_carried
+    from stella_build.delivery.verify.mirror import mirror_root
+
+    portal = _run(verify_carried, mirror_root(path), key)  # mirror/devportal/, when carried
+    if portal is not None:  # absent otherwise: reports of mirrors without a portal keep their shape
+        data["devportal"] = portal
     emit(settings, f"OK: mirror {data['exportId']} ({data['files']} files"
                    + (", TUF verified" if data["tuf"] else "")
-                   + (f", {data['signatures']} signatures verified" if key else "") + ")", {"ok": True, **data})
+                   + (f", {data['signatures']} signatures verified" if key else "")
+                   + (f", developer portal {portal['bundleId']} ({portal['files']} files) verified" if portal else "")
+                   + ")", {"ok": True, **data})
 
 
 @mirror.command("apply", context_settings=CTX)

@@ -31,6 +31,20 @@ class OptionSpec:
         return self.kind != "flag"
 
 
+# Where a build's cache misses run (engine/executors/, docs/scale-out.md): global options like the
+# rest. Not part of the no-op memo: where actions would run does not change what a no-op prints.
+EXECUTOR_OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec(("--executor",), "executor", "text",
+               "Where actions that miss the caches run: local (this machine's process pool, the "
+               "default), dask-local (a Dask LocalCluster on this machine) or dask://HOST:PORT (a Dask "
+               "scheduler; needs --remote-cache) [env STELLA_EXECUTOR].",
+               envvar="STELLA_EXECUTOR", metavar="local|dask-local|dask://HOST:PORT", memo=False),
+    OptionSpec(("--executor-fallback",), "executor_fallback", "text",
+               "local: when the Dask scheduler cannot be reached, run the actions here after one "
+               "warning (default: exit 5, reason executor-unreachable) [env STELLA_EXECUTOR_FALLBACK].",
+               envvar="STELLA_EXECUTOR_FALLBACK", metavar="local|none", memo=False),
+)
+
 GLOBAL_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(("--workspace",), "workspace", "dir",
                "Workspace root (default: found from the current directory)."),
@@ -63,7 +77,7 @@ GLOBAL_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(("--output",), "output", "output", "Result format on stdout (text or json)."),
     OptionSpec(("-q", "--quiet"), "quiet", "flag", "No progress lines.", memo=False),
     OptionSpec(("--debug",), "debug", "flag", "Show Python tracebacks for errors."),
-)
+) + EXECUTOR_OPTIONS
 
 # Options of `build` that change what is built (not how it is shown): the fast path keys its memo
 # on them; any other build option (--check) means a real build.

@@ -13,6 +13,7 @@ class Progress:
         self.started = time.perf_counter()
         self.running = 0
         self._last_draw = 0.0
+        self.workers: dict[str, int] = {}  # remote executor worker → actions it ran
 
     def __call__(self, event: str, outcome, done: int, total: int) -> None:
         if self.quiet:
@@ -21,16 +22,22 @@ class Progress:
             self.running += 1
         elif event in ("executed", "failed"):
             self.running -= 1
+            worker = getattr(outcome, "worker", None)
+            if worker and event == "executed":
+                self.workers[worker] = self.workers.get(worker, 0) + 1
         if self.tty:
             now = time.perf_counter()
             if now - self._last_draw < 0.05 and event != "failed":
                 return
             self._last_draw = now
-            self.stream.write(f"\r\x1b[K[{done}/{total}] {self.running} running · "
+            on = f" on {len(self.workers)} workers" if self.workers else ""
+            self.stream.write(f"\r\x1b[K[{done}/{total}] {self.running} running{on} · "
                               f"{now - self.started:5.1f}s · {outcome.spec.id[:80]}")
             self.stream.flush()
         elif event in ("executed", "failed"):
-            self.stream.write(f"[{done}/{total}] {event} {outcome.spec.id}\n")
+            worker = getattr(outcome, "worker", None)
+            where = f" on {worker}" if worker and event == "executed" else ""
+            self.stream.write(f"[{done}/{total}] {event} {outcome.spec.id}{where}\n")
             self.stream.flush()
 
     def finish(self) -> None:

@@ -32,7 +32,8 @@ from pathlib import Path
 from stella_build.delivery.untrusted import CHUNK, MirrorError, open_regular, scan_tree
 from stella_build.rules.formats import devportal as D
 
-__all__ = ["verify_devportal", "MAX_BUNDLE_BYTES", "MAX_DOC_BYTES"]
+__all__ = ["verify_devportal", "verify_carried", "check_files", "check_signature", "BESIDE", "KEPT", "MAX_BUNDLE_BYTES",
+           "MAX_DOC_BYTES"]
 
 MAX_BUNDLE_BYTES = 1 << 30   # inflated bytes of one bundle (a portal is a few MiB)
 MAX_DOC_BYTES = 64 << 20     # manifest.json, checksums.txt, manifest.dsse.json, cosign.pub
@@ -245,6 +246,25 @@ def _check_signature(kept: dict[str, bytes], pub, where: str) -> dict:
     return {"checked": True, "publicKeySha256": public_key_digest(pub)}
 
 
+# What carriers of a portal (`kit verify`: stella_build/delivery/kit_devportal.py) reuse: they hold the
+# files' digests from their own streamed pass, so they run the same checks on those.
+KEPT = _KEPT
+BESIDE = _BESIDE
+
+
+def check_files(digests: dict[str, tuple[str, int]], kept: dict[str, bytes], where: str) -> dict:
+    """checksums.txt and manifest.json of a bundle against its files' {path: (sha256, size)}
+    (paths relative to the bundle; `kept` holds the bytes of KEPT files; `where` prefixes the file
+    names in errors). Returns {"manifest", "root", "files"}; MirrorError (devportal-* reasons)."""
+    return _check(digests, kept, where)
+
+
+def check_signature(kept: dict[str, bytes], pub, where: str) -> dict:
+    """manifest.dsse.json (in `kept`) against the trusted key `pub`: exit 4 `devportal-unsigned`
+    when absent, 3 `signature-invalid` / `devportal-signature-subject`. Returns the check's report."""
+    return _check_signature(kept, pub, where)
+
+
 def verify_devportal(path: str | Path, key: str | None = None, *, max_bytes: int = MAX_BUNDLE_BYTES) -> dict:
     """Verify a devportal bundle (see the module docstring); the report (sorted-key JSON-able dict).
     Raises MirrorError (exit 3/4/2) or the StellaError of a bad --key file (4 missing, 2 not a key,
@@ -303,3 +323,28 @@ def verify_devportal(path: str | Path, key: str | None = None, *, max_bytes: int
                    "sources": manifest["sources"], "signature": signature})
     return report
 
+
+
+def verify_carried(mirror_tree: str | Path, key: str | None = None) -> dict | None:
+    """The developer portal a mirror carries (`mirror/devportal/`, a devportal_offline output
+    directory; docs/mirror.md), checked as `devportal verify` checks a build's output directory:
+    the archive against its .sha256 and its members, the unpacked bundle (checksums.txt,
+    manifest.json) and, with `key` and a signed portal, manifest.dsse.json. The mirror's
+    export.json already pins every byte (`mirror verify` checks that first); this adds the portal's
+    own promises, so a mirror whose list was forged consistently still fails on the portal's.
+    Returns {"bundleId", "files", "signed", "checked"}, None when the mirror carries no portal;
+    MirrorError (devportal-* reasons, `digest-mismatch`; the file named by its path on disk)."""
+    from stella_build.rules.formats.mirror import DEVPORTAL_DIR
+
+    portal = Path(mirror_tree) / DEVPORTAL_DIR
+    if not portal.is_dir():
+        return None
+    try:
+        # an unsigned portal in a signed mirror is covered by the mirror's signatures over export.json
+        report = verify_devportal(portal, key if (portal / D.DSSE).is_file() else None)
+    except MirrorError as exc:
+        name = exc.file or ""  # a path in the bundle, "<archive>:<member>", or a path on disk
+        where = portal / name if name and not Path(name).is_absolute() else (name or portal)
+        raise MirrorError(f"{DEVPORTAL_DIR}: {exc}", exc.exit_code, exc.reason, file=where, field=exc.field) from None
+    return {"bundleId": report["bundleId"], "files": report["files"], "signed": report["signature"]["signed"],
+            "checked": report["signature"]["checked"]}

@@ -52,6 +52,7 @@ from zlib_ng import zlib_ng
 from stella_build.delivery.kit_scan import (  # noqa: F401  (KitError, MAX_KIT_BYTES: this module's API too)
     MAX_KIT_BYTES, HashReader, KitError, PartsReader, Scan, Scanner, scan_archive, scan_tree,
 )
+from stella_build.delivery.kit_devportal import check_devportal
 from stella_build.rules.formats import kit as K
 
 MAX_LIST = 1 << 20            # a parts list or a .sha256 sidecar
@@ -316,6 +317,8 @@ def _check_signed_manifests(manifest: dict, scan: Scan) -> None:
     and the mirror's export.json contents."""
     for export in manifest["exports"]:
         kind, section = export["kind"], export["path"]
+        if kind == "devportal":  # its manifest.dsse.json: check_devportal (kit_devportal.py)
+            continue
         rel = f"{section}/{_EXPORT_MANIFESTS[kind]}"
         if not any(s["kind"] == "bundle" and s["subject"] == rel for s in manifest["signatures"]):
             raise KitError(f"{section} is not signed: with --key an unpacked kit must carry signed exports "
@@ -473,6 +476,7 @@ def verify_kit(path: str | Path, key: str | None = None, *, max_bytes: int = MAX
             _check_signed_manifests(manifest, scan)
         signatures["checked"] = _check_trust(manifest, scan, pub, key, archive is not None)
         signatures["trusted"] = {"source": key, "sha256": public_key_digest(pub)}
+    portals = [check_devportal(e, scan, pub, archive is None) for e in manifest["exports"] if e["kind"] == "devportal"]
     report = {
         "kit": manifest["name"], "kitId": manifest["kitId"], "kitVersion": manifest["kitVersion"],
         "form": "unpacked" if source.tree is not None else ("parts" if archive and archive["parts"] else "archive"),
@@ -481,6 +485,8 @@ def verify_kit(path: str | Path, key: str | None = None, *, max_bytes: int = MAX
         "exportIds": manifest["exportIds"], "trivy": {k: v["metadata"] for k, v in manifest["trivy"].items()},
         "signatures": signatures,
     }
+    if portals:  # absent otherwise: reports of kits without a portal keep their shape
+        report["devportal"] = portals[0]
     staged = {kind: stage / K.TRIVY_DBS[kind][2] for kind in scan.inner} if stage is not None else {}
     return Verified(report, manifest, staged)
 

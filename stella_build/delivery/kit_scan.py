@@ -232,7 +232,15 @@ def _keep(rel: str) -> bool:
     attestations, signatures and the export manifests they sign."""
     return (rel in (K.MANIFEST, K.CHECKSUMS, K.SIGNATURES) or rel.startswith(("trust/", K.ATTESTATIONS + "/"))
             or rel.endswith((".sigstore.json", ".sig", ".dsse.json", "cosign.pub", "export.json",
-                             "manifest.diff.json")))
+                             "manifest.diff.json"))
+            or _keep_devportal(rel))
+
+
+def _keep_devportal(rel: str) -> bool:
+    """A carried portal's small top files: lists, manifest, signature, key, the archive's sidecar
+    (stella_build/delivery/kit_devportal.py checks them); never the archive or the pages."""
+    section = K.SECTIONS["devportal"] + "/"
+    return rel.startswith(section) and rel.count("/") == 1 and not rel.endswith(".tar.gz")
 
 
 @dataclass

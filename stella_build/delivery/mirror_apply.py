@@ -9,7 +9,8 @@ locked (`outdir.py`); with a key the delta's signature is checked over the raw m
 before anything parses it; the base is verified; manifest.diff.json is validated (types, safe
 paths); order, replay and rollback are checked; the delta's files are checked (no link, every blob
 by digest, no stray file); the metadata patches are decoded under size caps; the new export.json
-is validated and must match the diff. Only then is the new tree written, into a fresh temporary
+is validated and must match the diff; DB archives carried as patches (`blobPatches`) are re-created
+from the base's and checked (`mirror_blob_patch.py`). Only then is the new tree written, into a fresh temporary
 directory, with every path checked and no file ever opened through a link or twice; it is verified
 completely (TUF against the base's root, contents, signatures with a key) and swapped in.
 Errors are `MirrorError`s: 3 verification failed, 2 usage, 4 trust material missing.
@@ -23,6 +24,7 @@ from stella_build.engine.encode import canonical_json
 from stella_build.engine.encode.timefmt import parse_rfc3339
 
 from stella_build.rules.formats.mirror import ENCRYPTION_FILE, PatchError, package_tree, unpatch
+from stella_build.delivery.mirror_blob_patch import apply_blob_patches
 from stella_build.delivery.mirror_schema import (
     EncryptionManifest, ExportManifest, check_encryption, load_json, parse_json, read_applied_log, validate,
 )
@@ -84,12 +86,16 @@ def apply_delta(base_dir: Path, delta: Path, out: Path, key: str | None = None, 
         new_export = _new_export(meta, diff, root)
         _check_diff_consistency(base_export, new_export, diff, root)
         _check_not_rollback(base_export, new_export, base_files, meta, root)
-        sources = _content_sources(new_export, diff, root, delta_files, base_export, base_files)
+        patched = apply_blob_patches(root, diff, base_export, base_files)  # DB archives, checked, in memory
+        sources = _content_sources(new_export, diff, root, delta_files, base_export, base_files, patched)
 
         tmp = od.begin()  # no file of the new mirror exists before this line
         tree = tmp / "mirror"
         for rel, src in sources.items():
-            copy_new(tree, rel, src)
+            if isinstance(src, bytes):
+                write_new(tree, rel, src)
+            else:
+                copy_new(tree, rel, src)
         for rel, data in meta.items():
             write_new(tree, rel, data)
         if "tuf/root.json" in base_files:
@@ -240,14 +246,15 @@ def _check_not_rollback(base: dict, new: dict, base_files: dict[str, Path], meta
 
 
 def _content_sources(new: dict, diff: dict, root: Path, delta_files: dict[str, Path], base: dict,
-                     base_files: dict[str, Path]) -> dict[str, Path]:
-    """{new content path: file to copy} from the delta's blobs or the (verified) base, by digest."""
+                     base_files: dict[str, Path], patched: dict[str, bytes]) -> dict[str, Path | bytes]:
+    """{new content path: file to copy, or bytes to write} from the delta's blobs, the DB archives
+    re-created from its patches (`patched`, by digest) or the (verified) base, by digest."""
     by_digest = {c["digest"]: base_files[c["path"]] for c in base["contents"]}
     blobs = set(diff["blobs"])
-    out = {}
+    out: dict[str, Path | bytes] = {}
     for i, c in enumerate(new["contents"]):
         rel = "blobs/sha256/" + c["digest"].split(":", 1)[1]
-        src = delta_files[rel] if c["digest"] in blobs else by_digest.get(c["digest"])
+        src = delta_files[rel] if c["digest"] in blobs else patched.get(c["digest"], by_digest.get(c["digest"]))
         if src is None:
             raise MirrorError(f"{c['path']} ({c['digest']}) is neither in the delta nor in the base", 3,
                               "missing-file", file="export.json (new, from the delta)", field=f"contents[{i}]")

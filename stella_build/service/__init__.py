@@ -16,6 +16,9 @@ Modules, bottom up (imports only go up this list, never down):
   schedules.py cron schedules (croniter) and retention pruning
   sse.py       the Server-Sent Events stream of a run
   api.py       the HTTP routes (FastAPI)
+  registry_auth.py   /v2/ access: Basic tenant:token, bearer tokens of /v2/token, anonymous repos
+  registry_store.py  repositories, tags, manifests, blobs, referrers over the runs' OCI layouts
+  registry_api.py    the OCI Distribution v1.1 pull routes under /v2/
   app.py       the app factory: config + database + runner + routes
   client.py    the HTTP client of `stella-build remote` (httpx)
 """

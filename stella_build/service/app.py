@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from stella_build.service import api
+from stella_build.service import api, registry_api
 from stella_build.service.auth import Authenticator
 from stella_build.service.config import ServiceConfig
 from stella_build.service.errors import (
@@ -161,6 +161,7 @@ def create_app(options: Options | None = None, *, config: ServiceConfig | None =
                              "operation_spans": False, "auto_configure": False})
     app.include_router(api.router)
     app.include_router(api.ops)
+    app.include_router(registry_api.router)  # /v2/: OCI pull (registry_api.py)
     metrics = Metrics(queue_counts=lambda: app.state.svc.store.active_counts())
     metrics_holder["metrics"] = metrics
     app.add_middleware(TraceMiddleware, metrics=metrics)
@@ -189,7 +190,8 @@ def _start(options: Options, metrics: Metrics) -> ServiceContext:
         workspace=workspace.root, cache_dir=options.cache_dir, node_id=options.node_id,
         concurrency=config.service.concurrency, jobs=options.jobs, lease_seconds=config.service.lease_seconds,
         max_attempts=config.service.max_attempts, run_timeout_seconds=config.service.run_timeout_seconds,
-        signing_key=key, public_key=public, paused=config.service.paused), metrics)
+        signing_key=key, public_key=public, paused=config.service.paused,
+        executor=config.service.executor, remote_cache=config.service.remote_cache), metrics)
     housekeeper = Housekeeper(store, config, lambda label: get_profile(workspace, label).kind.name, metrics,
                               interval=options.housekeeping_interval)
     _warm_up(workspace)

@@ -25,6 +25,10 @@
     schedule_tenant = "ops"            # whose runs the scheduled ones are
     retention_days = 7                 # overrides [service] retention_days for this profile
 
+    [registry]                         # the OCI pull endpoints /v2/ (registry_api.py, docs/api.md)
+    anonymous_pull = ["acme/trivy-db"] # repositories (fnmatch patterns) pullable without a token
+    token_ttl_seconds = 300            # bearer tokens from /v2/token
+
 Errors are UsageError (exit 2) naming the file and field, with reason `service-config-invalid`.
 """
 from __future__ import annotations
@@ -61,6 +65,11 @@ class ServiceSection(BaseModel):
     default_quota: int = Field(4, ge=1, description="max queued+running runs per tenant")
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After of a 429")
     paused: bool = Field(False, description="start with the queue paused (POST /admin/queue resumes)")
+    executor: str | None = Field(None, pattern=r"^(local|dask-local|dask://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$",
+                                 description="where runs' actions execute: local (default), dask-local "
+                                             "or dask://HOST:PORT (docs/scale-out.md)")
+    remote_cache: str | None = Field(None, pattern=r"^https?://", description=(
+        "HTTP remote cache (Bazel /ac /cas) of the runs; required with a dask:// executor"))
 
 
 class SigningSection(BaseModel):
@@ -114,6 +123,22 @@ class ProfileSection(BaseModel):
         return v
 
 
+class RegistrySection(BaseModel):
+    """`[registry]`: the OCI Distribution (pull) endpoints under /v2/ (registry_api.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anonymous_pull: list[str] = Field(default_factory=list, description=(
+        "repositories (`tenant/profile`, fnmatch patterns like `acme/*`) anyone may pull without a token"))
+    token_ttl_seconds: int = Field(300, ge=30, le=3600, description="lifetime of a /v2/token bearer token")
+    realm: str | None = Field(None, pattern=r"^https?://", description=(
+        "the token endpoint URL clients are sent to (default: this request's base URL + /v2/token)"))
+    service: str = Field("stella-export", min_length=1, max_length=100, pattern=r'^[^"\\\s]+$')
+    token_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+        "environment variable holding the HMAC key of bearer tokens, shared by every node "
+        "(default: a random key per process)"))
+
+
 class ServiceConfig(BaseModel):
     """The whole config file; `base_dir` (the file's directory) resolves relative paths."""
 
@@ -124,6 +149,7 @@ class ServiceConfig(BaseModel):
     tenants: dict[str, TenantSection] = Field(default_factory=dict)
     tokens: list[TokenEntry] = Field(default_factory=list)
     profiles: dict[str, ProfileSection] = Field(default_factory=dict)
+    registry: RegistrySection = Field(default_factory=RegistrySection)
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
 
     def quota(self, tenant: str) -> int:

@@ -47,6 +47,8 @@ class RunnerSettings:
     signing_key: Path | None = None
     public_key: Path | None = None
     paused: bool = False
+    executor: str | None = None      # [service] executor: None = local (docs/scale-out.md)
+    remote_cache: str | None = None  # [service] remote_cache URL (needed by a dask:// executor)
 
 
 @dataclass
@@ -181,7 +183,8 @@ class Runner:
                 "selectors": run.selectors, "sign": sign,
                 "public_key": str(self.s.public_key) if sign and self.s.public_key else None,
                 "cache_dir": str(self.s.cache_dir), "jobs": self.s.jobs,
-                "overlay_root": str(self.s.cache_dir / "service" / "overlays"), "manifest": kind.manifest}
+                "overlay_root": str(self.s.cache_dir / "service" / "overlays"), "manifest": kind.manifest,
+                "executor": self.s.executor, "remote_cache": self.s.remote_cache}
 
     def _execute(self, run, active: _Active) -> None:
         try:

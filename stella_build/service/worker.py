@@ -11,7 +11,7 @@ pointed at stderr so no library print can corrupt it):
      "actions": {...}, "files": [{path, sha256, blake3, size, mode}], "manifest_sha256": ...,
      "verify_failed": false}
 The spec: {run_id, workspace, label, selectors, sign (absolute key path or null), public_key,
-cache_dir, jobs, overlay_root, manifest}.
+cache_dir, jobs, overlay_root, manifest, executor (null: local), remote_cache (URL or null)}.
 
 Stdin stays open for the run's lifetime: when it reaches EOF the server is gone (even `kill -9`),
 and the worker kills its whole process group (itself and the engine's action workers) at once,
@@ -91,10 +91,24 @@ def _errors(infos, overlay_display: str | None, real_display: str) -> list[dict]
     return out
 
 
+def _remote(url: str | None):
+    """The RemoteCache of `[service] remote_cache` (credentials from the server's environment)."""
+    if not url:
+        return None
+    from stella_build.engine.cache.remote import RemoteCache, RemoteCacheError
+    from stella_build.engine.errors import UsageError
+    try:
+        return RemoteCache.from_url(url)
+    except (ValueError, RemoteCacheError) as exc:
+        raise UsageError(f"bad remote cache URL: {exc}", field="remote_cache",
+                         reason="bad-remote-cache-url") from None
+
+
 def run(spec: dict, proto: _Protocol) -> dict:
     """Build the spec's label; the result message (see the module docstring)."""
     from stella_build import buildrun
     from stella_build.engine.errors import StellaError
+    from stella_build.engine.executors import parse_executor
     from stella_build.engine.labels import parse_label
     from stella_build.engine.materialize import out_dir
     from stella_build.engine.rule_api import BuildOptions, Selectors
@@ -109,10 +123,18 @@ def run(spec: dict, proto: _Protocol) -> dict:
         selectors = Selectors(**(spec.get("selectors") or {})).model_dump(exclude_none=True)
         workspace, overlay_display = with_selectors(base, label.package, label.name, selectors,
                                                     Path(spec["overlay_root"]))
+        # None: the server's STELLA_EXECUTOR, else local (buildrun.executor_from_env)
+        executor = parse_executor(spec["executor"], field="executor") if spec.get("executor") else None
+        remote = _remote(spec.get("remote_cache"))
         request = buildrun.BuildRequest(patterns=[str(label)], options=BuildOptions(sign=spec.get("sign")),
-                                        cache_dir=Path(spec["cache_dir"]), jobs=int(spec["jobs"]))
-        _graph, summary = buildrun.execute(workspace, request, progress=proto.progress,
-                                           warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+                                        cache_dir=Path(spec["cache_dir"]), jobs=int(spec["jobs"]),
+                                        executor=executor, remote=remote)
+        try:
+            _graph, summary = buildrun.execute(workspace, request, progress=proto.progress,
+                                               warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+        finally:
+            if remote is not None:
+                remote.close()
         counts = summary.counts()
         if not summary.ok:
             return {"status": "failed", "exit_code": summary.exit_code, "actions": counts,

@@ -3,7 +3,7 @@
 # outside the repository, at pinned versions. Re-running is a no-op when the binaries are present.
 #
 #   STELLA_TOOLS_DIR   where binaries go (default: ${XDG_CACHE_HOME:-$HOME/.cache}/stella-build-tools)
-#   tools/interop/build-go-tools.sh [trivy|cosign|bbolt|bazel-remote|osv-scanner]...   (default: all)
+#   tools/interop/build-go-tools.sh [trivy|cosign|bbolt|bazel-remote|osv-scanner|oras]...   (default: all)
 set -euo pipefail
 
 TOOLS_DIR="${STELLA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/stella-build-tools}"
@@ -16,6 +16,7 @@ declare -A MODULES=(
   [bbolt]="go.etcd.io/bbolt@v1.5.0 ./cmd/bbolt"
   [bazel-remote]="github.com/buchgr/bazel-remote/v2@v2.6.2 ."
   [osv-scanner]="github.com/google/osv-scanner/v2@v2.6.0 ./cmd/osv-scanner"
+  [oras]="oras.land/oras@v1.3.6 ./cmd/oras"
 )
 
 # name → Go toolchain, for modules whose go.mod needs a newer Go than the installed one (fetched
@@ -50,7 +51,7 @@ build_one() {
 }
 
 names=("$@")
-[[ ${#names[@]} -gt 0 ]] || names=(bbolt cosign bazel-remote trivy osv-scanner)
+[[ ${#names[@]} -gt 0 ]] || names=(bbolt cosign bazel-remote trivy osv-scanner oras)
 # go mod download needs a module context only for its cache; run from a scratch directory.
 cd "$(mktemp -d)"
 for n in "${names[@]}"; do

@@ -15,12 +15,21 @@ a raw-content dictionary (what `zstd --patch-from=OLD NEW` does) encodes only th
 
 The manifest next to a patch (`patch.json`, `manifest(...)`) names both digests; see docs/trivy-db.md
 "Patches".
+
+DB *archives* (db.tar.gz, javadb.tar.gz, as mirror:delta carries them): a patch of the gzip bytes
+is useless (deflate scatters a one-byte change over the rest of the stream), so
+`make_archive_patch` patches the uncompressed tars and `apply_archive_patch` re-creates the exact
+gzip bytes with the build's own encoder (`regzip` = packaging.GzipWriter, the code path of
+`write_db_archive`). The producer only offers an archive patch after checking that `regzip`
+reproduces the new archive byte for byte; the consumer checks it again against the promised digest.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 
 import zstandard
+from zlib_ng import zlib_ng
 
 PATCH_SCHEMA = "https://stella-build.dev/schemas/trivy-db-patch/v1"
 FORMAT_VERSION = 1
@@ -90,8 +99,8 @@ def apply_db_patch(base: bytes, patch: bytes, *, result_size: int, result_sha256
     size other than `result_size` or asks for a window wider than the one the sizes need
     (`size-limit`); while decoding when it is corrupt (`patch-invalid`) or would pass `result_size`
     (`size-limit`: the stream is read in 1 MiB steps, so memory stays at base + result_size + window,
-    whatever the frame claims); after, when the bytes are not `result_sha256`
-    (`patch-result-mismatch`). The caller checks the base's digest first."""
+    whatever the frame claims) or ends before its declared size (`patch-invalid`: truncated); after,
+    when the bytes are not `result_sha256` (`patch-result-mismatch`). The caller checks the base's digest first."""
     if not 0 <= result_size <= MAX_DB_BYTES:
         raise PatchError(f"the declared result size {result_size} is out of range", "size-limit")
     try:
@@ -115,6 +124,9 @@ def apply_db_patch(base: bytes, patch: bytes, *, result_size: int, result_sha256
                                      "size-limit")
     except zstandard.ZstdError as exc:
         raise PatchError(f"the patch is corrupt or made against another base ({exc})", "patch-invalid") from None
+    if len(out) < result_size:  # the frame declared result_size bytes (checked above): its end is missing
+        raise PatchError(f"the patch is truncated: it decodes to {len(out)} of its frame's {result_size} bytes",
+                         "patch-invalid")
     digest = hashlib.sha256(out).hexdigest()
     if len(out) != result_size or digest != result_sha256:
         raise PatchError(f"the patched DB has {len(out)} bytes, sha256 {digest}; the manifest promises "
@@ -135,3 +147,83 @@ def manifest(base: bytes, new: bytes, patch: bytes, metadata: bytes, level: int)
             "metadata": entry(metadata, METADATA_FILE),
             "compression": {"level": level, "windowLog": window_log(len(base), len(new)),
                             "chainLog": chain_log(level, len(base), len(new)), "ldm": True}}
+
+
+# -- DB archives (tar.gz) ----------------------------------------------------------------------------
+
+# The gzip level of every DB archive we build (packaging.write_db_archive → GzipWriter's default).
+ARCHIVE_GZIP_LEVEL = 9
+# manifest.diff.json `encoding` of an archive patch: gunzip the base, zstd patch of the tar, gzip 9.
+ARCHIVE_ENCODING = "tar.gz:zstd-patch-from"
+
+
+def regzip(tar: bytes, level: int = ARCHIVE_GZIP_LEVEL) -> bytes:
+    """The gzip bytes the build writes for the archive whose tar is `tar`: the same GzipWriter
+    write_db_archive streams through (its output does not depend on how the input is cut into
+    writes; tests/test_mirror_delta_patch.py proves byte-identity with a built db.tar.gz)."""
+    from stella_build.rules.formats.trivy.packaging import GzipWriter
+
+    buf = io.BytesIO()
+    gz = GzipWriter(buf, level)
+    view = memoryview(tar)
+    for start in range(0, len(view), 1 << 20):  # 1 MiB writes: GzipWriter copies what it is given
+        gz.write(view[start:start + (1 << 20)])
+    gz.close()
+    return buf.getvalue()
+
+
+def gunzip_capped(data: bytes, max_size: int) -> bytes:
+    """The one gzip member in `data`, decoded with zlib's own output bound (`max_length`), so a
+    gzip bomb costs at most `max_size` + 1 bytes. PatchError `size-limit` when it inflates past
+    `max_size`, `patch-invalid` when it is not exactly one complete gzip member."""
+    try:
+        d = zlib_ng.decompressobj(31)
+        out = d.decompress(data, max_size + 1)
+    except zlib_ng.error as exc:
+        raise PatchError(f"not a gzip archive ({exc})", "patch-invalid") from None
+    if len(out) > max_size:
+        raise PatchError(f"the archive inflates to more than {max_size} bytes", "size-limit")
+    if not d.eof or d.unused_data:
+        raise PatchError("the archive is truncated or holds more than one gzip member", "patch-invalid")
+    return out
+
+
+def make_archive_patch(base_gz: bytes, new_gz: bytes, level: int = 19) -> tuple[bytes, dict] | None:
+    """(patch, description) turning the archive `base_gz` into `new_gz`, or None when `new_gz` is
+    not what `regzip` makes of its own tar (another gzip encoder: the consumer could not re-create
+    it). The patch is one make_db_patch frame of the new tar against the base tar; description =
+    {"encoding", "gzipLevel", "tar": {"baseDigest", "baseBytes", "digest", "bytes"}} (digests
+    "sha256:<hex>", sizes in bytes). PatchError (`patch-invalid`, `size-limit`) for an archive that
+    is not one gzip member under MAX_DB_BYTES. Memory: both tars + zstd's tables (see make_db_patch)."""
+    base_tar = gunzip_capped(base_gz, MAX_DB_BYTES)
+    new_tar = gunzip_capped(new_gz, MAX_DB_BYTES)
+    if regzip(new_tar) != new_gz:
+        return None
+    patch = make_db_patch(base_tar, new_tar, level)
+    return patch, {"encoding": ARCHIVE_ENCODING, "gzipLevel": ARCHIVE_GZIP_LEVEL,
+                   "tar": {"baseDigest": "sha256:" + hashlib.sha256(base_tar).hexdigest(), "baseBytes": len(base_tar),
+                           "digest": "sha256:" + hashlib.sha256(new_tar).hexdigest(), "bytes": len(new_tar)}}
+
+
+def apply_archive_patch(base_gz: bytes, patch: bytes, *, base_tar_size: int, base_tar_sha256: str,
+                        tar_size: int, tar_sha256: str, result_size: int, result_sha256: str) -> bytes:
+    """Undo make_archive_patch: the new archive's gzip bytes, checked at every step (hex sha256s).
+
+    The base archive is inflated under `base_tar_size` and must be the tar the patch was made
+    against (`patch-base-mismatch`); the patch is decoded by apply_db_patch, bounded by `tar_size`
+    (`size-limit`, `patch-invalid`, `patch-result-mismatch`); the tar is gzipped by `regzip` and
+    must give `result_size` bytes with `result_sha256` (`patch-result-mismatch`). Memory: base
+    tar + new tar + the zstd window + the new archive."""
+    if not 0 <= base_tar_size <= MAX_DB_BYTES:
+        raise PatchError(f"the declared base tar size {base_tar_size} is out of range", "size-limit")
+    base_tar = gunzip_capped(base_gz, base_tar_size)
+    if len(base_tar) != base_tar_size or hashlib.sha256(base_tar).hexdigest() != base_tar_sha256:
+        raise PatchError("the base archive does not hold the tar the patch was made against", "patch-base-mismatch")
+    tar = apply_db_patch(base_tar, patch, result_size=tar_size, result_sha256=tar_sha256)
+    del base_tar
+    out = regzip(tar)
+    digest = hashlib.sha256(out).hexdigest()
+    if len(out) != result_size or digest != result_sha256:
+        raise PatchError(f"the re-created archive has {len(out)} bytes, sha256 {digest}; promised {result_size} "
+                         f"bytes, sha256 {result_sha256}", "patch-result-mismatch")
+    return out

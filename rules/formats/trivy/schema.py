@@ -24,8 +24,13 @@ Choices (documented in docs/trivy-db.md):
   Every Trivy comparer evaluates these as plain version order: go-version (Go, Cargo, NuGet,
   Composer, Pub, Hex, Swift) has no pre-release rule, and Trivy runs the PEP 440 and npm
   comparers with pre-releases included. Explicit ``versions`` not inside a range are added as
-  ``=v``; GIT ranges are ignored. Ecosystems we cannot order (Packagist) keep the events in file
-  order (trivy-db's osv/range.go walk) and ignore ``limit``.
+  ``=v``; GIT ranges are ignored. A record with a version its ecosystem cannot order is listed
+  invalid by the sources (json:policy skips it); if one reaches the mapping its events are
+  written in file order (trivy-db's osv/range.go walk) without ``limit``. Packagist is ordered as
+  Composer orders it (``versions.composer_compare``).
+- Alpine records naming a version apk-tools rejects (``2.7.16-33``) are not written
+  (``NotMappable``, code ``unorderable-version``, listed in mapping.json), as json:policy lists
+  them invalid.
 - Package keys: trivy-db ``NormalizePkgName`` of every spelling a Trivy parser can look the
   package up by (``trivy_pkg_names``): for PyPI the record's spelling, its PEP 503 form (``-``)
   and its all-``.`` form (``zope.interface``, ``zope-interface``), since Trivy lower-cases and
@@ -265,9 +270,23 @@ def vulnerable_versions(ecosystem: str, ranges: list[dict], versions: Iterable[s
             inside = affected(ecosystem, v, evaluable)
         except VersionError:
             inside = False
-        if not inside:
+        if not inside and _installable(ecosystem, v):
             out.append(f"={v}")
     return list(dict.fromkeys(out))
+
+
+_SEMVER_ECOSYSTEMS = {"Go", "npm", "crates.io", "Hex", "Pub", "SwiftURL"}
+_STRICT_SEMVER = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+
+
+def _installable(ecosystem: str, v: str) -> bool:
+    """Can ``v`` be the version of an installed package? A listed version matches only its own
+    spelling (``versions.version_equal``), but Trivy's comparers read ``=v`` in version order: a
+    listed ``0.20`` of a SemVer ecosystem (GHSA-6g7w-8wpp-frhj, rustls) names no Cargo version,
+    yet ``=0.20`` would match 0.20.0. Such a version is written nowhere (it can match no lockfile)."""
+    if ecosystem.split(":", 1)[0] in _SEMVER_ECOSYSTEMS:
+        return bool(_STRICT_SEMVER.match(v))
+    return True
 
 
 def patched_versions(ecosystem: str, members: list[dict]) -> list[str]:
@@ -399,6 +418,8 @@ def advisory_entries(adv: Advisory, bucket: str) -> list[tuple[str, str, str, di
 
     ``member`` is the JSON-able information needed to build or merge the value. Distribution
     records are routed by their ecosystem (``trivy_route``); one that cannot be written gives [].
+    Raises NotMappable (``unorderable-version``) for an Alpine record whose fixed version
+    apk-tools rejects.
     """
     if adv.withdrawn:
         return []
@@ -415,7 +436,12 @@ def advisory_entries(adv: Advisory, bucket: str) -> list[tuple[str, str, str, di
         return []
     if eco == "alpine":
         fixed_events = [e["version"] for r in evaluable for e in r["events"] if e["kind"] == "fixed"]
-        fixed = alpine_fixed_version("Alpine", [*adv.fixed_versions, *fixed_events]) or ""
+        try:
+            fixed = alpine_fixed_version("Alpine", [*adv.fixed_versions, *fixed_events]) or ""
+        except VersionError as exc:
+            # a fixed version apk-tools rejects ("2.7.16-33"): Trivy would compare it with its own
+            # lenient parser; json:policy lists the record invalid, so it stays out of the DB too
+            raise NotMappable(f"a version cannot be ordered: {exc}", "unorderable-version") from None
         member = {"kind": "os", "fixed": fixed}
         pkgs = [adv.package.name]
         ids = [adv.id]

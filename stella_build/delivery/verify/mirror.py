@@ -589,6 +589,8 @@ def verify_delta(root: Path, diff: dict, files: Mapping[str, Path] | None = None
         if m["patch"] not in files:
             raise MirrorError(f"patch {m['patch']} is missing", 3, "missing-file", file=root / m["patch"],
                               field=f"metadata[{i}].patch")
+    from stella_build.delivery.mirror_blob_patch import check_blob_patches  # DB archives sent as patches
+    expected |= check_blob_patches(root, diff, files)
     stray = sorted(set(files) - expected)
     if stray:
         raise MirrorError(f"files that manifest.diff.json does not list: {stray[:5]}", 3, "stray-file",

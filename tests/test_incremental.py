@@ -1,0 +1,224 @@
+"""Incremental rebuilds (issue 15): a daily change re-runs what it touched, and the work of the
+unchanged records inside a touched shard is replayed from the per-record memo
+(engine/memo.py), never changing a byte.
+
+A small synthetic corpus (bench/gen_osv_corpus.py) as an osv_source with 4 shards feeding
+trivy_db and json_raw; edits are the generator's "next version" of a record.
+"""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, output_digests, run_cli
+
+sys.path.insert(0, str(REPO / "bench"))
+from gen_osv_corpus import changed, corpus_path, encode, generate  # noqa: E402
+
+from stella_build.engine.memo import MEMO_DIR, RecordMemo, memo_root, record_digest  # noqa: E402
+
+COUNT, SHARDS = 48, 4
+TARGETS = ["//daily:trivy-db", "//daily:json-raw"]
+EXPORTFILE = f"""[package]
+source_date_epoch = 1735689600
+
+[targets.osv]
+rule = "osv_source"
+srcs = ["corpus/**/*.json"]
+shards = {SHARDS}
+source = {{ name = "Synthetic OSV" }}
+
+[targets.json-raw]
+rule = "json_raw"
+deps = [":osv"]
+
+[targets.trivy-db]
+rule = "trivy_db"
+deps = [":osv"]
+"""
+
+
+def _workspace(root: Path) -> Path:
+    (root / "daily").mkdir(parents=True)
+    (root / "stella-workspace.toml").write_text("[workspace]\nexternal = {}\n")
+    (root / "daily" / "Exportfile").write_text(EXPORTFILE)
+    for i, doc in enumerate(generate(COUNT, 7)):
+        path = Path(corpus_path(str(root / "daily" / "corpus"), i, doc))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(doc))
+    return root
+
+
+def _edit(ws: Path, indices: list[int]) -> list[str]:
+    """Rewrite advisories ``indices`` with their next version; their logical paths."""
+    rng = random.Random(3)
+    out = []
+    for i, doc in enumerate(generate(COUNT, 7)):
+        if i in indices:
+            path = Path(corpus_path(str(ws / "daily" / "corpus"), i, doc))
+            path.write_bytes(encode(changed(doc, rng)))
+            out.append(path.relative_to(ws).as_posix())
+    return out
+
+
+def _shard_of(logical: str) -> str:
+    from stella_build.rules.sources import shard_of
+
+    return str(shard_of(logical, SHARDS))
+
+
+def _build(ws: Path, cache: Path, *extra: str) -> dict:
+    res = run_cli(["--output", "json", *extra, *TARGETS], cwd=ws, cache=cache)
+    assert res.code == 0, res.stdout + res.stderr
+    return res.json()
+
+
+def _digests(ws: Path) -> dict[str, dict[str, str]]:
+    return {t: output_digests(ws, "daily", t.split(":")[1]) for t in TARGETS}
+
+
+def _in_process(ws: Path, cache: Path):
+    """A build run in this process, for the per-action stats (memo hits) of the summary."""
+    from stella_build.engine.build import run_build
+    from stella_build.engine.workspace import Workspace
+
+    summary = run_build(Workspace.find(explicit=ws), TARGETS, cache_dir=cache, jobs=2)
+    assert summary.ok, [e.to_json() for e in summary.errors]
+    return summary
+
+
+def _memo_stats(summary, mnemonic: str) -> dict[str, dict]:
+    """shard id → memo stats of the executed actions with this mnemonic."""
+    return {o.spec.id.rsplit("/", 1)[1]: o.stats["memo"] for o in summary.outcomes.values()
+            if o.spec.mnemonic == mnemonic and o.status == "executed"}
+
+
+def _shard_sizes(ws: Path) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for p in (ws / "daily" / "corpus").rglob("*.json"):
+        s = _shard_of(f"daily/{p.relative_to(ws / 'daily').as_posix()}")
+        sizes[s] = sizes.get(s, 0) + 1
+    return sizes
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    return _workspace(tmp_path / "ws")
+
+
+def test_rebuild_runs_touched_shards_and_replays_unchanged_records(ws, tmp_path):
+    cache = tmp_path / "cache"
+    cold = _build(ws, cache, "-j2")
+    assert cold["actions"]["executed"] == cold["actions"]["total"] == 3 * SHARDS + 2  # Osv, Trivy, Raw shards; TrivyDb, Bundle
+    edited = _edit(ws, [3, 17])
+    touched = {_shard_of(p) for p in edited}
+    summary = _in_process(ws, cache)
+    counts = summary.counts()
+    # per touched shard: OsvShard, TrivyShard, RawShard; plus TrivyDb and the json:raw Bundle
+    assert counts["executed"] == 3 * len(touched) + 2
+    assert counts["cached"] == counts["total"] - counts["executed"]
+    sizes = _shard_sizes(ws)
+    for mnemonic in ("OsvShard", "TrivyShard"):  # action ids end in the shard: "3", "osv-3"
+        stats = {shard.split("-")[-1]: st for shard, st in _memo_stats(summary, mnemonic).items()}
+        assert set(stats) == touched
+        for shard, st in stats.items():
+            edits = sum(1 for p in edited if _shard_of(p) == shard)
+            # every line of the shard is looked up: the edited ones miss, the others replay
+            assert st == {"hits": sizes[shard] - edits, "misses": edits, "corrupt": 0}, (mnemonic, shard)
+    after = _digests(ws)
+    # the same bytes as a cold build of the new input in a fresh cache, and -j1 (one worker)
+    # gives the bytes of the -j2 builds above
+    fresh = _build(ws, tmp_path / "fresh", "-j1")
+    assert fresh["actions"]["executed"] == fresh["actions"]["total"]
+    assert _digests(ws) == after
+    # and `build --check` re-executes every action with the memo off: no difference
+    check = run_cli(["--output", "json", "build", "--check", *TARGETS], cwd=ws, cache=cache)
+    assert check.code == 0, check.stdout + check.stderr
+    assert check.json()["check"]["differences"] == []
+
+
+def test_corrupt_memo_is_detected_and_ignored(ws, tmp_path):
+    cache = tmp_path / "cache"
+    _build(ws, cache)
+    packs = sorted((cache / MEMO_DIR).rglob("*.pack"))
+    assert len(packs) == 2 * SHARDS  # osv-shard and trivy-shard, one pack per shard action
+    for i, pack in enumerate(packs):  # flip one byte in the middle, or cut the file short
+        data = bytearray(pack.read_bytes())
+        if i % 2:
+            data[len(data) // 2] ^= 0x40
+        else:
+            del data[len(data) - 7:]
+        pack.chmod(0o644)
+        pack.write_bytes(bytes(data))
+    edited = _edit(ws, [5])
+    touched = {_shard_of(p) for p in edited}
+    summary = _in_process(ws, cache)
+    for mnemonic in ("OsvShard", "TrivyShard"):
+        stats = _memo_stats(summary, mnemonic)
+        assert len(stats) == len(touched)
+        for st in stats.values():
+            assert st["corrupt"] == 1 and st["hits"] == 0
+    after = _digests(ws)
+    _build(ws, tmp_path / "fresh")
+    assert _digests(ws) == after
+
+
+def test_record_memo_roundtrip_scope_and_damage(tmp_path):
+    fn = "stella_build.rules.trivy_db:map_shard"
+    memo = RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot")
+    d1, d2 = record_digest(b"one"), record_digest(b"two")
+    assert memo.get(d1) is None
+    memo.put(d1, b"v1")
+    memo.put(d2, b"")
+    memo.save()
+    again = RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot")
+    assert again.get(d1) == b"v1" and again.get(d2) == b""
+    assert again.stats() == {"hits": 2, "misses": 0, "corrupt": 0}
+    # other params, another slot or another namespace: a different pack, no hit
+    for args in (("t", fn, {"a": 2}, "slot"), ("t", fn, {"a": 1}, "other"), ("u", fn, {"a": 1}, "slot")):
+        assert RecordMemo(tmp_path, *args).get(d1) is None
+    # a rewrite keeps only what the run used: d2 is gone after a run that used only d1
+    again = RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot")
+    again.get(d1)
+    again.save()
+    assert RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot").get(d2) is None
+    # a damaged pack: ignored, counted, deleted
+    pack = again.path
+    data = bytearray(pack.read_bytes())
+    data[-1] ^= 1
+    pack.write_bytes(bytes(data))
+    damaged = RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot")
+    assert damaged.get(d1) is None and damaged.stats()["corrupt"] == 1
+    assert not pack.exists()
+
+
+def test_memo_only_in_build_sandboxes(tmp_path):
+    from stella_build.engine.rule_api import ActionContext
+
+    def ctx(cache):
+        return ActionContext(action_id="a", label="//x:y", sandbox=tmp_path / "sb", params={},
+                             source_date_epoch=None, inputs={}, memo_cache=cache)
+
+    fn = "stella_build.rules.trivy_db:map_shard"
+    assert ctx(tmp_path).memo("t", fn).path is not None            # build mode: the engine passes it
+    assert ctx(None).memo("t", fn).path is None                     # build --check, or outside the engine
+    assert memo_root(tmp_path) == tmp_path and memo_root(None) is None
+    (tmp_path / MEMO_DIR).mkdir()
+    (tmp_path / MEMO_DIR / "DISABLED").write_text("")
+    assert memo_root(tmp_path) is None and ctx(tmp_path).memo("t", fn).path is None
+    disabled = RecordMemo(None, "t", "stella_build.rules.trivy_db:map_shard", {}, "slot")
+    disabled.put(record_digest(b"x"), b"y")
+    disabled.save()
+    assert disabled.get(record_digest(b"x")) is None and disabled.path is None
+
+
+def test_memo_scope_uses_the_action_key_implementation_digest():
+    """engine/closure.py (the memo's scope) and engine/actions.py (the action key) agree."""
+    from stella_build.engine import actions, closure
+
+    for fn in ("stella_build.rules.trivy_db:map_shard", "stella_build.rules.sources:osv_shard"):
+        assert closure.implementation_digest(fn) == actions.implementation_digest(fn)
+        assert closure.import_closure(fn.split(":")[0]) == actions.import_closure(fn.split(":")[0])
