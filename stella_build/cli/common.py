@@ -93,6 +93,27 @@ class CommandFailed(StellaError):
         super().__init__(message, reason=reason, field=field, file=file)
 
 
+def run_delivery(fn, *args, **kwargs):
+    """Call a consumer-side (delivery) function; its MirrorError (KitError included) becomes the
+    CLI error with the same exit code, reason, file and field (3 VerificationFailed, 4
+    TrustMaterialMissing, 2 UsageError, else CommandFailed); an OSError (disk full, permission
+    denied) is exit 1, reason `io-error`, never a traceback."""
+    from stella_build.delivery.untrusted import MirrorError
+    from stella_build.engine.errors import TrustMaterialMissing, UsageError, VerificationFailed
+
+    try:
+        return fn(*args, **kwargs)
+    except MirrorError as exc:
+        where = {"reason": exc.reason, "file": exc.file, "field": exc.field}
+        cls = {3: VerificationFailed, 4: TrustMaterialMissing, 2: UsageError}.get(exc.exit_code)
+        if cls is not None:
+            raise cls(str(exc), **where) from None
+        raise CommandFailed(str(exc), exc.exit_code, **where) from None
+    except OSError as exc:
+        raise CommandFailed(f"{exc.strerror or exc}", 1, reason="io-error",
+                            file=exc.filename if isinstance(exc.filename, str) else None) from None
+
+
 _CLICK_TYPES = {
     "text": None, "dir": click.Path(file_okay=False), "path": click.Path(), "paths": click.Path(),
     "seconds": click.FloatRange(min=0.1, max=3600.0),

@@ -12,27 +12,10 @@ from pathlib import Path
 
 import click
 
-from stella_build.cli.common import CTX, CommandFailed, emit, output_option
-from stella_build.engine.errors import TrustMaterialMissing, UsageError, VerificationFailed
+from stella_build.cli.common import CTX, emit, output_option, run_delivery
 
 
-def _run(fn, *args, **kwargs):
-    from stella_build.delivery.untrusted import MirrorError
-
-    try:
-        return fn(*args, **kwargs)
-    except MirrorError as exc:
-        where = {"reason": exc.reason, "file": exc.file, "field": exc.field}
-        if exc.exit_code == 3:
-            raise VerificationFailed(str(exc), **where) from None
-        if exc.exit_code == 4:
-            raise TrustMaterialMissing(str(exc), **where) from None
-        if exc.exit_code == 2:
-            raise UsageError(str(exc), **where) from None
-        raise CommandFailed(str(exc), exc.exit_code, **where) from None
-    except OSError as exc:
-        raise CommandFailed(f"{exc.strerror or exc}", 1, reason="io-error",
-                            file=exc.filename if isinstance(exc.filename, str) else None) from None
+_run = run_delivery  # MirrorError/KitError/OSError → the CLI error of the same exit code
 
 
 @click.group(context_settings=CTX)

@@ -11,26 +11,11 @@ from pathlib import Path
 
 import click
 
-from stella_build.cli.common import CTX, CommandFailed, emit
-from stella_build.engine.errors import TrustMaterialMissing, UsageError, VerificationFailed
+from stella_build.cli.common import CTX, emit, run_delivery
+from stella_build.engine.errors import UsageError
 
 
-def _run(fn, *args, **kwargs):
-    """Call a delivery function; its KitError becomes the CLI error with the same exit code,
-    reason and file."""
-    from stella_build.delivery.kit import KitError
-
-    try:
-        return fn(*args, **kwargs)
-    except KitError as exc:
-        where = {"reason": exc.reason, "file": exc.file, "field": exc.field}
-        if exc.exit_code == 3:
-            raise VerificationFailed(str(exc), **where) from None
-        if exc.exit_code == 4:
-            raise TrustMaterialMissing(str(exc), **where) from None
-        if exc.exit_code == 2:
-            raise UsageError(str(exc), **where) from None
-        raise CommandFailed(str(exc), exc.exit_code, **where) from None
+_run = run_delivery  # MirrorError/KitError/OSError → the CLI error of the same exit code
 
 
 def _max_bytes(value: str | None) -> int:

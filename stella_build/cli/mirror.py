@@ -13,25 +13,11 @@ from pathlib import Path
 import click
 
 from stella_build.cli.build import build_options, run_build_command
-from stella_build.cli.common import CTX, CommandFailed, emit
-from stella_build.engine.errors import UsageError, VerificationFailed
+from stella_build.cli.common import CTX, CommandFailed, emit, run_delivery
+from stella_build.engine.errors import UsageError
 
 
-def _run(fn, *args, **kwargs):
-    """Call a delivery function; its MirrorError becomes the CLI error with the same exit code,
-    reason, file and field. An I/O error (disk full, permission denied) is exit 1, reason
-    `io-error`, not a traceback."""
-    from stella_build.delivery.untrusted import MirrorError
-
-    try:
-        return fn(*args, **kwargs)
-    except MirrorError as exc:
-        if exc.exit_code == 3:
-            raise VerificationFailed(str(exc), reason=exc.reason, file=exc.file, field=exc.field) from None
-        raise CommandFailed(str(exc), exc.exit_code, reason=exc.reason, file=exc.file, field=exc.field) from None
-    except OSError as exc:
-        raise CommandFailed(f"{exc.strerror or exc}", 1, reason="io-error",
-                            file=exc.filename if isinstance(exc.filename, str) else None) from None
+_run = run_delivery  # MirrorError/KitError/OSError → the CLI error of the same exit code
 
 
 def _force_option(f):
