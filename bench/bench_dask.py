@@ -2,6 +2,7 @@
 """Dask executor benchmarks (issue 18, docs/scale-out.md). Prints figures; not run by the tests.
 
     .venv/bin/python bench/bench_dask.py [--targets //corpora:json-raw,//corpora:trivy-db]
+    .venv/bin/python bench/bench_dask.py --golden-check [--executor dask://HOST:PORT --remote-cache URL]
 
 Every build starts from an empty local cache (all actions miss), in this process, through the same
 composition as the CLI (buildrun.execute):
@@ -13,6 +14,11 @@ composition as the CLI (buildrun.execute):
 2. throughput (actions/s) of the local pool (-j1, -j2) and of dask-local with 1 and 2 workers.
 3. a scaling model for a 1M-advisory trivy:db build on 1, 8, 32 and 128 workers, from the measured
    action durations and the DAG's critical path; assumptions are printed next to the figures.
+
+`--golden-check` instead builds `//corpora/...` once, cold, on dask-local (`-j2`) or on the cluster
+given with `--executor dask://HOST:PORT` (which needs `--remote-cache`), and compares every file of
+every target locked in golden/corpora.json with it, as `tools/golden.py --check` does; it prints the
+result, the wall time and where the actions ran, and exits 1 on any difference.
 
 dask-local moves blobs through a shared directory (engine/executors/blobs.py DirectoryStore); a
 real cluster adds the HTTP transfers to bazel-remote (see bench_remote.py for their cost).
@@ -103,10 +109,62 @@ def critical_path(actions: dict) -> tuple[float, list[str]]:
     return max((longest(a) for a in actions), key=lambda x: x[0])
 
 
+def golden_check(executor: str, remote_cache: str | None, jobs: int) -> int:
+    """Build `//corpora/...` cold on `executor` and compare with golden/corpora.json: prints one
+    line per locked target and a summary; 0 when every file matches, 1 otherwise."""
+    from tests.conftest import CLI, output_digests
+
+    golden = json.loads((ROOT / "golden" / "corpora.json").read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="stella-bench-dask-golden-"))
+    try:
+        ws = make_workspace(tmp / "ws", packages=("corpora",), shared=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STELLA_")}
+        if not executor.startswith("dask://"):
+            # the client and the LocalCluster's workers import the same snapshot of the package,
+            # so an edit of the checkout during the run cannot make the workers refuse actions; a
+            # dask:// cluster runs what was deployed on it: the client keeps the caller's
+            # PYTHONPATH (point it and the workers' at one snapshot, or install both the same)
+            env["PYTHONPATH"] = str(assemble_package(tmp / "pkg"))
+        argv = [CLI, "--cache-dir", str(tmp / "cache"), f"-j{jobs}", "--executor", executor]
+        if remote_cache:
+            argv += ["--remote-cache", remote_cache]
+        argv += ["build", "//corpora/...", "--output", "json"]
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        t = time.perf_counter()
+        proc = subprocess.run(argv, cwd=ws, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            print(f"build failed ({proc.returncode}): {proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+            return 1
+        actions = json.loads(proc.stdout)["actions"]
+        bad = 0
+        for label in sorted(golden):
+            pkg, name = label[2:].split(":")
+            got, want = output_digests(ws, pkg, name), golden[label]
+            differ = sorted(f for f in set(got) | set(want) if got.get(f) != want.get(f))
+            bad += len(differ)
+            print(f"{label:22s} {len(want):4d} files: "
+                  + ("byte-identical to golden" if not differ else f"{len(differ)} differ: {differ[:5]}"))
+        print(f"//corpora/... on {executor}: {actions['executed']} actions executed "
+              f"({actions['remote_executed']} on workers {actions['workers']}) in {wall:.1f} s; "
+              f"{os.cpu_count()} CPUs, load average {load} at the start")
+        print("golden digests match" if not bad else f"{bad} golden digests differ")
+        return 1 if bad else 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--targets", default="//corpora:json-raw,//corpora:trivy-db")
+    ap.add_argument("--golden-check", action="store_true",
+                    help="build //corpora/... on --executor and compare with golden/corpora.json")
+    ap.add_argument("--executor", default="dask-local", help="with --golden-check: dask-local or dask://HOST:PORT")
+    ap.add_argument("--remote-cache", default=None, help="with --golden-check: the shared store (dask:// needs it)")
+    ap.add_argument("-j", "--jobs", type=int, default=2, help="with --golden-check: dask-local workers")
     args = ap.parse_args()
+    if args.golden_check:
+        return golden_check(args.executor, args.remote_cache, args.jobs)
     targets = args.targets.split(",")
     corpora = any(t.startswith("//corpora") for t in targets)
     tmp = Path(tempfile.mkdtemp(prefix="stella-bench-dask-"))

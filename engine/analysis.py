@@ -207,7 +207,8 @@ def analyze(workspace: Workspace, pattern_texts: list[str],
                               source_date_epoch=_source_date_epoch(loaded),
                               selectors=selectors.merged_over(loaded.package.selectors),
                               deps=dep_providers, base_libraries=base_libraries,
-                              exportfile=loaded.display, options=options)
+                              exportfile=loaded.display, options=options,
+                              remote_secrets=params.remote_secrets)
         try:
             providers = rule().analyze(ctx, params)
         except StellaError as exc:  # keep the exit code (e.g. 4 for a missing signing key)

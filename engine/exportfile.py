@@ -160,6 +160,8 @@ def _validation_errors(exc: ValidationError, display: str, lines, rule_names,
         elif kind == "missing":
             message = f"missing required key '{key}'"
             reason = "missing-key"
+        elif kind == "bool_type":  # strict booleans (remote_secrets): "yes" or 1 is not true
+            message = f"{'.'.join(loc[2:]) or key}: must be true or false, got {err.get('input')!r}"
         else:
             message = f"{'.'.join(loc[2:]) or key}: {err['msg']}"
         infos.append(ErrorInfo(message, target=target, file=display,

@@ -21,9 +21,10 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 # What rules may use of the engine besides the classes below, re-exported here so that a rule never
 # imports another engine module (the import contract in pyproject.toml enforces it): the byte-exact
@@ -70,6 +71,10 @@ class TargetParams(BaseModel):
     deps: list[str] = Field(default_factory=list, description="labels of targets this one consumes")
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
+    remote_secrets: StrictBool = Field(
+        False, description="allow this target's actions that hold secrets (signing keys, passwords) "
+        "to run on a remote executor's workers, their secrets sealed to the workers' age recipient "
+        "(docs/scale-out.md); default false: they run on this machine. Changes no output byte")
 
 
 # -- artifacts, providers, actions ---------------------------------------------------------------
@@ -85,12 +90,12 @@ class Artifact:
     logical: str
     producer: str | None = None
     output: str = ""
-    path: Path | None = None
+    path: Path | str | None = None  # source artifacts: absolute path (a str from glob)
     tree: bool = False
 
     @functools.cached_property
     def path_str(self) -> str:
-        return str(self.path)
+        return self.path if isinstance(self.path, str) else str(self.path)
 
     def child(self, rel: str) -> "Artifact":
         """One file inside a tree artifact, so an action can read it without staging the tree."""
@@ -155,6 +160,11 @@ class ActionSpec:
     # Values the action needs but that must never reach the key record or the cache (a signing
     # key's path and password). Rules put an identity of the secret (a public key digest) in params.
     secrets: dict[str, str] = field(default_factory=dict)
+    # The target allows these secrets on a remote executor's worker, sealed (Exportfile
+    # `remote_secrets`, set by the engine, not by rules). Never part of the key record: where an
+    # action runs changes no byte. A secret value that is an absolute path of a regular file is
+    # sent as that file's bytes, and the worker's action sees the path of its private copy.
+    secrets_remote: bool = False
 
     def out(self, name: str) -> Artifact:
         if name not in self.outputs:
@@ -181,7 +191,7 @@ class AnalysisContext:
     def __init__(self, *, label: Label, rule: type[Rule], workspace, source_date_epoch: int | None,
                  selectors: Selectors, deps: list[tuple[Label, list[Provider]]],
                  base_libraries: dict[str, str], exportfile: str,
-                 options: BuildOptions | None = None):
+                 options: BuildOptions | None = None, remote_secrets: bool = False):
         self.label = label
         self.options = options or BuildOptions()
         self.rule = rule
@@ -193,6 +203,7 @@ class AnalysisContext:
         self.actions: list[ActionSpec] = []
         self.post_builds: list[PostBuild] = []
         self._libraries = {**base_libraries, **rule.libraries}
+        self.remote_secrets = remote_secrets  # the target's `remote_secrets` (ActionSpec.secrets_remote)
 
     @property
     def package(self) -> str:
@@ -228,7 +239,8 @@ class AnalysisContext:
             id=action_id, label=self.label, rule=self.rule.name, rule_version=self.rule.version,
             mnemonic=mnemonic, fn=fn, inputs=dict(inputs), params=dict(params or {}),
             outputs=list(outputs), source_date_epoch=self.source_date_epoch,
-            libraries=self._libraries, secrets=dict(secrets or {}))
+            libraries=self._libraries, secrets=dict(secrets or {}),
+            secrets_remote=self.remote_secrets and bool(secrets))
         self.actions.append(spec)
         return spec
 
@@ -271,7 +283,7 @@ class ActionContext:
     """What an action function sees inside its sandbox."""
 
     def __init__(self, *, action_id: str, label: str, sandbox: Path, params: dict[str, Any],
-                 source_date_epoch: int | None, inputs: dict[str, Path],
+                 source_date_epoch: int | None, inputs: Mapping[str, Path],
                  secrets: dict[str, str] | None = None, memo_cache: Path | None = None):
         self.action_id = action_id
         # The cache directory holding the per-record memo, set by the engine's sandbox for a
@@ -281,15 +293,35 @@ class ActionContext:
         self.sandbox = sandbox
         self.params = params
         self.source_date_epoch = source_date_epoch
-        self.inputs = inputs  # name → staged path (a directory for tree inputs)
+        # name → staged path (a directory for tree inputs); in the engine's sandbox a mapping
+        # that stages each input on first access (engine/sandbox.py LazyInputs)
+        self.inputs = inputs
         self.secrets = secrets or {}
         self.out_dir = sandbox / "out"
 
     def input(self, name: str) -> Path:
+        """The staged path of input `name` (a directory for a tree input). In the engine's
+        sandbox the file is staged and checked against its digest on this first access."""
         try:
             return self.inputs[name]
         except KeyError:
             raise ActionError(f"action reads undeclared input {name!r}") from None
+
+    def input_digest(self, name: str) -> bytes:
+        """The 32-byte BLAKE3 digest of file input `name`, known from the action's key without
+        reading (or staging) the file: what a per-record memo looks an unchanged file up by.
+        Outside the engine's sandbox it is computed from the file. ActionError for an undeclared
+        input or a tree input."""
+        lookup = getattr(self.inputs, "digest", None)
+        known = lookup(name) if lookup is not None else None
+        if known is not None:
+            return bytes.fromhex(known)
+        path = self.input(name)
+        if path.is_dir():
+            raise ActionError(f"input {name!r} is a tree: it has no single digest")
+        import blake3
+
+        return blake3.blake3(path.read_bytes()).digest()
 
     def output(self, name: str) -> Path:
         path = self.out_dir / name

@@ -5,6 +5,15 @@ read-only (`in/`), an empty `out/`, and a scrubbed process state: TZ=UTC, LC_ALL
 022, HOME pointing nowhere, PYTHONHASHSEED=0, cwd = sandbox. Inputs are re-hashed while staged, so
 a source edited mid-build or a corrupt cache blob fails the action instead of poisoning the cache.
 Outputs are hashed and moved into the CAS by the worker; the parent writes the index entry.
+
+Inputs are staged lazily (`LazyInputs`): a file is copied and re-hashed the first time the action
+asks for it (a tree input: all its files at once), so an action that replays most of its records
+from the per-record memo by their digests (`ActionContext.input_digest`) never reads the
+unchanged ones. That keeps the hermetic guarantee: the action sees only declared inputs, every byte
+it reads is checked against the digest its key names, and a result it computes from a digest
+alone is by construction the result for those bytes. Staging failures are raised as
+`InputChanged` / `CorruptInput` / `StorageError`, never as OSError, so a rule that handles OSError
+for its own reasons cannot swallow them.
 """
 from __future__ import annotations
 
@@ -12,10 +21,10 @@ import errno
 import importlib
 import os
 import shutil
-import stat
 import time
 import traceback
 from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import blake3
@@ -55,7 +64,10 @@ class CorruptInput(Exception):
 
 
 def _stage_file(src: str, dest: Path, expected: str, cas_root: Path | None = None) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, dest.parent, "action sandbox") from None
     h = blake3.blake3()
     try:
         # O_NOFOLLOW: a source replaced by a symlink after analysis checked it is never followed
@@ -63,11 +75,19 @@ def _stage_file(src: str, dest: Path, expected: str, cas_root: Path | None = Non
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputChanged(f"{src} became a symbolic link") from None
-        raise
-    with os.fdopen(fd, "rb") as f, open(dest, "wb") as out:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            out.write(chunk)
+        if is_storage_errno(exc):
+            raise storage_error(exc, Path(src), "action input") from None
+        # vanished or unreadable since analysis hashed it: the input changed under the build
+        raise InputChanged(f"{src} ({exc.strerror})") from None
+    try:
+        with os.fdopen(fd, "rb") as f, open(dest, "wb") as out:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+    except OSError as exc:  # a rule must never see (and perhaps swallow) an OSError of staging
+        if is_storage_errno(exc):
+            raise storage_error(exc, dest, "action sandbox") from None
+        raise InputChanged(f"{src} ({exc.strerror})") from None
     if h.hexdigest() != expected:
         if cas_root is not None and Path(src).parent.parent == cas_root:
             Path(src).unlink(missing_ok=True)  # never serve it again
@@ -76,9 +96,51 @@ def _stage_file(src: str, dest: Path, expected: str, cas_root: Path | None = Non
     os.chmod(dest, 0o444)
 
 
-def _make_readonly(root: Path) -> None:
-    for dirpath, _, _ in os.walk(root):
-        os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+class LazyInputs(Mapping[str, Path]):
+    """name → staged path of an action's inputs, each staged (copied, re-hashed, made read-only)
+    on first access; a tree input (its root name) stages all its member files at once.
+
+    `entries`: (sandbox name, source path, blake3 hex, tree root or None) as in the task;
+    `digest(name)` → the BLAKE3 hex of a file input without staging it (None for a tree)."""
+
+    def __init__(self, sandbox: Path, entries: list, cas_root: Path | None):
+        self._in = sandbox / "in"
+        self._cas_root = cas_root
+        self._pending: dict[str, list[tuple[str, str, str]]] = {}
+        self._digests: dict[str, str] = {}
+        self._ready: dict[str, Path] = {}
+        for name, src, digest, tree_root in entries:
+            self._pending.setdefault(tree_root or name, []).append((name, src, digest))
+            if not tree_root:
+                self._digests[name] = digest
+        self._order = list(self._pending)
+
+    def __getitem__(self, key: str) -> Path:
+        path = self._ready.get(key)
+        if path is not None:
+            return path
+        files = self._pending.pop(key)  # KeyError: not a declared input
+        for name, src, digest in files:
+            _stage_file(src, self._in / name, digest, self._cas_root)
+        path = self._ready[key] = self._in / key
+        return path
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._pending or key in self._ready
+
+    def digest(self, name: str) -> str | None:
+        return self._digests.get(name)
+
+    def stage_all(self) -> None:
+        """Stage every input not staged yet (benchmarks and tests that want the eager layout)."""
+        for key in list(self._pending):
+            self[key]
 
 
 def _collect_outputs(out_dir: Path) -> list[tuple[str, Path]]:
@@ -118,14 +180,7 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
     try:
         (sandbox / "out").mkdir(parents=True)
         os.chdir(sandbox)
-        inputs: dict[str, Path] = {}
-        cas_root = cache_dir / "cas"
-        for name, src, digest, tree_root in task["inputs"]:
-            dest = sandbox / "in" / name
-            _stage_file(src, dest, digest, cas_root)
-            inputs[tree_root or name] = sandbox / "in" / (tree_root or name)
-        if (sandbox / "in").exists():
-            _make_readonly(sandbox / "in")
+        inputs = LazyInputs(sandbox, task["inputs"], cache_dir / "cas")
         module_name, _, func_name = task["fn"].partition(":")
         fn = getattr(importlib.import_module(module_name), func_name)
         actx = ActionContext(action_id=task["id"], label=task["label"], sandbox=sandbox,

@@ -16,9 +16,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from stella_build.engine.actions import action_key, key_record
+from stella_build.engine.actions import action_key_of, key_record
 from stella_build.engine.cache.cas import Cas
 from stella_build.engine.cache.index import Index, stat_match, valid_result
 from stella_build.engine.cache.records import (
@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the process pool (multiprocessing) is loaded only when an a
 _RACY_SECONDS = 2.0  # files modified this recently are re-hashed next time (racy-git problem)
 _PRODUCER = operator.attrgetter("producer")  # C loops over every input of every action
 _NO_PRODUCER = frozenset({None})
+_PATH_STR = operator.attrgetter("path_str")
 
 
 @dataclass
@@ -58,6 +59,7 @@ class SourceDigests:
     def __init__(self, index: Index):
         self.index = index
         self.memo: dict[str, tuple[str, str, int]] = {}
+        self.blake3: dict[str, str] = {}  # path → blake3 of the memo: what a key reads, one lookup
 
     def digests(self, paths: list) -> dict[str, tuple[str, str, int]]:
         """path → (blake3, sha256, size) of source files (str or Path)."""
@@ -81,10 +83,12 @@ class SourceDigests:
                 known = stat_match(stored[p], st)
                 if known is not None:
                     self.memo[p] = (known[0], known[1], st.st_size)
+                    self.blake3[p] = known[0]
                     continue
                 sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
                 b3, sha, size = file_digests(p)
                 self.memo[p] = (b3, sha, size)
+                self.blake3[p] = b3
                 if now - st.st_mtime > _RACY_SECONDS:
                     fresh[p] = sig + [b3, sha]
             self.index.put_stats(fresh)
@@ -171,6 +175,62 @@ class Executor:
                 entry[2] = memo[entry[1]][0]
         return staged
 
+    def _key(self, spec: ActionSpec, done: dict[str, Outcome], sources_only: bool
+             ) -> tuple[str, Sequence[str], Sequence[str]]:
+        """(action key, staged names, their BLAKE3 digests) of `spec`: the files `_staged_inputs`
+        would stage, without the staging entries (CAS paths) that a hit never uses; the key record
+        itself is built only when needed (`_record`: a miss, the remote cache).
+
+        `sources_only`: every input is a source file (most actions: shards of advisories); then
+        this is a few C loops (map) over the sorted input names, the files' digests read from the
+        build's memo (each file digested, or matched with its stored digest, once per build)."""
+        inputs = spec.inputs
+        if sources_only:
+            names = sorted(inputs)
+            paths = list(map(_PATH_STR, map(inputs.__getitem__, names)))
+            try:
+                digests = list(map(self.sources.blake3.__getitem__, paths))
+            except KeyError:  # files this build has not digested yet: one index read for all
+                self.sources.ensure(paths)
+                digests = list(map(self.sources.blake3.__getitem__, paths))
+        else:
+            pairs = sorted(self._derived_pairs(spec, done))
+            names, digests = zip(*pairs) if pairs else ((), ())
+        return action_key_of(spec, names, digests), names, digests
+
+    def _derived_pairs(self, spec: ActionSpec, done: dict[str, Outcome]) -> list[tuple[str, str]]:
+        """(staged name, blake3) of every file `_staged_inputs` stages, for an action that reads
+        outputs of other actions (unsorted: a tree's members may sort after a later input)."""
+        pairs: list[tuple[str, str]] = []
+        todo: list[tuple[int, str]] = []  # (index in pairs, path) of source files
+        for name, art in spec.inputs.items():
+            if art.producer is None:
+                todo.append((len(pairs), art.path_str))
+                pairs.append((name, ""))  # its digest is filled in below, in one index read
+                continue
+            producer = done[art.producer]
+            if art.tree:
+                prefix = art.output
+                cut = len(prefix)
+                pairs += [(f"{name}/{path[cut:]}", rec["blake3"])
+                          for path, rec in producer.outputs.items() if path.startswith(prefix)]
+            else:
+                rec = producer.outputs.get(art.output)
+                if rec is None:
+                    raise RuntimeError(f"rule bug: action {spec.id} reads {art.output!r}, which "
+                                       f"{art.producer} did not produce")
+                pairs.append((name, rec["blake3"]))
+        if todo:
+            memo = self.sources.ensure([path for _, path in todo])
+            for i, path in todo:
+                pairs[i] = (pairs[i][0], memo[path][0])
+        return pairs
+
+    @staticmethod
+    def _record(spec: ActionSpec, names: Sequence[str], digests: Sequence[str]) -> dict:
+        """The key record (`key_record`) whose action key `_key` computed."""
+        return key_record(spec, list(zip(names, digests)))
+
     def artifact_files(self, art: Artifact, done: dict[str, Outcome]) -> dict[str, dict]:
         """relative path → {blake3, sha256, size, mode, src} for a (tree) artifact."""
         if art.producer is None:
@@ -210,11 +270,11 @@ class Executor:
                     del pending[spec.id]
                     progressed = True
                     outcome = Outcome(spec)
-                    staged = self._staged_inputs(spec, done)
-                    outcome.record = key_record(spec, [(s[0], s[2]) for s in staged])
-                    outcome.key = action_key(outcome.record)
+                    outcome.key, names, digests = self._key(spec, done, not waiting_on[spec.id])
                     hit = None if force else self._lookup(outcome.key, spec, signing)
                     remote_hit = False
+                    if hit is None:  # the key record: stored with a result, sent to a runner
+                        outcome.record = self._record(spec, names, digests)
                     if hit is None and not force and self.remote is not None:
                         hit = self._remote_lookup(outcome.key, outcome.record, spec, signing)
                         remote_hit = hit is not None
@@ -228,6 +288,7 @@ class Executor:
                         used[spec.id] = outcome.key
                         self.progress("cached", outcome, len(done), total)
                         continue
+                    staged = self._staged_inputs(spec, done)  # a miss: only now staged
                     task = self._task(spec, outcome.key, staged, "build")
                     running[self.runner.submit(task, outcome.record, secrets=bool(spec.secrets))] = (
                         outcome, staged)
@@ -445,7 +506,7 @@ class Executor:
                 # unique per submission: two actions may share a key (same work declared twice)
                 "sandbox_name": f"{key[:20]}-{mode}-{os.getpid()}-{next(self._sandbox_seq)}",
                 "expected": expected or {},
-                "secrets": spec.secrets}
+                "secrets": spec.secrets, "secrets_remote": spec.secrets_remote}
 
     def _check(self, actions: list[ActionSpec], done: dict[str, Outcome]) -> None:
         """Re-execute every action in a fresh sandbox and record byte differences."""

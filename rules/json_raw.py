@@ -21,7 +21,7 @@ from pydantic import Field
 
 from stella_build.engine.rule_api import canonical_json
 from stella_build.engine.rule_api import TarEntry, gzip_bytes, library_versions, tar_bytes, zstd_bytes
-from stella_build.engine.rule_api import sha256_hex
+from stella_build.engine.rule_api import record_digest, sha256_hex
 from stella_build.engine.rule_api import parse_rfc3339, rfc3339
 from stella_build.engine.rule_api import (
     ActionContext, AnalysisContext, DefaultOutputs, Rule, Selectors, TargetParams,
@@ -149,15 +149,28 @@ def raw_shard(actx: ActionContext) -> dict:
             by_eco.setdefault(path, []).append(canonical_json.dumps_line(rec))
             meta["modified"].append(rec["modified"])
             meta["index"].append([rec["id"], eco, path, rec["modified"]])
+    # Per-file memo (docs/engine.md "Incremental rebuilds"): zstd at level 19 is most of this
+    # action's time, and a file's compressed bytes are a pure function of its JSONL bytes and the
+    # level (a param, so part of the memo scope): a file none of whose records changed is copied
+    # from the memo, only the touched ones are compressed again.
+    memo = actx.memo("raw-shard", raw_shard)
     for path, lines in sorted(by_eco.items()):
-        actx.write_output(f"out/{path}", zstd_bytes(b"".join(lines), level))
+        data = b"".join(lines)
+        digest = record_digest(data)
+        packed = memo.get(digest)
+        if packed is None:
+            packed = zstd_bytes(data, level)
+            memo.put(digest, packed)
+        actx.write_output(f"out/{path}", packed)
         meta["records"][path] = len(lines)
+    memo.save()
     meta["modified"] = max(meta["modified"], default=None)
     quarantined = shard_quarantined(actx)
     if quarantined:  # only then: clean shards keep their bytes
         meta["quarantined"] = quarantined
     actx.write_output(f"out/meta/{shard}.json", canonical_json.dumps(meta))
-    return {"records": sum(meta["records"].values()), "withdrawn": len(meta["withdrawn"])}
+    return {"records": sum(meta["records"].values()), "withdrawn": len(meta["withdrawn"]),
+            "memo": memo.stats()}
 
 
 def assemble(actx: ActionContext) -> dict:

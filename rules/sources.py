@@ -141,21 +141,23 @@ def osv_shard(actx: ActionContext) -> dict:
 
     # Per-file memo (docs/engine.md "Incremental rebuilds"): the record line of a file is a pure
     # function of (logical path, bytes, params), so an unchanged file's line is replayed, not
-    # re-parsed. Malformed files are never memoized (they are re-checked every run).
+    # re-parsed. Looked up by the file's BLAKE3 from the action key (input_digest), so an
+    # unchanged file is never even staged or read. Malformed files are never memoized (they are
+    # re-checked every run).
     memo = actx.memo("osv-shard", osv_shard)
     records, quarantined = [], []  # [(sort key, canonical line)]
     for name in sorted(actx.inputs):
         logical = logical_from_input_name(name)
-        try:
-            data = read_evidence_file(actx.input(name), logical)  # size-capped before reading
-        except EvidenceError as exc:
-            _quarantine(actx, exc, quarantined)
-            continue
-        digest = record_digest(logical.encode() + b"\0" + data)
+        digest = record_digest(logical.encode() + b"\0" + actx.input_digest(name))
         hit = memo.get(digest)
         if hit is not None:
             rec_id, _, line = hit.partition(b"\n")  # the id as a JSON string: no raw newline
             records.append(((json.loads(rec_id), logical), line + b"\n"))
+            continue
+        try:
+            data = read_evidence_file(actx.input(name), logical)  # size-capped before reading
+        except EvidenceError as exc:
+            _quarantine(actx, exc, quarantined)
             continue
         try:
             doc = load_osv_document(data, logical)

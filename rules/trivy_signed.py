@@ -12,9 +12,16 @@ layout by one that also holds the archive's Sigstore bundle as a referrer of the
     referrer manifest        subject = the artifact; artifactType and layer mediaType
                              application/vnd.dev.sigstore.bundle.v0.3+json; empty config;
                              cosign's dev.sigstore.bundle.* annotations
-    tag "sha256-<hex>"       referrers tag schema index (registries without the referrers API)
-`build_layout` is shared by the build and by `stella-build verify`, which recomputes the expected
-layout's file digests (rules/oci.py LayoutDigests) and compares them file by file.
+    attestation referrer     subject = the artifact; the same shape with dev.sigstore.bundle.content
+                             dsse-envelope: an in-toto Statement (subject: the artifact MANIFEST,
+                             predicate: provenance.json's SLSA v1 predicate) DSSE-signed with the
+                             same key, so `cosign verify-attestation --key cosign.pub --type
+                             slsaprovenance1 --insecure-ignore-tlog=true <registry>/<repo>:2` works
+                             (rules/formats/trivy/attestation.py; signed by the TrivyAttestation action)
+    tag "sha256-<hex>"       referrers tag schema index over both (registries without the referrers API)
+`build_signed_layout` (rules/formats/trivy/attestation.py) is shared by the build and by
+`stella-build verify`, which recomputes the expected layout's file digests (rules/formats/oci.py
+LayoutDigests) and compares them file by file.
 """
 from __future__ import annotations
 
@@ -31,11 +38,13 @@ from stella_build.rules.formats.oci import (
     ANNOTATION_TITLE, OciLayoutWriter,
 )
 from stella_build.rules.signing import Signer, add_signing
-from stella_build.rules.formats.trivy.packaging import PROFILES, build_layout
+from stella_build.rules.formats.trivy.attestation import build_signed_layout
+from stella_build.rules.formats.trivy.packaging import PROFILES
 
 MANIFEST_SCHEMA = "https://stella-build.dev/schemas/export-manifest/v1"
 MANIFEST_VERSION = "1.1.0"
 BUILD_TYPE = "https://stella-build.dev/buildtypes/trivy-db/v1"
+ATTESTATION_FILE = "oci-attestation.sigstore.json"  # TrivyAttestation's output; only oci/ holds it
 
 
 def add_trivy_signing(ctx: AnalysisContext, signer: Signer, *, java: bool, files: dict[str, Artifact],
@@ -57,10 +66,18 @@ def add_trivy_signing(ctx: AnalysisContext, signer: Signer, *, java: bool, files
     added.update(add_signing(ctx, signer, manifest=added["manifests/export.json"],
                              archive=files[names["archive"]], provenance=added["manifests/provenance.json"],
                              archive_name=names["archive"], sig_names={"archive": names["sig"]}))
+    # The attestation of the OCI artifact: signed in its own action (the key travels as a secret, as
+    # for Sign), so the layout action never sees the key. Not a file of the output: it lives in oci/.
+    attestation = ctx.action(
+        mnemonic="TrivyAttestation", fn=trivy_attestation,
+        inputs={"manifest": added["manifests/export.json"], "provenance": added["manifests/provenance.json"]},
+        outputs=[ATTESTATION_FILE],
+        params={"java": java, "public_key_sha256": signer.public_key_sha256},
+        secrets={"key_path": str(signer.key_path), "password": signer.password})
     layout = ctx.action(
         mnemonic="TrivySignedLayout", fn=signed_layout,
         inputs={"archive": files[names["archive"]], "bundle": added[names["archive"] + ".sigstore.json"],
-                "manifest": added["manifests/export.json"]},
+                "manifest": added["manifests/export.json"], "attestation": attestation.out(ATTESTATION_FILE)},
         outputs=["oci/"], params={"java": java})
     return added, layout.out("oci/")
 
@@ -150,5 +167,41 @@ def signed_layout(actx: ActionContext) -> dict:
     writer = OciLayoutWriter(actx.output("oci/"))
     layer = writer.add_blob_file(actx.input("archive"), PROFILES[java]["layer"],
                                  {ANNOTATION_TITLE: PROFILES[java]["archive"]})
-    artifact, referrer = build_layout(writer, layer, actx.input("bundle").read_bytes(), epoch, java)
-    return {"artifact": artifact.digest, "referrer": referrer.digest}
+    artifact, referrers = build_signed_layout(writer, layer, actx.input("bundle").read_bytes(),
+                                              actx.input("attestation").read_bytes(), epoch, java)
+    return {"artifact": artifact.digest, "referrers": [r.digest for r in referrers]}
+
+
+def _signing_key(actx: ActionContext):
+    """The private key from the action's secrets, checked against the key resolved at analysis."""
+    from stella_build.rules.formats.keys import SigningKeyError, load_private_key, public_key_digest
+
+    try:
+        key_path, password = actx.secrets["key_path"], actx.secrets["password"]
+    except KeyError:
+        raise ActionError("the TrivyAttestation action ran without its key (secrets are never cached)",
+                          reason="signing-key-missing") from None
+    try:
+        key = load_private_key(Path(key_path).read_bytes(), password.encode("utf-8"), what=key_path)
+    except (OSError, SigningKeyError) as exc:
+        raise ActionError(f"cannot load the signing key: {exc}", file=key_path,
+                          reason="signing-key-unusable") from None
+    if public_key_digest(key) != actx.params["public_key_sha256"]:
+        raise ActionError("the signing key changed between analysis and signing", file=key_path,
+                          reason="signing-key-unusable")
+    return key
+
+
+def trivy_attestation(actx: ActionContext) -> dict:
+    """`oci-attestation.sigstore.json`: the DSSE-signed in-toto statement about the DB artifact manifest
+    (rules/formats/trivy/attestation.py), its predicate that of manifests/provenance.json."""
+    from stella_build.rules.formats.trivy.attestation import artifact_for, sign_attestation
+
+    java = actx.params["java"]
+    manifest = json.loads(actx.input("manifest").read_bytes())
+    entry = next(e for e in manifest["contents"] if e["path"] == PROFILES[java]["archive"])
+    artifact = artifact_for(entry["digest"].removeprefix("sha256:"), entry["bytes"], manifest["generatedAt"], java)
+    predicate = json.loads(actx.input("provenance").read_bytes())["predicate"]
+    actx.write_output(ATTESTATION_FILE, sign_attestation(manifest["profile"]["name"], artifact, predicate,
+                                                         _signing_key(actx)))
+    return {"artifact": artifact.digest}

@@ -259,3 +259,102 @@ def test_cache_hit_path_drops_a_wrong_entry_but_leaves_a_malformed_one_a_silent_
         assert [w.split(":")[0] for w in warnings] == ["dropped the local cache entry of //p"]
     finally:
         ex.close()
+
+
+def test_hit_path_key_equals_the_key_of_the_full_record_on_random_specs():
+    """The scheduler's hit path hashes `action_key_of(spec, names, digests)` without building the
+    key record; it must be `action_key(key_record(spec, pairs))` for any names (special
+    characters fall back to the encoder), params, outputs and libraries."""
+    import random
+
+    from stella_build.engine.actions import action_key, action_key_of, key_record
+    from stella_build.engine.labels import parse_label
+    from stella_build.engine.rule_api import ActionSpec
+
+    clean = ["a", "é/ü/日本", "\u2028", "x" * 300, "[]", "inputs", "osv/GO-2020-0045.json"]
+    special = ['q"uote', "back\\slash", "tab\t", "nul\x00", '","']
+    rng = random.Random(15)
+
+    def word():
+        return rng.choice(special if rng.random() < 0.01 else clean)
+
+    fast = 0
+    for i in range(600):
+        names = sorted({word() + str(j) for j in range(rng.randint(0, 40))})
+        digests = [rng.choice(["ab" * 32, "0f" * 32]) if rng.random() > 0.01 else word()
+                   for _ in names]
+        spec = ActionSpec(id=f"//p:t#M/{i}", label=parse_label("//p:t"), rule=rng.choice(["r", 'r"q']),
+                          rule_version="1", mnemonic="M", fn=rng.choice(["m:f", 'm:"g"']),
+                          inputs={}, params={"inputs": [word()], "n": i, "f": 0.5},
+                          outputs=rng.sample(["b", "a/", "c.json"], rng.randint(0, 3)),
+                          source_date_epoch=rng.choice([None, 1735689600]),
+                          libraries={"zstd": "1.5.7"} if i % 2 else {})
+        expected = action_key(key_record(spec, list(zip(names, digests))))
+        assert action_key_of(spec, names, digests) == expected, (names, digests)
+        fast += bool(names) and all('"' not in s and "\\" not in s and "\x00" not in s
+                                    and "\t" not in s for s in names + digests)
+    assert 50 < fast < 550  # both the joined bytes and the encoder fallback were exercised
+
+
+def test_scheduler_hit_keys_equal_the_keys_of_the_staged_inputs(sample_ws, tmp_path):
+    """On a real graph (source-only shards, derived inputs, trees): the key the hit path
+    computes from (names, digests) is the key of the record built from `_staged_inputs`, the
+    definition a miss uses, and the record a miss stores is that record."""
+    from stella_build.engine.actions import action_key, key_record
+    from stella_build.engine.analysis import analyze
+    from stella_build.engine.scheduler import Executor
+    from stella_build.engine.workspace import Workspace
+
+    cache = tmp_path / "cache"
+    run_cli(["-q", "//profiles:json-raw", "//profiles:trivy-db"], cwd=sample_ws, cache=cache, check=True)
+    graph = analyze(Workspace.find(explicit=sample_ws), ["//profiles:json-raw", "//profiles:trivy-db"])
+    actions = graph.actions_for(graph.requested)
+    ex = Executor(cache, 1)
+    try:
+        done = ex.run(actions)
+        assert {o.status for o in done.values()} == {"cached"}
+        kinds = set()
+        for spec in actions:
+            staged = ex._staged_inputs(spec, done)
+            record = key_record(spec, [(s[0], s[2]) for s in staged])
+            assert done[spec.id].key == action_key(record), spec.id
+            key, names, digests = ex._key(spec, done, all(a.producer is None for a in spec.inputs.values()))
+            assert key == done[spec.id].key and ex._record(spec, names, digests) == record
+            assert ex.index.get_key_record(key) == json.loads(json.dumps(record))  # stored on the miss
+            kinds.add("derived" if any(s[3] or s[1].startswith(str(cache)) for s in staged) else "sources")
+        assert kinds == {"derived", "sources"}
+    finally:
+        ex.close()
+
+
+def test_fast_output_check_agrees_with_the_explaining_check():
+    """`records._outputs_ok` (every hit) accepts exactly what `outputs_problem` accepts, on
+    good records and on records with one field damaged in each way the explaining check names."""
+    import random
+
+    from stella_build.engine.cache.records import _outputs_ok, outputs_problem
+
+    rng = random.Random(15)
+
+    def good(path):
+        return {"path": path, "blake3": "ab" * 32, "sha256": "0f" * 32, "size": 3, "mode": 0o644}
+
+    damage = [("path", "../x"), ("path", "a//b"), ("path", "a\\b"), ("path", "a\x00"), ("path", ""),
+              ("path", 7), ("blake3", "AB" * 32), ("blake3", "ab" * 31), ("blake3", "ab" * 32 + "0"),
+              ("sha256", "0f" * 31 + "0g"), ("size", -1), ("size", True), ("size", 3.0),
+              ("mode", 0o600), ("mode", 420.0), ("mode", True), ("extra", 1)]
+    agree = {True: 0, False: 0}
+    for _ in range(3000):
+        declared = rng.sample(["a.json", "t/", "b", "out/"], rng.randint(0, 4))
+        paths = [d + "m.json" if d.endswith("/") else d for d in declared] + rng.choice(
+            [[], ["t/x/y"], ["stray"], ["a.json"]])
+        outputs = [good(p) for p in paths if rng.random() > 0.1]
+        if outputs and rng.random() < 0.5:
+            field, value = rng.choice(damage)
+            rng.choice(outputs)[field] = value
+        if rng.random() < 0.05:
+            outputs = rng.choice([None, {}, "x", [1]])
+        ok = _outputs_ok(outputs, declared)
+        assert ok == (outputs_problem(outputs, declared) is None), (outputs, declared)
+        agree[ok] += 1
+    assert min(agree.values()) > 300

@@ -291,3 +291,122 @@ def test_daemonic_worker_runs_each_action_in_a_fresh_interpreter(tmp_path, monke
     assert "error" not in result, result
     assert result["outputs"] == [] and result["stats"] is True
     assert not (tmp_path / "sandbox" / "child-test").exists()  # the sandbox was removed
+
+
+# -- the worker's scratch directory: bounded (LRU), removed at teardown ---------------------------
+
+def _blob(scratch_root: Path, data: bytes) -> str:
+    from stella_build.engine.cache.cas import Cas
+    return Cas(scratch_root).put_bytes(data)
+
+
+def test_worker_scratch_evicts_least_recently_used_and_never_a_pinned_blob(tmp_path):
+    import os
+    import time
+
+    from stella_build.engine.executors.scratch import WorkerScratch
+
+    root = tmp_path / "1234"
+    old, pinned, fresh = (_blob(root, bytes([i]) * 1000) for i in (1, 2, 3))
+    memo = root / "memo-v1" / "osv" / "slot.pack"
+    memo.parent.mkdir(parents=True)
+    memo.write_bytes(b"m" * 500)
+    os.utime(memo, (time.time() - 3600,) * 2)  # written an hour ago: older than every blob
+    s = WorkerScratch(root, cap=2000)
+    s.used([old])
+    time.sleep(0.01)
+    s.used([pinned])
+    time.sleep(0.01)
+    s.used([fresh])
+    s.pin([pinned])
+    s.settle()  # 3000 + 500 bytes > 2000: the memo pack goes first, then `old`
+    cas = root / "cas"
+    assert not memo.exists() and not (cas / old[:2] / old).exists()
+    assert (cas / pinned[:2] / pinned).exists() and (cas / fresh[:2] / fresh).exists()
+    assert s.stats()["bytes"] == 2000 and s.stats()["evicted_bytes"] == 1500
+    s.settle()
+    assert s.stats()["evicted_files"] == 2  # at the cap: nothing more to evict
+    # the pinned blob outlives a cap of 0 until its action unpins it, the fresh one does not
+    s.cap = 0
+    s.settle()
+    assert (cas / pinned[:2] / pinned).exists() and not (cas / fresh[:2] / fresh).exists()
+    s.unpin([pinned])
+    s.settle()
+    assert not (cas / pinned[:2] / pinned).exists() and s.stats()["bytes"] == 0
+
+
+def test_worker_scratch_cap_comes_from_the_environment():
+    from stella_build.engine.executors.scratch import DEFAULT_CAP, ScratchConfigError, cap_from_env
+
+    assert cap_from_env({}) == DEFAULT_CAP == 2 << 30
+    assert cap_from_env({"STELLA_WORKER_CAS_MAX": "512MiB"}) == 512 << 20
+    assert cap_from_env({"STELLA_WORKER_CAS_MAX": "1000"}) == 1000
+    assert cap_from_env({"STELLA_WORKER_CAS_MAX": "0"}) == 0
+    for bad in ("lots", "-1", "2 parsecs"):
+        with pytest.raises(ScratchConfigError):
+            cap_from_env({"STELLA_WORKER_CAS_MAX": bad})
+
+
+def test_worker_with_a_bad_scratch_cap_refuses_actions(monkeypatch, tmp_path):
+    from stella_build.engine.executors import worker
+
+    monkeypatch.setattr(worker, "_SCRATCH", None)
+    monkeypatch.setenv("STELLA_WORKER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STELLA_WORKER_CAS_MAX", "lots")
+    result = worker.run_remote_action(_payload())
+    assert result["error"]["reason"] == "executor-worker-misconfigured"
+    assert "STELLA_WORKER_CAS_MAX" in result["error"]["message"]
+    assert not (tmp_path / "cache").exists()  # nothing was created
+
+
+def test_dask_local_workers_remove_their_scratch_directories(tmp_path):
+    """A LocalCluster's workers (with their nannies) close at the end of the build: each removes
+    its per-process directory in its WorkerPlugin teardown; the outputs are golden."""
+    ws = make_workspace(tmp_path / "ws")
+    base = tmp_path / "worker-cache"
+    r = run_cli(["-j2", "--executor", "dask-local", "build", "//profiles:json-raw", "--output", "json"],
+                cwd=ws, cache=tmp_path / "cache", timeout=240,
+                env={"STELLA_WORKER_CACHE": str(base), "STELLA_WORKER_CAS_MAX": "64KiB"})
+    assert r.code == 0, r.stdout + r.stderr
+    assert r.json()["actions"]["remote_executed"] > 0
+    assert output_digests(ws, "profiles", "json-raw") == GOLDEN["//profiles:json-raw"]
+    assert base.is_dir(), "the workers used STELLA_WORKER_CACHE"
+    assert list(base.iterdir()) == []
+
+
+def test_worker_removes_directories_left_by_dead_workers_of_this_host(tmp_path):
+    """A worker killed with SIGKILL (or whose close timed out) cannot remove its directory: the
+    next worker process on the same host does, and leaves alone what it cannot vouch for."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    from stella_build.engine.executors.scratch import OWNER, WorkerScratch
+
+    def owned(name: str, **owner) -> Path:
+        d = tmp_path / name
+        (d / "cas" / "ab").mkdir(parents=True)
+        (d / "cas" / "ab" / ("ab" + "0" * 62)).write_bytes(b"x")
+        (d / OWNER).write_text(json.dumps(owner))
+        return d
+
+    host, boot = socket.gethostname(), psutil.boot_time()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(child.pid).create_time()
+    child.wait()
+    dead = owned("dead", host=host, boot=boot, pid=child.pid, started=started)
+    me = psutil.Process()
+    alive = owned("alive", host=host, boot=boot, pid=me.pid, started=me.create_time())
+    reused = owned("reused", host=host, boot=boot, pid=me.pid, started=me.create_time() - 100)
+    elsewhere = owned("elsewhere", host=host + "-other", boot=boot, pid=child.pid, started=started)
+    unknown = tmp_path / "unknown"
+    (unknown / "cas").mkdir(parents=True)
+
+    scratch = WorkerScratch(tmp_path / "new", cap=1 << 20)
+    assert sorted(p.name for p in scratch.adopt_directory()) == ["dead", "reused"]
+    assert not dead.exists() and not reused.exists()
+    assert alive.is_dir() and elsewhere.is_dir() and unknown.is_dir()
+    assert json.loads((tmp_path / "new" / OWNER).read_text())["pid"] == me.pid

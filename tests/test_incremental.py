@@ -113,6 +113,7 @@ def test_rebuild_runs_touched_shards_and_replays_unchanged_records(ws, tmp_path)
     cache = tmp_path / "cache"
     cold = _build(ws, cache, "-j2")
     assert cold["actions"]["executed"] == cold["actions"]["total"] == 3 * SHARDS + 2  # Osv, Trivy, Raw shards; TrivyDb, Bundle
+    before = _digests(ws)
     edited = _edit(ws, [3, 17])
     touched = {_shard_of(p) for p in edited}
     summary = _in_process(ws, cache)
@@ -129,6 +130,17 @@ def test_rebuild_runs_touched_shards_and_replays_unchanged_records(ws, tmp_path)
             # every line of the shard is looked up: the edited ones miss, the others replay
             assert st == {"hits": sizes[shard] - edits, "misses": edits, "corrupt": 0}, (mnemonic, shard)
     after = _digests(ws)
+    # RawShard memoizes each compressed data file by its JSONL bytes: in a touched shard the
+    # files whose bytes did not change are replayed, exactly the changed ones are compressed
+    raw = {shard.split("-")[-1]: st for shard, st in _memo_stats(summary, "RawShard").items()}
+    assert set(raw) == touched
+    for shard, st in raw.items():
+        files = [f for f in after["//daily:json-raw"]
+                 if f.startswith("data/raw/advisories/") and f.endswith(f"/osv-{shard}.jsonl.zst")]
+        changed_files = [f for f in files if before["//daily:json-raw"].get(f) != after["//daily:json-raw"][f]]
+        assert files and changed_files, (shard, files)
+        assert st == {"hits": len(files) - len(changed_files), "misses": len(changed_files),
+                      "corrupt": 0}, (shard, st, changed_files)
     # the same bytes as a cold build of the new input in a fresh cache, and -j1 (one worker)
     # gives the bytes of the -j2 builds above
     fresh = _build(ws, tmp_path / "fresh", "-j1")
@@ -144,7 +156,7 @@ def test_corrupt_memo_is_detected_and_ignored(ws, tmp_path):
     cache = tmp_path / "cache"
     _build(ws, cache)
     packs = sorted((cache / MEMO_DIR).rglob("*.pack"))
-    assert len(packs) == 2 * SHARDS  # osv-shard and trivy-shard, one pack per shard action
+    assert len(packs) == 3 * SHARDS  # osv-shard, trivy-shard and raw-shard: one pack per shard action
     for i, pack in enumerate(packs):  # flip one byte in the middle, or cut the file short
         data = bytearray(pack.read_bytes())
         if i % 2:
@@ -156,7 +168,7 @@ def test_corrupt_memo_is_detected_and_ignored(ws, tmp_path):
     edited = _edit(ws, [5])
     touched = {_shard_of(p) for p in edited}
     summary = _in_process(ws, cache)
-    for mnemonic in ("OsvShard", "TrivyShard"):
+    for mnemonic in ("OsvShard", "TrivyShard", "RawShard"):
         stats = _memo_stats(summary, mnemonic)
         assert len(stats) == len(touched)
         for st in stats.values():
@@ -222,3 +234,82 @@ def test_memo_scope_uses_the_action_key_implementation_digest():
     for fn in ("stella_build.rules.trivy_db:map_shard", "stella_build.rules.sources:osv_shard"):
         assert closure.implementation_digest(fn) == actions.implementation_digest(fn)
         assert closure.import_closure(fn.split(":")[0]) == actions.import_closure(fn.split(":")[0])
+
+
+def _shard_context(tmp_path: Path, tag: str, entries: list, cache: Path):
+    from stella_build.engine.rule_api import ActionContext
+    from stella_build.engine.sandbox import LazyInputs
+
+    sandbox = tmp_path / tag
+    (sandbox / "out").mkdir(parents=True)
+    return ActionContext(action_id="//d:osv#OsvShard/0", label="//d:osv", sandbox=sandbox,
+                         params={"source": {"name": "S"}, "strict": False}, source_date_epoch=None,
+                         inputs=LazyInputs(sandbox, entries, None), memo_cache=cache)
+
+
+def test_memo_hits_never_stage_or_read_the_unchanged_files(ws, tmp_path):
+    """Inputs are staged on first access (engine/sandbox.py LazyInputs) and osv_shard looks a
+    file up by the digest its key names: a rebuild reads only the changed files. Shown by
+    pointing every unchanged input at a path that does not exist."""
+    import blake3
+
+    from stella_build.rules.sources import osv_shard
+
+    files = sorted((ws / "daily" / "corpus").rglob("*.json"))[:12]
+    entries = [[f"daily/{p.relative_to(ws / 'daily').as_posix()}", str(p),
+                blake3.blake3(p.read_bytes()).hexdigest(), None] for p in files]
+    cache = tmp_path / "cache"
+    cold = _shard_context(tmp_path, "cold", entries, cache)
+    assert osv_shard(cold)["memo"] == {"hits": 0, "misses": 12, "corrupt": 0}
+    assert len(list((cold.sandbox / "in").rglob("*.json"))) == 12
+    # the second run: entry 4 changed (one more trailing space: other bytes, same document);
+    # every other entry names a path that does not exist
+    files[4].write_bytes(files[4].read_bytes() + b" ")
+    gone = [[name, str(tmp_path / "missing" / str(i)), digest, None] if i != 4
+            else [name, src, blake3.blake3(files[4].read_bytes()).hexdigest(), None]
+            for i, (name, src, digest, _) in enumerate(entries)]
+    warm = _shard_context(tmp_path, "warm", gone, cache)
+    stats = osv_shard(warm)
+    assert stats["memo"] == {"hits": 11, "misses": 1, "corrupt": 0}
+    assert [p.name for p in (warm.sandbox / "in").rglob("*.json")] == [files[4].name]
+    # the replayed lines are those of a cold computation of the same files
+    fresh = _shard_context(tmp_path, "fresh", [[n, str(files[i]), d, None] for i, (n, _, d, _) in enumerate(gone)],
+                           tmp_path / "fresh-cache")
+    osv_shard(fresh)
+    assert (warm.sandbox / "out" / "records.jsonl").read_bytes() == (fresh.sandbox / "out" / "records.jsonl").read_bytes()
+
+
+def test_lazy_staging_checks_digests_and_raises_no_oserror(tmp_path):
+    """A staged input is still re-hashed against its key's digest; a vanished or changed source
+    fails as InputChanged (not an OSError a rule might catch), a corrupt CAS blob as CorruptInput."""
+    from stella_build.engine.sandbox import CorruptInput, InputChanged, LazyInputs, run_action
+
+    src = tmp_path / "a.json"
+    src.write_bytes(b"{}")
+    import blake3
+
+    good = blake3.blake3(b"{}").hexdigest()
+    lazy = LazyInputs(tmp_path / "sb", [["a.json", str(src), good, None],
+                                        ["gone.json", str(tmp_path / "nope"), good, None],
+                                        ["bad.json", str(src), "0" * 64, None]], None)
+    assert list(lazy) == ["a.json", "gone.json", "bad.json"] and len(lazy) == 3
+    assert lazy.digest("gone.json") == good and not (tmp_path / "sb" / "in").exists()
+    assert lazy["a.json"].read_bytes() == b"{}"
+    for name in ("gone.json", "bad.json"):
+        with pytest.raises(InputChanged) as info:
+            lazy[name]
+        assert not isinstance(info.value, OSError)
+    cas = tmp_path / "cache" / "cas"
+    (cas / "ab").mkdir(parents=True)
+    blob = cas / "ab" / ("ab" + "1" * 62)
+    blob.write_bytes(b"rotten")
+    with pytest.raises(CorruptInput):
+        LazyInputs(tmp_path / "sb2", [["c", str(blob), "ab" + "1" * 62, None]], cas)["c"]
+    assert not blob.exists()  # never served again
+    # through the engine's sandbox: the action fails with reason input-changed, no traceback
+    result = run_action({"id": "//x:y#A", "label": "//x:y", "fn": "stella_build.rules.sources:osv_shard",
+                         "params": {"source": {"name": "S"}, "strict": False}, "source_date_epoch": None,
+                         "outputs": ["records.jsonl", "stats.json"], "cache_dir": str(tmp_path / "cache"),
+                         "sandbox_name": "t", "mode": "build", "expected": {},
+                         "inputs": [["x/a.json", str(tmp_path / "nope"), good, None]]})
+    assert result["error"]["reason"] == "input-changed", result

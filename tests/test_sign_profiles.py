@@ -145,14 +145,18 @@ def test_trivy_referrer_manifest_has_cosign_shape(signed):
     artifact = tags["2"]
     blob = lambda d: json.loads((out / "oci/blobs/sha256" / d["digest"].split(":")[1]).read_bytes())  # noqa: E731
     fallback = blob(tags["sha256-" + artifact["digest"].split(":")[1]])
-    [ref_desc] = fallback["manifests"]
-    ref = blob(ref_desc)
+    # two referrers, as cosign v3 pushes them: the archive's signature and the artifact's attestation
+    refs = {blob(d)["annotations"]["dev.sigstore.bundle.content"]: blob(d) for d in fallback["manifests"]}
+    assert len(fallback["manifests"]) == 2 and set(refs) == {"message-signature", "dsse-envelope"}
     bundle_type = "application/vnd.dev.sigstore.bundle.v0.3+json"
-    assert ref["artifactType"] == bundle_type and ref["layers"][0]["mediaType"] == bundle_type
-    assert ref["subject"]["digest"] == artifact["digest"]
-    assert ref["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
-    assert {"dev.sigstore.bundle.content", "dev.sigstore.bundle.predicateType"} <= set(ref["annotations"])
-    layer = (out / "oci/blobs/sha256" / ref["layers"][0]["digest"].split(":")[1]).read_bytes()
+    for ref in refs.values():
+        assert ref["artifactType"] == bundle_type and ref["layers"][0]["mediaType"] == bundle_type
+        assert ref["subject"]["digest"] == artifact["digest"]
+        assert ref["config"]["mediaType"] == "application/vnd.oci.empty.v1+json"
+    assert refs["message-signature"]["annotations"]["dev.sigstore.bundle.predicateType"] == \
+        "https://sigstore.dev/cosign/sign/v1"
+    assert refs["dsse-envelope"]["annotations"]["dev.sigstore.bundle.predicateType"] == "https://slsa.dev/provenance/v1"
+    layer = (out / "oci/blobs/sha256" / refs["message-signature"]["layers"][0]["digest"].split(":")[1]).read_bytes()
     assert layer == (out / "db.tar.gz.sigstore.json").read_bytes()
     db_layer = blob(artifact)["layers"][0]["digest"]
     assert db_layer == "sha256:" + hashlib.sha256((out / "db.tar.gz").read_bytes()).hexdigest()

@@ -124,14 +124,55 @@ def test_trivy_matching_of_our_values_equals_osv_evaluation(members, probe, list
 
 # -- packaging ---------------------------------------------------------------------------------
 
-def test_streamed_gzip_equals_the_pinned_gzip_bytes():
-    data = hashlib.sha256(b"x").digest() * 40000 + b"tail"
-    buf = io.BytesIO()
-    gz = GzipWriter(buf)
-    for i in range(0, len(data), 70001):
-        gz.write(data[i:i + 70001])
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=300_000), min_size=1, max_size=12))
+def test_db_archive_gzip_does_not_depend_on_how_writes_are_cut(cuts):
+    """DB archives are written streamed (write_tar → GzipWriter) and re-created from their tar by
+    regzip (mirror delta, trivy-db patch) with other write sizes: at the DB archive level the
+    bytes must depend only on the data. zlib-ng's levels 1, 5 and 6 fail this (see
+    packaging.DB_ARCHIVE_GZIP_LEVEL)."""
+    from stella_build.rules.formats.trivy.packaging import DB_ARCHIVE_GZIP_LEVEL
+    from stella_build.rules.formats.trivy.patch import ARCHIVE_GZIP_LEVEL, regzip
+
+    assert ARCHIVE_GZIP_LEVEL == DB_ARCHIVE_GZIP_LEVEL
+    # bbolt-like data: repetitive JSON with varying ids, compressible but not trivially
+    data = b"".join(b'{"id":"GHSA-%05d","fixed":"%d.%d.%d","refs":["https://example.org/%x"]}\x00' % (
+        i, i % 7, i % 13, i % 101, i * 2654435761 % (1 << 32)) for i in range(40_000))
+    buf, pos = io.BytesIO(), 0
+    gz = GzipWriter(buf, DB_ARCHIVE_GZIP_LEVEL)
+    for cut in cuts * (len(data) // max(1, sum(cuts)) + 1):
+        if pos >= len(data):
+            break
+        gz.write(data[pos:pos + cut])
+        pos += cut
     gz.close()
-    assert buf.getvalue() == gzip_bytes(data)
+    assert buf.getvalue() == regzip(data)
+    assert gunzip_bytes(buf.getvalue()) == data
+
+
+def test_block_parallel_gzip_is_one_valid_member_whatever_the_threads():
+    """GzipWriter compresses 1 MiB blocks on threads: the bytes must not depend on the thread
+    count, must be one gzip member an independent decoder (Python's gzip, zlib) reads back, and
+    keep the fixed header (mtime 0, no name, OS 255). Sizes around the block boundary included."""
+    import gzip as std_gzip
+    import zlib
+
+    block = GzipWriter.BLOCK
+    for size in (0, 1, block - 1, block, block + 1, 3 * block + 12345):
+        data = (hashlib.sha256(str(size).encode()).digest() * (size // 32 + 1))[:size]
+        outs = set()
+        for threads in (1, 2, 3):
+            buf = io.BytesIO()
+            gz = GzipWriter(buf, 7, threads=threads)
+            for i in range(0, len(data), 70001):
+                gz.write(data[i:i + 70001])
+            gz.close()
+            outs.add(buf.getvalue())
+        [out] = outs
+        assert out[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+        assert std_gzip.decompress(out) == data
+        d = zlib.decompressobj(31)
+        assert d.decompress(out) == data and d.eof and d.unused_data == b""
 
 
 def test_metadata_json_and_interval():
@@ -338,3 +379,20 @@ def test_fast_go_json_equals_go_marshal(doc, sort):
     assert go_json(doc, sort_keys=sort) == go_marshal(doc, sort_keys=sort, float64_numbers=sort)
     wrapped = {"b": GoMap({"z": 1, "a": doc}), "a": [doc]}
     assert go_json(wrapped) == go_marshal(wrapped)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1),
+       tiebreak=st.text(st.characters(blacklist_categories=("Cs",))))
+def test_kv_line_round_trips_any_name(tmp_path_factory, key, tiebreak):
+    """kv.jsonl (the TrivyShard → TrivyDb intermediate) carries package names and ids holding
+    any character but NUL, tabs, newlines and backslashes included."""
+    from stella_build.rules.trivy_db import _kv_line, _read_lines, _tiebreak
+
+    path = tmp_path_factory.mktemp("kv") / "kv.jsonl"
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    value, member = dumps({"v": "a\tb\nc"}), dumps({"m": ["x\\y"]})
+    path.write_text(_kv_line(dumps, key, "a", tiebreak, value, member) + "\n", encoding="utf-8")
+    [(got_key, kind, raw_tiebreak, got_value, got_member)] = list(_read_lines(path))
+    assert (got_key, kind, _tiebreak(raw_tiebreak), got_value, got_member) == (
+        key, "a", tiebreak, value.encode(), member.encode())

@@ -105,11 +105,47 @@ def outputs_problem(outputs: Any, declared: Iterable[str]) -> str | None:
     return None
 
 
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+
+
+def _outputs_ok(outputs: Any, declared: Iterable[str]) -> bool:
+    """True only when `outputs_problem(outputs, declared)` is None: the same conditions in one
+    loop, one regex per output and no messages (it runs on every cache hit; ~2 µs where the
+    explaining check takes ~5). False sends the caller to `outputs_problem` for the reason."""
+    if type(outputs) is not list:
+        return False
+    files = set()
+    trees = []
+    for d in declared:
+        if d.endswith("/"):
+            trees.append(d)
+        else:
+            files.add(d)
+    trees = tuple(trees)
+    seen: set[str] = set()
+    for out in outputs:
+        if type(out) is not dict or out.keys() != _OUTPUT_FIELDS:
+            return False
+        path, b3, sha, size, mode = out["path"], out["blake3"], out["sha256"], out["size"], out["mode"]
+        if (type(path) is not str or type(b3) is not str or type(sha) is not str
+                or type(size) is not int or type(mode) is not int or size < 0 or mode not in _MODES
+                or not path or "\\" in path or "\0" in path or path in seen
+                or not _BAD_SEGMENT.isdisjoint(path.split("/"))
+                or len(b3) != 64 or not _HEX128.fullmatch(b3 + sha)
+                or (path not in files and not path.startswith(trees))):
+            return False
+        seen.add(path)
+    return files <= seen
+
+
 def result_problem(result: Any, declared: Iterable[str]) -> str | None:
     """`outputs_problem` for a whole local index entry (a dict with "outputs")."""
     if not isinstance(result, dict):
         return "the entry is not an object"
-    return outputs_problem(result.get("outputs"), declared)
+    outputs = result.get("outputs")
+    if _outputs_ok(outputs, declared):
+        return None
+    return outputs_problem(outputs, declared)
 
 
 def vouchable(result: dict) -> bool:

@@ -47,6 +47,7 @@ class ExecutorConfig:
     kind: str = "local"
     address: str | None = None
     fallback: str | None = None
+    recipient: str | None = None  # workers' age recipient for sealed secrets (sealed.py), "age1…"
 
     @property
     def remote(self) -> bool:
@@ -57,21 +58,26 @@ class ExecutorConfig:
 
 
 def parse_executor(text: str | None, fallback: str | None = None, *,
-                   field: str = "--executor") -> ExecutorConfig:
+                   field: str = "--executor", recipient: str | None = None) -> ExecutorConfig:
     """`local` (default for None/""), `dask-local` or `dask://HOST:PORT` → ExecutorConfig.
+    `recipient`: the workers' age recipient (`--executor-recipient`), checked here.
 
-    Raises UsageError (exit 2, reason `bad-executor`) for anything else, naming `field`."""
+    Raises UsageError (exit 2, reason `bad-executor`) for anything else, naming `field`, and
+    (`bad-executor-recipient`) for a recipient that is not `age1…`."""
+    from stella_build.engine.executors.sealed import parse_recipient
     value = (text or "").strip()
     fb = parse_fallback(fallback)
+    rcpt = (recipient or "").strip() or None
+    parse_recipient(rcpt)
     if value in ("", "local"):
-        return ExecutorConfig("local", None, fb)
+        return ExecutorConfig("local", None, fb, rcpt)
     if value == "dask-local":
-        return ExecutorConfig("dask-local", None, fb)
+        return ExecutorConfig("dask-local", None, fb, rcpt)
     if value.startswith("dask://"):
         hostport = value[len("dask://"):].rstrip("/")
         host, sep, port = hostport.rpartition(":")
         if sep and host and port.isdigit() and 0 < int(port) < 65536 and "/" not in host:
-            return ExecutorConfig("dask", f"tcp://{hostport}", fb)
+            return ExecutorConfig("dask", f"tcp://{hostport}", fb, rcpt)
     raise UsageError(f"--executor must be local, dask-local or dask://HOST:PORT, got {value!r}",
                      field=field, reason="bad-executor")
 

@@ -3,8 +3,12 @@
 What goes over the wire (docs/scale-out.md): before an action is submitted the client uploads each
 input blob (by SHA-256) to the shared store; the Dask task carries only the action's key, function
 name, params, declared outputs, the key record's implementation digest / Python / library versions
-and the inputs' (sandbox name, BLAKE3, SHA-256, size). No path of the client's machine, no secret:
-actions holding secrets (signing) always run on the client's local pool. The worker (worker.py)
+and the inputs' (sandbox name, BLAKE3, SHA-256, size). No path of the client's machine, no secret
+in clear: an action holding secrets (signing) runs on the client's local pool unless its target
+sets `remote_secrets = true` and the client knows the workers' age recipient
+(`STELLA_EXECUTOR_RECIPIENT`); then its secrets, and the bytes of the key files they name, travel
+only as one age ciphertext for that recipient (sealed.py). A worker that cannot open it refuses
+the action and the client runs it here after one warning. The worker (worker.py)
 fetches and verifies the inputs, runs the action, uploads the outputs and returns the result
 record; the client downloads every output into its local CAS, verifying BLAKE3 (the store
 verified SHA-256), before the scheduler records the result, exactly as for a remote cache hit.
@@ -18,6 +22,7 @@ fallback "local", runs everything left here after one warning.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -29,9 +34,13 @@ from stella_build.engine.errors import NetworkRequired, UsageError
 from stella_build.engine.executors.base import ExecutorConfig
 from stella_build.engine.executors.blobs import BlobStoreError, DirectoryStore, RemoteStore
 from stella_build.engine.executors.local import LocalExecutor
+from stella_build.engine.executors.sealed import RECIPIENT_ENV, SealError, parse_recipient, seal
 
 # Reasons a worker returns when the store, not the action, failed: upload again, resubmit once.
 _STORE_REASONS = frozenset({"executor-blob-missing", "executor-upload-failed"})
+# Reasons a worker returns when it cannot open an action's sealed secrets: run it here instead
+# (one warning), so a cluster whose workers lack the identity still signs, just not remotely.
+_SECRET_REASONS = frozenset({"executor-secrets-no-identity", "executor-secrets-undecryptable"})
 
 
 class DaskExecutor:
@@ -42,13 +51,18 @@ class DaskExecutor:
     with secrets and for the fallback. `cas`: the client's engine.cache.cas.Cas, where outputs
     are adopted. `retries`: Dask retries of a task whose worker died.
     `connect_timeout` (s): connecting to the scheduler, and how long a lost connection may last
-    before the build gives up on it. Raises UsageError (exit 2) for a missing/read-only remote."""
+    before the build gives up on it. `recipient`: the workers' age X25519 recipient ("age1…") to
+    seal the secrets of actions whose target allows them remotely (task["secrets_remote"]);
+    None: `config.recipient` if the config has one, else $STELLA_EXECUTOR_RECIPIENT, else such
+    actions run here. Raises UsageError (exit 2) for a missing/read-only remote or a bad
+    recipient (`bad-executor-recipient`)."""
 
     name = "dask"
 
     def __init__(self, config: ExecutorConfig, *, cache_dir: Path, jobs: int, remote,
                  local: LocalExecutor, cas, warn: Callable[[str], None] | None = None,
-                 retries: int = 3, connect_timeout: float = 10.0, max_in_flight: int = 64):
+                 retries: int = 3, connect_timeout: float = 10.0, max_in_flight: int = 64,
+                 recipient: str | None = None):
         if remote is None and config.kind == "dask":
             raise UsageError("--executor dask://… needs --remote-cache: inputs and outputs travel "
                              "only through the shared content-addressed store",
@@ -57,6 +71,11 @@ class DaskExecutor:
             raise UsageError("--executor dask needs a writable remote cache (not --remote-upload=false): "
                              "the client uploads the inputs of every action it submits",
                              field="--remote-upload", reason="executor-needs-remote-cache")
+        if recipient is None:
+            recipient = getattr(config, "recipient", None) or os.environ.get(RECIPIENT_ENV)
+        self.recipient = parse_recipient(recipient)
+        self._warned: set[str] = set()
+        self._secrets_refused = False  # a worker could not open sealed secrets: sign here from now on
         self.config = config
         self.jobs = max(1, jobs)
         self.local = local
@@ -119,7 +138,7 @@ class DaskExecutor:
 
     # -- the seam ---------------------------------------------------------------------------
     def submit(self, task: dict[str, Any], record: dict[str, Any], *, secrets: bool = False) -> "Future[dict]":
-        if secrets:  # never ship an action holding secrets to another machine
+        if secrets and not self._may_seal(task):  # its secrets never leave this machine
             return self.local.submit(task)
         if self._connect() is None:
             return self._local(task)
@@ -137,6 +156,27 @@ class DaskExecutor:
         self._client = self._cluster = None
         self.store.close()
 
+    def _may_seal(self, task: dict[str, Any]) -> bool:
+        """Whether an action holding secrets may run on a worker: its target allows it
+        (`remote_secrets = true`, task["secrets_remote"]) and there is a recipient to seal to."""
+        if not task.get("secrets_remote") or self._secrets_refused:
+            return False
+        if self.recipient is None:
+            self._warn_once("no-recipient",
+                            f"{task['label']} allows its signing actions on the cluster "
+                            "(remote_secrets = true) but no executor recipient is set: they run "
+                            f"here; set {RECIPIENT_ENV}=age1… (the workers' age recipient) to "
+                            "send their secrets sealed")
+            return False
+        return True
+
+    def _warn_once(self, what: str, message: str) -> None:
+        with self._lock:
+            if what in self._warned:
+                return
+            self._warned.add(what)
+        self.warn(message)
+
     # -- one action -------------------------------------------------------------------------
     def _local(self, task: dict[str, Any]) -> "Future[dict]":
         with self._lock:
@@ -147,6 +187,12 @@ class DaskExecutor:
         payload = self._payload(task, record)
         if "error" in payload:
             return payload
+        if task.get("secrets"):  # only reached when _may_seal allowed it
+            try:
+                payload["sealed_secrets"] = seal(task["secrets"], self.recipient)
+            except SealError as exc:
+                self._warn_once(exc.reason, f"{task['id']}: {exc}; running it here")
+                return self._local(task).result()
         for attempt in range(2):
             if self._down:
                 break
@@ -159,6 +205,12 @@ class DaskExecutor:
             error = result.get("error")
             if error and error.get("reason") in _STORE_REASONS:
                 continue  # upload again (a store may have evicted a blob), resubmit once
+            if error and error.get("reason") in _SECRET_REASONS:
+                self._secrets_refused = True
+                # the worker's message names it and its variable, never a key
+                self._warn_once(error["reason"], f"{error.get('message')}; running the actions "
+                                "holding secrets here for the rest of this build")
+                break
             if error:
                 return result
             if self._adopt_outputs(result["outputs"]):

@@ -339,16 +339,45 @@ ANNOTATION_BUNDLE_PREDICATE = "dev.sigstore.bundle.predicateType"
 COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 
 
+BUNDLE_CONTENT_MESSAGE = "message-signature"
+BUNDLE_CONTENT_DSSE = "dsse-envelope"
+
+
+@dataclass(frozen=True)
+class BundleReferrer:
+    """One Sigstore bundle to store as a referrer: its bytes, what it holds (`dev.sigstore.bundle.content`:
+    "message-signature" or "dsse-envelope") and its predicate type (`dev.sigstore.bundle.predicateType`:
+    cosign's sign predicate for a message signature, the in-toto predicateType for an attestation)."""
+
+    bundle: bytes
+    content: str
+    predicate_type: str
+
+
+def add_bundle_referrers(layout: OciLayoutWriter, subject: Descriptor, bundles: list[BundleReferrer],
+                         created: str) -> list[Descriptor]:
+    """Sigstore bundles as referrers of `subject`, each in the shape cosign v3 pushes
+    (`cosign sign|attest --new-bundle-format`, pkg/oci/remote/write.go WriteAttestationNewBundleFormat):
+    artifactType and the one layer's mediaType = the bundle type, empty config, the
+    dev.sigstore.bundle.* annotations and `created` (SOURCE_DATE_EPOCH, where cosign puts the clock).
+    Plus ONE referrers tag-schema index `sha256-<hex>` over all of them (sorted by digest) for
+    registries without the referrers API. Returns the referrer descriptors in the order given."""
+    referrers = []
+    for item in bundles:
+        blob = layout.add_blob(item.bundle, BUNDLE_MEDIA_TYPE)
+        referrers.append(layout.add_manifest(
+            BUNDLE_MEDIA_TYPE, None, [blob], subject=subject, created=created,
+            annotations={ANNOTATION_BUNDLE_CONTENT: item.content,
+                         ANNOTATION_BUNDLE_PREDICATE: item.predicate_type}))
+    layout.add_referrers_fallback(subject, referrers)
+    return referrers
+
+
 def add_bundle_referrer(layout: OciLayoutWriter, subject: Descriptor, bundle: bytes, created: str) -> Descriptor:
-    """A Sigstore bundle (message signature) as a referrer of `subject`, in cosign's shape (artifactType
-    and layer mediaType = the bundle type, empty config, dev.sigstore.bundle.* annotations), plus the
-    referrers tag-schema index `sha256-<hex>` for registries without the referrers API."""
-    blob = layout.add_blob(bundle, BUNDLE_MEDIA_TYPE)
-    referrer = layout.add_manifest(
-        BUNDLE_MEDIA_TYPE, None, [blob], subject=subject, created=created,
-        annotations={ANNOTATION_BUNDLE_CONTENT: "message-signature",
-                     ANNOTATION_BUNDLE_PREDICATE: COSIGN_SIGN_PREDICATE})
-    layout.add_referrers_fallback(subject, [referrer])
+    """A Sigstore bundle (message signature) as the one referrer of `subject` (see
+    `add_bundle_referrers`), plus the referrers tag-schema index `sha256-<hex>`."""
+    [referrer] = add_bundle_referrers(
+        layout, subject, [BundleReferrer(bundle, BUNDLE_CONTENT_MESSAGE, COSIGN_SIGN_PREDICATE)], created)
     return referrer
 
 

@@ -72,7 +72,8 @@ def run_build_command(settings, patterns: list[str], options: BuildOptions, *, c
     progress = Progress(quiet=settings.quiet or settings.output == "json" and not sys.stderr.isatty())
     remote = settings.remote()
     from stella_build.engine.executors import parse_executor
-    executor = parse_executor(settings.executor, settings.executor_fallback, field="--executor")
+    executor = parse_executor(settings.executor, settings.executor_fallback, field="--executor",
+                              recipient=settings.executor_recipient)
     request = BuildRequest(patterns=patterns, options=options, cache_dir=settings.cache_dir(),
                            jobs=settings.jobs, check=check, remote=remote, executor=executor)
     try:

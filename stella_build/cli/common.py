@@ -19,7 +19,8 @@ class Settings:
 
     def __init__(self, workspace, cache_dir, remote_cache, remote_upload, remote_required, jobs,
                  output, quiet, debug, remote_cache_sign_key=None, remote_cache_trust=(),
-                 remote_cache_timeout=None, executor=None, executor_fallback=None):
+                 remote_cache_timeout=None, executor=None, executor_fallback=None,
+                 executor_recipient=None):
         self.workspace_arg = workspace
         self.cache_dir_arg = cache_dir
         self.remote_cache = remote_cache or os.environ.get("STELLA_REMOTE_CACHE")
@@ -37,6 +38,7 @@ class Settings:
         self.debug = debug
         self.executor = executor                    # --executor / STELLA_EXECUTOR (click reads the env)
         self.executor_fallback = executor_fallback  # --executor-fallback / STELLA_EXECUTOR_FALLBACK
+        self.executor_recipient = executor_recipient  # --executor-recipient / STELLA_EXECUTOR_RECIPIENT
 
     def workspace(self):
         from stella_build.engine.workspace import Workspace

@@ -43,6 +43,11 @@ EXECUTOR_OPTIONS: tuple[OptionSpec, ...] = (
                "local: when the Dask scheduler cannot be reached, run the actions here after one "
                "warning (default: exit 5, reason executor-unreachable) [env STELLA_EXECUTOR_FALLBACK].",
                envvar="STELLA_EXECUTOR_FALLBACK", metavar="local|none", memo=False),
+    OptionSpec(("--executor-recipient",), "executor_recipient", "text",
+               "The Dask workers' age X25519 recipient: actions of targets with remote_secrets = true "
+               "(signing) then run on the workers, their secrets sealed to it; without it they run "
+               "here [env STELLA_EXECUTOR_RECIPIENT].",
+               envvar="STELLA_EXECUTOR_RECIPIENT", metavar="age1…", memo=False),
 )
 
 GLOBAL_OPTIONS: tuple[OptionSpec, ...] = (

@@ -6,11 +6,15 @@ anonymous. Trivy v0.74.0 downloads both DBs with `--db-repository` / `--java-db-
 (Basic credentials through the bearer flow for the DB, anonymously for the Java DB) and finds what
 stella-build's evidence model says; skopeo copies every artifact into an OCI layout with digests
 preserved; oras pulls, lists tags and discovers the signature through the referrers API, and cosign
-verifies the fetched Sigstore bundle against the pulled DB archive; 10 Trivy clients started
-together each download the DB exactly once. Missing tools fail under CI=true (conftest.require_tool).
+verifies the fetched Sigstore bundle against the pulled DB archive; `cosign verify-attestation`
+finds the SLSA provenance attestation of the DB artifact among its referrers and verifies it offline
+with the key (and refuses another key, and a re-signed-nowhere copy with one flipped byte pushed to a
+real docker-registry); 10 Trivy clients started together each download the DB exactly once. Missing
+tools fail under CI=true (conftest.require_tool).
 """
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import hashlib
 import json
@@ -23,7 +27,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stella_build.delivery.registry import RegistryClient, push_layout
+from stella_build.engine.rule_api import canonical_json
+from stella_build.rules.formats.oci import (
+    ANNOTATION_BUNDLE_CONTENT, ANNOTATION_CREATED, Descriptor, OciLayoutWriter,
+)
+from stella_build.rules.formats.trivy.attestation import build_signed_layout
+
 from tests.interop.conftest import require_tool
+from tests.interop.test_oci_tools import registry  # noqa: F401  (fixture: a real docker-registry)
 from tests.interop.test_offline_kit_trivy import JAR_GAV, MAVEN_ADVISORY, SPEC, model_findings
 from tests.interop.test_trivy_scan import _tiny_jar, _typed, write_project
 from tests.service.harness import token
@@ -169,7 +181,7 @@ def test_skopeo_copies_every_artifact_with_digests_preserved(served):
     refs = [("acme/trivy-db", tag) for tag in api_tags if not re.search(r"-(\d{8}|run-[0-9a-f]{24})$", tag)]
     refs += [("acme/trivy-db", m["digest"]) for m in referrers["manifests"]]
     refs += [("acme/trivy-java-db", "1")]
-    assert len(refs) == 4  # the DB, its referrers-tag-schema index, the signature, the Java DB
+    assert len(refs) == 5  # the DB, its referrers-tag-schema index, the signature, the attestation, the Java DB
     (root / "skopeo").mkdir()
     for repo, ref in refs:
         expected = _manifest(served, repo, ref)
@@ -209,7 +221,8 @@ def test_oras_pulls_and_discovers_the_signature_and_cosign_verifies_it(served):
     assert tags == httpx.get(f"{served['srv'].url}/v2/acme/trivy-db/tags/list", auth=("acme", TOKEN)).json()["tags"]
     found = json.loads(_ok(_run([oras, "discover", *login, "--format", "json", f"{host}/acme/trivy-db:2"], home)))
     assert found["digest"] == artifact.headers["docker-content-digest"]
-    [sig] = found["referrers"]
+    assert len(found["referrers"]) == 2  # the archive's signature and the artifact's attestation
+    [sig] = [r for r in found["referrers"] if r["annotations"][ANNOTATION_BUNDLE_CONTENT] == "message-signature"]
     assert sig["artifactType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
     referrer = json.loads(_ok(_run([oras, "manifest", "fetch", *login, f"{host}/acme/trivy-db@{sig['digest']}"], home)))
     assert referrer["subject"]["digest"] == found["digest"]
@@ -227,3 +240,108 @@ def test_oras_pulls_and_discovers_the_signature_and_cosign_verifies_it(served):
     res = _run([cosign, "verify-blob", "--key", served["pub"], "--bundle", bundle, "--insecure-ignore-tlog=true",
                 tampered], home)
     assert res.returncode != 0 and "Verified OK" not in res.stderr + res.stdout
+
+
+# -- cosign verify-attestation ---------------------------------------------------------------------
+
+COSIGN_ATTEST = ["verify-attestation", "--type", "slsaprovenance1", "--insecure-ignore-tlog=true"]
+
+
+def _statements(stdout: str) -> list[dict]:
+    """The in-toto statements cosign printed (one DSSE envelope JSON per line)."""
+    return [json.loads(base64.b64decode(json.loads(line)["payload"])) for line in stdout.splitlines() if line.strip()]
+
+
+def test_cosign_verify_attestation_finds_the_provenance_of_the_db_artifact(served, tmp_path):
+    cosign = require_tool("cosign")
+    host, home = served["host"], served["root"] / "cosign-home"
+    creds = ["--registry-username", "acme", "--registry-password", TOKEN]
+    artifact = _manifest(served, "acme/trivy-db", "2").headers["docker-content-digest"]
+    res = _run([cosign, *COSIGN_ATTEST, "--key", served["pub"], *creds, f"{host}/acme/trivy-db:2"], home)
+    _ok(res)
+    assert "The signatures were verified against the specified public key" in res.stderr, res.stderr
+    [statement] = _statements(res.stdout)  # the archive's message signature is not an attestation
+    assert statement["subject"] == [{"name": "trivy-db", "digest": {"sha256": artifact.removeprefix("sha256:")}}]
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    # its predicate is exactly the build's provenance: with the file subjects, it is provenance.json
+    files = served["files"]["//profiles:trivy-db"]
+    provenance = {"_type": statement["_type"], "predicateType": statement["predicateType"],
+                  "predicate": statement["predicate"],
+                  "subject": [{"name": "manifests/export.json", "digest": {"sha256": files["manifests/export.json"]}},
+                              {"name": "db.tar.gz", "digest": {"sha256": files["db.tar.gz"]}}]}
+    assert hashlib.sha256(canonical_json.dumps(provenance)).hexdigest() == files["manifests/provenance.json"]
+    # the Java DB (an anonymous repository) has its own
+    java = _ok(_run([cosign, *COSIGN_ATTEST, "--key", served["pub"], f"{host}/acme/trivy-java-db:1"], home))
+    [statement] = _statements(java)
+    assert statement["subject"][0]["digest"]["sha256"] == \
+        _manifest(served, "acme/trivy-java-db", "1").headers["docker-content-digest"].removeprefix("sha256:")
+    # another key verifies nothing
+    other = tmp_path / "other.pub"
+    other.write_bytes(_other_public_key())
+    res = _run([cosign, *COSIGN_ATTEST, "--key", other, *creds, f"{host}/acme/trivy-db:2"], home)
+    assert res.returncode != 0 and not res.stdout.strip()
+    assert "no matching attestations" in res.stderr, res.stderr[-2000:]
+    assert "accepted signatures do not match threshold, Found: 0, Expected 1" in res.stderr, res.stderr[-2000:]
+
+
+def _other_public_key() -> bytes:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from stella_build.rules.formats.keys import encode_public_key
+
+    return encode_public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+
+
+def _copy_from_service(served, root: Path, flip: bool) -> Path:
+    """The DB artifact and both referrers fetched from the service, re-assembled as a layout
+    (build_signed_layout: the same bytes, so the same digests) - with one bit of the attestation's
+    signed statement flipped when `flip` (then the bundle, its referrer and the index get new digests,
+    as a registry that substituted the attestation would serve them)."""
+    auth = ("acme", TOKEN)
+    artifact = _manifest(served, "acme/trivy-db", "2")
+    doc = artifact.json()
+    base = served["srv"].url + "/v2/acme/trivy-db"
+    refs = httpx.get(f"{base}/referrers/{artifact.headers['docker-content-digest']}", auth=auth, timeout=30).json()
+    bundles = {}
+    for ref in refs["manifests"]:
+        manifest = _manifest(served, "acme/trivy-db", ref["digest"]).json()
+        blob = httpx.get(f"{base}/blobs/{manifest['layers'][0]['digest']}", auth=auth, timeout=30)
+        bundles[ref["annotations"][ANNOTATION_BUNDLE_CONTENT]] = blob.content
+    attestation = bundles["dsse-envelope"]
+    if flip:
+        bundle = json.loads(attestation)
+        payload = bytearray(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        at = payload.index(b"buildType") + 8  # "buildType" -> "buildTypd": still valid JSON
+        payload[at] ^= 1
+        bundle["dsseEnvelope"]["payload"] = base64.b64encode(bytes(payload)).decode()
+        attestation = canonical_json.dumps(bundle)
+    layer = doc["layers"][0]
+    db = root / "db.tar.gz"
+    db.write_bytes(httpx.get(f"{base}/blobs/{layer['digest']}", auth=auth, timeout=60).content)
+    writer = OciLayoutWriter(root / "oci")
+    added = writer.add_blob_file(db, layer["mediaType"], layer["annotations"])
+    assert Descriptor.from_json(layer) == added
+    got, _ = build_signed_layout(writer, added, bundles["message-signature"], attestation,
+                                 doc["annotations"][ANNOTATION_CREATED], java=False)
+    assert got.digest == artifact.headers["docker-content-digest"]  # the DB artifact itself is untouched
+    return root / "oci"
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["as-built", "flipped-bit"])
+def test_cosign_verify_attestation_refuses_a_flipped_bit_in_a_real_registry(served, registry, flip,  # noqa: F811
+                                                                           tmp_path):
+    """docker-registry (distribution 2.8) has no referrers API: cosign finds the attestation through
+    the referrers tag schema index `sha256-<hex>` the layout carries."""
+    cosign = require_tool("cosign")
+    layout = _copy_from_service(served, tmp_path, flip)
+    push_layout(layout, RegistryClient(registry, "stella/trivy-db"))
+    res = _run([cosign, *COSIGN_ATTEST, "--key", served["pub"],
+                f"{registry.removeprefix('http://')}/stella/trivy-db:2"], tmp_path / "home")
+    if not flip:
+        _ok(res)
+        assert len(_statements(res.stdout)) == 1
+    else:
+        assert res.returncode != 0 and not res.stdout.strip()
+        # the DSSE signature no longer covers the statement (sigstore-go's envelope check)
+        assert "no matching attestations" in res.stderr, res.stderr[-2000:]
+        assert "accepted signatures do not match threshold, Found: 0, Expected 1" in res.stderr, res.stderr[-2000:]

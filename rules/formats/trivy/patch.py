@@ -151,9 +151,12 @@ def manifest(base: bytes, new: bytes, patch: bytes, metadata: bytes, level: int)
 
 # -- DB archives (tar.gz) ----------------------------------------------------------------------------
 
-# The gzip level of every DB archive we build (packaging.write_db_archive → GzipWriter's default).
-ARCHIVE_GZIP_LEVEL = 9
-# manifest.diff.json `encoding` of an archive patch: gunzip the base, zstd patch of the tar, gzip 9.
+# The gzip level of every DB archive we build (packaging.write_db_archive); a patch names it
+# (`gzipLevel`) and apply refuses another, so a delta made for level-9 archives is never
+# re-gzipped at the wrong level.
+ARCHIVE_GZIP_LEVEL = 7  # = packaging.DB_ARCHIVE_GZIP_LEVEL (tests check they agree)
+# manifest.diff.json `encoding` of an archive patch: gunzip the base, zstd patch of the tar,
+# gzip at ARCHIVE_GZIP_LEVEL.
 ARCHIVE_ENCODING = "tar.gz:zstd-patch-from"
 
 
