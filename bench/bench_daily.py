@@ -39,29 +39,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 CLI = str(Path(sys.executable).parent / "stella-build")
 SNAPSHOT: list[str] = []  # a copy of the package the builds import (PYTHONPATH), when set
 
-EXPORTFILE = """[package]
-source_date_epoch = 1735689600
-
-[targets.osv]
-rule = "osv_source"
-srcs = ["@syn//**/*.json"]
-shards = {shards}
-source = {{ name = "Synthetic OSV" }}
-
-[targets.json-raw]
-rule = "json_raw"
-deps = [":osv"]
-
-[targets.trivy-db]
-rule = "trivy_db"
-deps = [":osv"]
-"""
-
 
 def run_build(ws: Path, cache: Path, labels: list[str], jobs: int) -> dict:
     """One CLI build; wall and CPU seconds (CLI + workers, from wait4), peak RSS (MiB) of the
     largest process, and the JSON summary. Fails loudly when the build does."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STELLA_") and k != "SOURCE_DATE_EPOCH"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STELLA_") and k not in ("SOURCE_DATE_EPOCH", "PYTHONDONTWRITEBYTECODE")}
+    # Bytecode caches, as an installed package has them: without, every CLI run and every spawned
+    # worker compiles ~250 modules from source (~0.5 s here), which no user pays.
+    env["PYTHONPYCACHEPREFIX"] = str(cache.parent / "pycache")
     if SNAPSHOT:  # every build of the run uses the same code, whatever is edited meanwhile
         env["PYTHONPATH"] = SNAPSHOT[0]
     argv = [CLI, "--cache-dir", str(cache), "-j", str(jobs), "--output", "json", *labels]
@@ -150,10 +136,20 @@ def corpora_one_edit(scratch: Path, jobs: int) -> None:
           f"advisory {incr['wall']:.2f} s = {incr['wall'] / cold['wall']:.1%} wall, "
           f"{incr['cpu'] / cold['cpu']:.1%} CPU (target <= 5 %); executed "
           f"{incr['actions'].get('executed')}/{incr['actions'].get('total')} actions")
+    # The floor of any edit: the same build with nothing changed and no no-op memo (start-up,
+    # analysis of every source file, keys and cache hits), min of 3.
+    noops = []
+    for _ in range(3):
+        shutil.rmtree(cache / "noop-memo", ignore_errors=True)
+        noops.append(run_build(ws, cache, ["//corpora:json-raw"], jobs))
+    floor = min(noops, key=lambda r: r["wall"])
+    print(f"  the same build with nothing changed, without the no-op memo: {floor['wall']:.2f} s wall = "
+          f"{floor['wall'] / cold['wall']:.1%}, {min(r['cpu'] for r in noops):.2f} s CPU "
+          f"(what any edit costs at least); the edit's own work: {incr['wall'] - floor['wall']:.2f} s wall")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gen_osv_corpus import change_corpus
+    from gen_osv_corpus import change_corpus, daily_exportfile
     from gen_osv_corpus import main as gen_main
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -165,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--baseline", action="store_true", help="also time cold builds with the memo off")
     ap.add_argument("--targets", default="trivy-db,json-raw")
+    ap.add_argument("--json-raw-level", type=int, default=19,
+                    help="json_raw compression_level (default 19, the profile's): the zstd share of a rebuild")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--corpora", action="store_true", help="only the one-edit json:raw figure on the corpora")
     ap.add_argument("--skip-verify", action="store_true",
@@ -174,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="bench-daily-", dir=args.dir))
     if args.corpora:
         try:
+            sys.path.insert(0, str(ROOT))
+            from tests.conftest import assemble_package
+
+            SNAPSHOT.append(str(assemble_package(scratch / "pkg")))
             corpora_one_edit(scratch, args.jobs)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -190,11 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         gen_main(["--count", str(args.count), "--seed", str(args.seed), "--out", str(corpus)])
         print(f"generate: {args.count} advisories in {time.perf_counter() - t:.1f} s; "
-              f"{args.shards} shards, -j{args.jobs}; load {os.getloadavg()[0]:.1f}")
+              f"{args.shards} shards, -j{args.jobs}, json:raw zstd level {args.json_raw_level}; "
+              f"load {os.getloadavg()[0]:.1f}")
         ws = scratch / "ws"
         (ws / "daily").mkdir(parents=True)
         (ws / "stella-workspace.toml").write_text(f'[workspace]\nexternal = {{ syn = "{corpus}" }}\n')
-        (ws / "daily" / "Exportfile").write_text(EXPORTFILE.format(shards=args.shards))
+        exportfile = daily_exportfile("@syn//**/*.json", args.shards, args.json_raw_level)
+        (ws / "daily" / "Exportfile").write_text(exportfile)
         cold = {}
         cold_keys: dict[str, set[str]] = {}
         for target in targets:

@@ -183,6 +183,30 @@ def change_corpus(out: str, count: int, seed: int, fraction: float, change_seed:
     return sorted(written)
 
 
+def daily_exportfile(srcs: str, shards: int, json_raw_level: int = 19) -> str:
+    """The Exportfile of the daily-update workspace (bench/bench_daily.py, tests/test_incremental.py):
+    an ``osv_source`` over `srcs` (a glob) in `shards` hash shards feeding ``json_raw`` (zstd level
+    `json_raw_level`) and ``trivy_db``, with a fixed SOURCE_DATE_EPOCH."""
+    return f"""[package]
+source_date_epoch = 1735689600
+
+[targets.osv]
+rule = "osv_source"
+srcs = ["{srcs}"]
+shards = {shards}
+source = {{ name = "Synthetic OSV" }}
+
+[targets.json-raw]
+rule = "json_raw"
+deps = [":osv"]
+compression_level = {json_raw_level}
+
+[targets.trivy-db]
+rule = "trivy_db"
+deps = [":osv"]
+"""
+
+
 def encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 

@@ -75,14 +75,23 @@ def _inputs_json(pairs: Any) -> bytes | None:
     return _lists_json(names, digests)
 
 
-def _lists_json(names: Any, digests: Any) -> bytes | None:
+def _lists_json(names: Any, digests: Any, hex_digests: bool = False) -> bytes | None:
     """The JSON of the pairs zip(names, digests) (equal, non-zero lengths), built with one join
     over an interleaved list: C loops only, ~0.05 µs per pair where the encoder spends ~0.3, and
     an action has up to hundreds of inputs (the cache-hit overhead, docs/engine.md
     "Performance"). None when an item is not a str, or when a string holds a character JSON
     escapes: then the special bytes counted below are more than the four quotes per pair that
-    the join wrote."""
+    the join wrote. `hex_digests`: the caller knows every digest is lowercase hex (the build's
+    source digests: hexdigest() or a stored entry that matched `[0-9a-f]{64}`), so only the
+    names are searched for such characters (a third of the bytes: ~3 µs per 100 inputs)."""
     n = len(names)
+    if hex_digests:
+        try:
+            joined = "".join(names).encode("utf-8", "surrogatepass")
+        except TypeError:  # an item that is not str
+            return None
+        if len(joined.translate(None, _JSON_SPECIAL)) != len(joined):
+            return None
     parts = [_IN_PAIR] * (4 * n)
     parts[0::4] = names
     parts[2::4] = digests
@@ -92,7 +101,7 @@ def _lists_json(names: Any, digests: Any) -> bytes | None:
         data = ('[["' + "".join(parts)).encode("utf-8", "surrogatepass")
     except TypeError:  # an item that is not str
         return None
-    if len(data) - len(data.translate(None, _JSON_SPECIAL)) != 4 * n:
+    if not hex_digests and len(data) - len(data.translate(None, _JSON_SPECIAL)) != 4 * n:
         return None
     return data
 
@@ -107,15 +116,17 @@ def _head(fn: str) -> bytes:
     return (head[:-1] + ',"inputs":').encode("utf-8", "surrogatepass")
 
 
-def action_key_of(spec: ActionSpec, names: Sequence[str], digests: Sequence[str]) -> str:
+def action_key_of(spec: ActionSpec, names: Sequence[str], digests: Sequence[str], *,
+                  hex_digests: bool = False) -> str:
     """`action_key(key_record(spec, list(zip(names, digests))))` without building the record:
     the scheduler's cache-hit path, where the record itself is needed only on a miss.
 
     `names` (the staged file names) must be sorted and distinct, as `sorted(spec.inputs)` is;
-    `digests` are their BLAKE3 hex digests, in the same order. The bytes hashed are exactly
+    `digests` are their BLAKE3 hex digests, in the same order; `hex_digests=True` only when the
+    caller knows each is lowercase hex (`_lists_json`). The bytes hashed are exactly
     `record_bytes` of that record (tests/test_cache.py compares them on every action of the
     sample workspace and on random records)."""
-    inputs = _lists_json(names, digests) if names else None
+    inputs = _lists_json(names, digests, hex_digests) if names else None
     if inputs is None:  # no inputs, or a string JSON escapes: the encoder's bytes
         return action_key(key_record(spec, list(zip(names, digests))))
     # The keys after "inputs", in sorted order (the encoder sorts them again; same bytes).

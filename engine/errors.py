@@ -99,3 +99,14 @@ class ActionError(Exception):
 
     def __str__(self) -> str:
         return str(ErrorInfo(self.message, file=self.file, field=self.field))
+
+
+class InputTooLarge(ActionError):
+    """A file input larger than the limit its reader gave (`ActionContext.read_input`); its
+    digest was checked first, so the refusal is about the bytes the action key names.
+    `size` (bytes; at least limit + 1 when the file grew while read) and `limit` (bytes)."""
+
+    def __init__(self, name: str, size: int, limit: int):
+        super().__init__(f"input {name} is {size} bytes, more than the {limit} bytes allowed",
+                         reason="input-too-large")
+        self.size, self.limit = size, limit

@@ -36,7 +36,7 @@ from stella_build.engine.encode.archive import (  # noqa: F401
 from stella_build.engine.encode.digest import file_digests, file_sha256, sha256_hex  # noqa: F401
 from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339  # noqa: F401
 from stella_build.engine.errors import (  # noqa: F401
-    ActionError, BuildFailed, NetworkRequired, StellaError, TrustMaterialMissing, UsageError,
+    ActionError, BuildFailed, InputTooLarge, NetworkRequired, StellaError, TrustMaterialMissing, UsageError,
     VerificationFailed,
 )
 from stella_build.engine.fsutil import atomic_file, write_atomic  # noqa: F401
@@ -307,6 +307,26 @@ class ActionContext:
         except KeyError:
             raise ActionError(f"action reads undeclared input {name!r}") from None
 
+    def read_input(self, name: str, limit: int | None = None) -> bytes:
+        """The bytes of file input `name`. In the engine's sandbox they are read from the source
+        and checked against the digest the action key names, without staging a copy (a shard
+        action reading thousands of files would otherwise create thousands). `limit`: refuse a
+        file larger than this many bytes with InputTooLarge (reason ``input-too-large``) before
+        holding it in memory. ActionError for an undeclared or tree input."""
+        reader = getattr(self.inputs, "read", None)
+        if reader is not None:
+            try:
+                return reader(name, limit)
+            except KeyError:
+                raise ActionError(f"action reads undeclared or tree input {name!r}") from None
+        path = self.input(name)
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and max(size, len(data)) > limit:
+            raise InputTooLarge(name, max(size, len(data)), limit)
+        return data
+
     def input_digest(self, name: str) -> bytes:
         """The 32-byte BLAKE3 digest of file input `name`, known from the action's key without
         reading (or staging) the file: what a per-record memo looks an unchanged file up by.
@@ -345,6 +365,18 @@ class ActionContext:
 
         return RecordMemo(memo_root(self.memo_cache), namespace, function_reference(fn),
                           self.params, self.action_id)
+
+    def read_tree_files(self, name: str) -> list[tuple[str, bytes]]:
+        """Sorted (relative path, bytes) of the files of tree input `name`, as ``tree_files``
+        gives them but read without staging copies (each checked against its digest in the
+        engine's sandbox). ActionError for an undeclared input or a file input."""
+        reader = getattr(self.inputs, "read_tree", None)
+        if reader is not None:
+            try:
+                return reader(name)
+            except KeyError:
+                raise ActionError(f"action reads undeclared input {name!r} (or it is not a tree)") from None
+        return [(rel, path.read_bytes()) for rel, path in self.tree_files(name)]
 
     def tree_files(self, name: str) -> list[tuple[str, Path]]:
         """Sorted (relative path, path) of the files of a staged tree input."""

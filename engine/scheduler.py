@@ -27,11 +27,11 @@ from stella_build.engine.cache.records import (
 from stella_build.engine.encode.digest import file_digests
 from stella_build.engine.rule_api import ActionSpec, Artifact
 from stella_build.engine.executors.base import ExecutorConfig
-from stella_build.engine.executors.local import LocalExecutor
-from stella_build.engine.sandbox import run_action
 
 if TYPE_CHECKING:  # the process pool (multiprocessing) is loaded only when an action runs
     from concurrent.futures import ProcessPoolExecutor
+
+    from stella_build.engine.executors.local import LocalExecutor
 
 _RACY_SECONDS = 2.0  # files modified this recently are re-hashed next time (racy-git problem)
 _PRODUCER = operator.attrgetter("producer")  # C loops over every input of every action
@@ -113,27 +113,43 @@ class Executor:
         self.sources = SourceDigests(self.index)
         self.progress = progress or (lambda *a: None)
         self._sandbox_seq = itertools.count()
-        # Misses run on an executor (engine/executors/): this machine's process pool (started only
-        # when something must run), or a Dask cluster; --check always re-executes locally.
-        self.local = LocalExecutor(self.jobs)
-        self.runner = self.local
+        # Misses run on an executor (engine/executors/): this machine's process pool (created,
+        # and multiprocessing imported, only when something must run: ~5 ms of a no-op build),
+        # or a Dask cluster; --check always re-executes locally.
+        self._local: LocalExecutor | None = None
+        self._runner = None  # a remote executor; None: the local one
         if executor is not None and executor.remote:
             from stella_build.engine.executors.dask import DaskExecutor
             try:
-                self.runner = DaskExecutor(executor, cache_dir=cache_dir, jobs=self.jobs, remote=remote,
-                                           local=self.local, cas=self.cas, warn=self.warn)
+                self._runner = DaskExecutor(executor, cache_dir=cache_dir, jobs=self.jobs, remote=remote,
+                                            local=self.local, cas=self.cas, warn=self.warn)
             except Exception:  # a usage error (no --remote-cache): release the index first
                 self.index.close()
                 raise
 
     # -- worker pool (started only when something must run) ----------------------------------
+    @property
+    def local(self) -> LocalExecutor:
+        """This machine's executor (`-j` spawned workers), created on first use."""
+        if self._local is None:
+            from stella_build.engine.executors.local import LocalExecutor
+
+            self._local = LocalExecutor(self.jobs)
+        return self._local
+
+    @property
+    def runner(self):
+        """Where misses run: the remote executor when one is configured, else `local`."""
+        return self._runner if self._runner is not None else self.local
+
     def _pool_get(self) -> ProcessPoolExecutor:
         return self.local.pool()
 
     def close(self) -> None:
-        if self.runner is not self.local:
-            self.runner.close()
-        self.local.close()
+        if self._runner is not None:
+            self._runner.close()
+        if self._local is not None:
+            self._local.close()
         self.index.close()
 
     # -- inputs and keys --------------------------------------------------------------------
@@ -187,15 +203,18 @@ class Executor:
         inputs = spec.inputs
         if sources_only:
             names = sorted(inputs)
-            paths = list(map(_PATH_STR, map(inputs.__getitem__, names)))
             try:
-                digests = list(map(self.sources.blake3.__getitem__, paths))
+                digests = list(map(self.sources.blake3.__getitem__,
+                                   map(_PATH_STR, map(inputs.__getitem__, names))))
             except KeyError:  # files this build has not digested yet: one index read for all
+                paths = list(map(_PATH_STR, map(inputs.__getitem__, names)))
                 self.sources.ensure(paths)
                 digests = list(map(self.sources.blake3.__getitem__, paths))
-        else:
-            pairs = sorted(self._derived_pairs(spec, done))
-            names, digests = zip(*pairs) if pairs else ((), ())
+            # SourceDigests holds only lowercase hex (hexdigest(), or a stored entry matched by
+            # index.stat_match's regex), so only the names need the JSON escape check
+            return action_key_of(spec, names, digests, hex_digests=True), names, digests
+        pairs = sorted(self._derived_pairs(spec, done))
+        names, digests = zip(*pairs) if pairs else ((), ())
         return action_key_of(spec, names, digests), names, digests
 
     def _derived_pairs(self, spec: ActionSpec, done: dict[str, Outcome]) -> list[tuple[str, str]]:
@@ -516,6 +535,8 @@ class Executor:
             staged = self._staged_inputs(spec, done)
             expected = {p: r["blake3"] for p, r in outcome.outputs.items()}
             task = self._task(spec, outcome.key, staged, "check", expected)
+            from stella_build.engine.sandbox import run_action
+
             futures[self._pool_get().submit(run_action, task)] = outcome
         for fut in futures:
             result = fut.result()

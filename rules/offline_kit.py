@@ -29,7 +29,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Literal
 
@@ -218,6 +217,8 @@ def _db_members(archive: Path, kind: str, where: str) -> tuple[dict, bytes]:
     db_name = K.TRIVY_DBS[kind][1]
     members: dict[str, dict] = {}
     metadata = b""
+    import tarfile  # in the action only: analysis of every build imports this module
+
     with tarfile.open(archive, mode="r|gz") as tar:
         for member in tar:
             if member.name not in (db_name, "metadata.json") or not member.isfile() or member.name in members:

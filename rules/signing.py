@@ -140,6 +140,9 @@ def resolve_signer(ctx: AnalysisContext, sign: SignParams | None) -> Signer | No
     path = path.resolve()
     if not path.is_file():
         raise TrustMaterialMissing(f"signing key {path} (from {source}) does not exist", field=field, reason="signing-key-missing")
+    if path.read_bytes()[:64].lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):
+        raise TrustMaterialMissing(f"signing key {path} (from {source}) is a public key: signing needs "
+                                   "the private cosign.key", field=field, reason="signing-key-unusable")
     password = os.environ.get(password_env)
     if password is None:
         raise TrustMaterialMissing(f"{password_env} is not set: it must hold the password of the signing "

@@ -136,7 +136,7 @@ def osv_shard(actx: ActionContext) -> dict:
     Writes records.jsonl (sorted by (id, path)) and stats.json {"files", "records",
     "quarantined": [{path, field, reason, message}]}; returns {"records"(, "quarantined",
     "warnings")}. A malformed file is quarantined, or fails the action when params["strict"]."""
-    from stella_build.rules.evidence.model import EvidenceError, read_evidence_file
+    from stella_build.rules.evidence.model import EvidenceError, read_evidence_input
     from stella_build.rules.evidence.sources.osv import load_osv_document
 
     # Per-file memo (docs/engine.md "Incremental rebuilds"): the record line of a file is a pure
@@ -155,7 +155,7 @@ def osv_shard(actx: ActionContext) -> dict:
             records.append(((json.loads(rec_id), logical), line + b"\n"))
             continue
         try:
-            data = read_evidence_file(actx.input(name), logical)  # size-capped before reading
+            data = read_evidence_input(actx, name, logical)  # size-capped, no staged copy
         except EvidenceError as exc:
             _quarantine(actx, exc, quarantined)
             continue
@@ -455,7 +455,7 @@ def _osv_raw_records(actx: ActionContext, source, quarantined: list) -> tuple[li
 
 def evidence_shard(actx: ActionContext) -> dict:
     """Parse and normalize one shard of evidence files (see the module docstring)."""
-    from stella_build.rules.evidence.model import EvidenceError, read_evidence_file
+    from stella_build.rules.evidence.model import EvidenceError, read_evidence_input
 
     fmt = actx.params["format"]
     source = _source_info(actx.params)
@@ -468,7 +468,7 @@ def evidence_shard(actx: ActionContext) -> dict:
         for name in sorted(actx.inputs):
             logical = logical_from_input_name(name)
             try:
-                data = read_evidence_file(actx.input(name), logical)  # size-capped before reading
+                data = read_evidence_input(actx, name, logical)  # size-capped, no staged copy
             except EvidenceError as exc:
                 _quarantine(actx, exc, quarantined)
                 continue

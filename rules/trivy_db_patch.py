@@ -15,7 +15,6 @@ Sites apply it with `stella-build trivy-db patch BASE PATCHDIR -o OUT` (docs/tri
 from __future__ import annotations
 
 import hashlib
-import tarfile
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +25,9 @@ from stella_build.engine.rule_api import (
     ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
 )
 
+from stella_build.rules.formats.trivy.patch import SIGNATURE_FILES
 from stella_build.rules.providers import TrivyArtifacts
+from stella_build.rules.signing import SignParams, add_signing, resolve_signer
 
 BASE_MISSING = "ERR_EXPORT_BASE_MISSING"
 
@@ -44,6 +45,10 @@ class TrivyDbPatchParams(TargetParams):
     base: DbBaseParams | None = Field(None, description="the base trivy.db (or `build --base PATH`)")
     compression_level: int = Field(19, ge=1, le=22, description="zstd level of the patch (long-distance "
                                                                 "matching is always on)")
+    sign: SignParams | None = Field(None, description=(
+        "sign patch.json (which names the digests of the patch, metadata.json, the base and the "
+        "result) into signatures/ (docs/signing.md); also enabled by --sign and STELLA_SIGNING_KEY. "
+        "Sites check it with `trivy-db patch --key cosign.pub`."))
 
 
 class TrivyDbPatch(Rule):
@@ -66,6 +71,8 @@ class TrivyDbPatch(Rule):
             outputs=["trivy.db.zst", "metadata.json", "patch.json"],
             params={"base_sha256": pinned, "level": params.compression_level})
         files = {name: spec.out(name) for name in ("trivy.db.zst", "metadata.json", "patch.json")}
+        files.update(add_signing(ctx, resolve_signer(ctx, params.sign), manifest=spec.out("patch.json"),
+                                 archive=None, provenance=None, names=SIGNATURE_FILES))
         return [DefaultOutputs(files=files, primary=("trivy.db.zst", "patch.json"))]
 
 
@@ -110,6 +117,8 @@ def _sha256_file(path: Path) -> str:
 
 def _db_from_archive(archive: Path) -> bytes:
     """trivy.db from our own db.tar.gz (an output of the dep's TrivyDb action, not outside data)."""
+    import tarfile  # in the action only: analysis of every build imports this module
+
     with tarfile.open(archive, "r:gz") as tar:
         member = tar.getmember("trivy.db")
         f = tar.extractfile(member)
@@ -119,6 +128,8 @@ def _db_from_archive(archive: Path) -> bytes:
 
 
 def trivy_db_patch(actx: ActionContext) -> dict:
+    import tarfile
+
     from stella_build.rules.formats.trivy.patch import PatchError, make_db_patch, manifest
 
     base = actx.input("base/trivy.db").read_bytes()

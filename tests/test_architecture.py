@@ -117,8 +117,13 @@ def test_build_options_do_not_travel_through_the_environment(sample_ws, tmp_path
     (["//profiles:bad:label"], 2, "bad-label"),
     (["build", "--base", "/nonexistent/base", "//profiles:mirror-delta"], 2, "base-missing"),
     (["--sign", "/nonexistent/cosign.key", "//profiles:json-raw"], 4, "signing-key-missing"),
+    (["--sign", "PUBLIC_KEY", "//profiles:json-raw"], 4, "signing-key-unusable"),
+    (["--cache-dir", "/proc/stella-no-such-dir", "//profiles:json-raw"], 1, "io-error"),
 ])
 def test_errors_carry_a_machine_readable_reason(sample_ws, tmp_path, args, exit_code, reason):
+    pub = tmp_path / "cosign.pub"  # a public key given to --sign by mistake
+    pub.write_text("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n")
+    args = [str(pub) if a == "PUBLIC_KEY" else a for a in args]
     res = run_cli(["--output", "json", *args], cwd=sample_ws, cache=tmp_path / "c")
     assert res.code == exit_code, res.stderr
     errors = res.json()["errors"]

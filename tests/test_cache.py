@@ -103,8 +103,12 @@ def test_stats_gc_and_clean(sample_ws, tmp_path):
     assert keep["evicted_actions"] == 0 and keep["kept_actions"] == 9
     # Memo packs no build rewrote for 14 days go; packs in use stay.
     assert keep["removed_memo_packs"] == 1 and not packs[0].exists() and all(p.exists() for p in packs[1:])
-    bad = run_cli(["cache", "gc", "--max-size", "lots"], cwd=sample_ws, cache=cache)
-    assert bad.code == 2 and "bad size" in bad.stderr
+    blobs = sorted((cache / "cas").rglob("*"))
+    for size in ("lots", "-5", "inf", "nan", "1e400"):  # "-5" once evicted the whole cache
+        bad = run_cli(["--output", "json", "cache", "gc", "--max-size", size], cwd=sample_ws, cache=cache)
+        assert bad.code == 2 and bad.json()["errors"][0]["reason"] == "bad-size", (size, bad.stderr)
+        assert "Traceback" not in bad.stderr
+    assert sorted((cache / "cas").rglob("*")) == blobs  # nothing evicted
     run_cli(["cache", "clean"], cwd=sample_ws, cache=cache, check=True)
     assert not (cache / "cas").exists() and not (cache / "memo-v1").exists()
 
@@ -291,6 +295,9 @@ def test_hit_path_key_equals_the_key_of_the_full_record_on_random_specs():
                           libraries={"zstd": "1.5.7"} if i % 2 else {})
         expected = action_key(key_record(spec, list(zip(names, digests))))
         assert action_key_of(spec, names, digests) == expected, (names, digests)
+        if all(len(d) == 64 and set(d) <= set("0123456789abcdef") for d in digests):
+            # the scheduler's source-only path: digests known to be hex, only names checked
+            assert action_key_of(spec, names, digests, hex_digests=True) == expected, names
         fast += bool(names) and all('"' not in s and "\\" not in s and "\x00" not in s
                                     and "\t" not in s for s in names + digests)
     assert 50 < fast < 550  # both the joined bytes and the encoder fallback were exercised
@@ -358,3 +365,43 @@ def test_fast_output_check_agrees_with_the_explaining_check():
         assert ok == (outputs_problem(outputs, declared) is None), (outputs, declared)
         agree[ok] += 1
     assert min(agree.values()) > 300
+
+
+def test_import_closure_finds_exactly_what_the_plain_scan_finds():
+    """closure.py scans only lines holding "import" and filters each module's names once
+    (`_successors`); both must give what the plain definition gives: `_IMPORT.finditer` over the
+    whole source, and the walk over every imported name, on every module of the package."""
+    import pkgutil
+
+    import stella_build
+    import stella_build.engine
+    import stella_build.rules
+    from stella_build.engine import closure
+
+    def plain_closure(module_name):
+        top = module_name.split(".", 1)[0]
+        seen, stack = {}, [module_name]
+        while stack:
+            name = stack.pop()
+            if name in seen or not (name == top or name.startswith(top + ".")):
+                continue
+            found = closure._module_path(name)
+            if found is None:
+                continue
+            seen[name] = found[0]
+            parts = name.split(".")
+            stack.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+            stack.extend(closure._imports_of(name))
+        return tuple(sorted(seen.items()))
+
+    modules = sorted({m.name for pkg in (stella_build, stella_build.engine, stella_build.rules)
+                      for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")})
+    assert len(modules) > 150
+    for name in modules:
+        assert closure.import_closure(name) == plain_closure(name), name
+    tricky = ("import a\nx = 'import b'\nfrom c import (d,\n    e)  # import f\n  from . import g\n"
+              's = """\nfrom h import (i\nimport j)\n"""\nimportlib = 1\nimport k, l.m # n\nimport')
+    texts = [tricky] + [p.read_text() for p in REPO.rglob("*.py") if ".venv" not in p.parts]
+    for text in texts:
+        assert ([(m.span(), m.groups()) for m in closure._IMPORT.finditer(text)]
+                == [(m.span(), m.groups()) for m in closure._import_statements(text)])

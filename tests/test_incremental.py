@@ -16,29 +16,13 @@ import pytest
 from tests.conftest import REPO, output_digests, run_cli
 
 sys.path.insert(0, str(REPO / "bench"))
-from gen_osv_corpus import changed, corpus_path, encode, generate  # noqa: E402
+from gen_osv_corpus import changed, corpus_path, daily_exportfile, encode, generate  # noqa: E402
 
 from stella_build.engine.memo import MEMO_DIR, RecordMemo, memo_root, record_digest  # noqa: E402
 
 COUNT, SHARDS = 48, 4
 TARGETS = ["//daily:trivy-db", "//daily:json-raw"]
-EXPORTFILE = f"""[package]
-source_date_epoch = 1735689600
-
-[targets.osv]
-rule = "osv_source"
-srcs = ["corpus/**/*.json"]
-shards = {SHARDS}
-source = {{ name = "Synthetic OSV" }}
-
-[targets.json-raw]
-rule = "json_raw"
-deps = [":osv"]
-
-[targets.trivy-db]
-rule = "trivy_db"
-deps = [":osv"]
-"""
+EXPORTFILE = daily_exportfile("corpus/**/*.json", SHARDS)
 
 
 def _workspace(root: Path) -> Path:
@@ -90,9 +74,9 @@ def _in_process(ws: Path, cache: Path):
     return summary
 
 
-def _memo_stats(summary, mnemonic: str) -> dict[str, dict]:
-    """shard id → memo stats of the executed actions with this mnemonic."""
-    return {o.spec.id.rsplit("/", 1)[1]: o.stats["memo"] for o in summary.outcomes.values()
+def _memo_stats(summary, mnemonic: str, key: str = "memo") -> dict[str, dict]:
+    """shard id → memo stats (`key` of the action's stats) of the executed actions with this mnemonic."""
+    return {o.spec.id.rsplit("/", 1)[1]: o.stats[key] for o in summary.outcomes.values()
             if o.spec.mnemonic == mnemonic and o.status == "executed"}
 
 
@@ -122,8 +106,9 @@ def test_rebuild_runs_touched_shards_and_replays_unchanged_records(ws, tmp_path)
     assert counts["executed"] == 3 * len(touched) + 2
     assert counts["cached"] == counts["total"] - counts["executed"]
     sizes = _shard_sizes(ws)
-    for mnemonic in ("OsvShard", "TrivyShard"):  # action ids end in the shard: "3", "osv-3"
-        stats = {shard.split("-")[-1]: st for shard, st in _memo_stats(summary, mnemonic).items()}
+    for mnemonic, key in (("OsvShard", "memo"), ("TrivyShard", "memo"), ("RawShard", "line_memo")):
+        # action ids end in the shard: "3", "osv-3"
+        stats = {shard.split("-")[-1]: st for shard, st in _memo_stats(summary, mnemonic, key).items()}
         assert set(stats) == touched
         for shard, st in stats.items():
             edits = sum(1 for p in edited if _shard_of(p) == shard)
@@ -156,7 +141,7 @@ def test_corrupt_memo_is_detected_and_ignored(ws, tmp_path):
     cache = tmp_path / "cache"
     _build(ws, cache)
     packs = sorted((cache / MEMO_DIR).rglob("*.pack"))
-    assert len(packs) == 3 * SHARDS  # osv-shard, trivy-shard and raw-shard: one pack per shard action
+    assert len(packs) == 4 * SHARDS  # osv-shard, trivy-shard, raw-shard, raw-line: one pack per shard action
     for i, pack in enumerate(packs):  # flip one byte in the middle, or cut the file short
         data = bytearray(pack.read_bytes())
         if i % 2:
@@ -168,8 +153,9 @@ def test_corrupt_memo_is_detected_and_ignored(ws, tmp_path):
     edited = _edit(ws, [5])
     touched = {_shard_of(p) for p in edited}
     summary = _in_process(ws, cache)
-    for mnemonic in ("OsvShard", "TrivyShard", "RawShard"):
-        stats = _memo_stats(summary, mnemonic)
+    for mnemonic, key in (("OsvShard", "memo"), ("TrivyShard", "memo"), ("RawShard", "memo"),
+                          ("RawShard", "line_memo")):
+        stats = _memo_stats(summary, mnemonic, key)
         assert len(stats) == len(touched)
         for st in stats.values():
             assert st["corrupt"] == 1 and st["hits"] == 0
@@ -261,7 +247,8 @@ def test_memo_hits_never_stage_or_read_the_unchanged_files(ws, tmp_path):
     cache = tmp_path / "cache"
     cold = _shard_context(tmp_path, "cold", entries, cache)
     assert osv_shard(cold)["memo"] == {"hits": 0, "misses": 12, "corrupt": 0}
-    assert len(list((cold.sandbox / "in").rglob("*.json"))) == 12
+    # read from their sources (actx.read_input, digest-checked): no staged copies at all
+    assert not list((cold.sandbox / "in").rglob("*.json"))
     # the second run: entry 4 changed (one more trailing space: other bytes, same document);
     # every other entry names a path that does not exist
     files[4].write_bytes(files[4].read_bytes() + b" ")
@@ -270,8 +257,8 @@ def test_memo_hits_never_stage_or_read_the_unchanged_files(ws, tmp_path):
             for i, (name, src, digest, _) in enumerate(entries)]
     warm = _shard_context(tmp_path, "warm", gone, cache)
     stats = osv_shard(warm)
-    assert stats["memo"] == {"hits": 11, "misses": 1, "corrupt": 0}
-    assert [p.name for p in (warm.sandbox / "in").rglob("*.json")] == [files[4].name]
+    assert stats["memo"] == {"hits": 11, "misses": 1, "corrupt": 0}  # reading a missing path would fail
+    assert not list((warm.sandbox / "in").rglob("*.json"))
     # the replayed lines are those of a cold computation of the same files
     fresh = _shard_context(tmp_path, "fresh", [[n, str(files[i]), d, None] for i, (n, _, d, _) in enumerate(gone)],
                            tmp_path / "fresh-cache")
@@ -313,3 +300,125 @@ def test_lazy_staging_checks_digests_and_raises_no_oserror(tmp_path):
                          "sandbox_name": "t", "mode": "build", "expected": {},
                          "inputs": [["x/a.json", str(tmp_path / "nope"), good, None]]})
     assert result["error"]["reason"] == "input-changed", result
+
+
+def test_read_input_checks_digests_without_staging(tmp_path):
+    """actx.read_input (LazyInputs.read): the source's bytes once they hash to the key's digest,
+    no copy in the sandbox; the same failures as staging (InputChanged for a vanished, changed or
+    symlinked source, CorruptInput for a rotten CAS blob, never an OSError); past `limit` bytes
+    InputTooLarge, but only after the digest checked (a changed file is InputChanged, not a
+    too-large verdict cached under the old digest); trees and undeclared names are ActionErrors."""
+    import blake3
+
+    from stella_build.engine.rule_api import ActionContext, ActionError, InputTooLarge
+    from stella_build.engine.sandbox import CorruptInput, InputChanged, LazyInputs
+
+    big = b"x" * 5000
+    (tmp_path / "a.json").write_bytes(b"{}")
+    (tmp_path / "big").write_bytes(big)
+    (tmp_path / "link").symlink_to(tmp_path / "a.json")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "m").write_bytes(b"m")
+    d = {k: blake3.blake3(v).hexdigest() for k, v in (("a", b"{}"), ("big", big), ("m", b"m"))}
+    sb = tmp_path / "sb"
+    (sb / "out").mkdir(parents=True)
+    lazy = LazyInputs(sb, [["a.json", str(tmp_path / "a.json"), d["a"], None],
+                           ["big", str(tmp_path / "big"), d["big"], None],
+                           ["bigwrong", str(tmp_path / "big"), d["a"], None],
+                           ["gone", str(tmp_path / "nope"), d["a"], None],
+                           ["link", str(tmp_path / "link"), d["a"], None],
+                           ["changed", str(tmp_path / "a.json"), d["m"], None],
+                           ["t/m", str(tmp_path / "tree" / "m"), d["m"], "t"]], None)
+    actx = ActionContext(action_id="//x:y#A", label="//x:y", sandbox=sb, params={},
+                         source_date_epoch=None, inputs=lazy, memo_cache=None)
+    assert actx.read_input("a.json") == b"{}" and actx.read_input("big", 5000) == big
+    assert not (sb / "in").exists()  # nothing staged
+    (tmp_path / "tree" / "m").write_bytes(b"other")  # a tree member changed under the build
+    with pytest.raises(InputChanged):
+        actx.read_tree_files("t")
+    (tmp_path / "tree" / "m").write_bytes(b"m")
+    with pytest.raises(InputTooLarge) as info:
+        actx.read_input("big", 4999)
+    assert (info.value.size, info.value.limit, info.value.reason) == (5000, 4999, "input-too-large")
+    for name in ("bigwrong", "gone", "link", "changed"):
+        with pytest.raises(InputChanged) as changed:
+            actx.read_input(name, 10)
+        assert not isinstance(changed.value, OSError), name
+    for name in ("t", "t/m", "undeclared"):
+        with pytest.raises(ActionError, match="undeclared or tree"):
+            actx.read_input(name)
+    assert actx.read_tree_files("t") == [("m", b"m")]  # a tree's files, read without staging
+    for name in ("a.json", "undeclared"):
+        with pytest.raises(ActionError, match="not a tree"):
+            actx.read_tree_files(name)
+    # staged first (actx.input): read_input checks the staged copy, whatever its source does
+    assert actx.input("a.json").read_bytes() == b"{}"
+    (tmp_path / "a.json").write_bytes(b"{changed}")
+    assert actx.read_input("a.json") == b"{}"
+    cas = tmp_path / "cache" / "cas"
+    (cas / "ab").mkdir(parents=True)
+    blob = cas / "ab" / ("ab" + "1" * 62)
+    blob.write_bytes(b"rotten")
+    with pytest.raises(CorruptInput):
+        LazyInputs(tmp_path / "sb2", [["c", str(blob), "ab" + "1" * 62, None]], cas).read("c")
+    assert not blob.exists()  # never served again
+    # outside the engine (a plain mapping of paths): the same limit
+    plain = ActionContext(action_id="//x:y#A", label="//x:y", sandbox=sb, params={},
+                          source_date_epoch=None, inputs={"big": tmp_path / "big"}, memo_cache=None)
+    assert plain.read_input("big") == big
+    with pytest.raises(InputTooLarge):
+        plain.read_input("big", 100)
+
+
+def test_raw_shard_line_memo_replays_canonical_bytes(tmp_path):
+    """RawShard's per-record memo (rules/json_raw.py): a line seen before is replayed from its
+    digest with the same bytes as decoding and re-encoding it, also when the line was not
+    canonical (keys out of order, spaces), withdrawn or filtered out by the selectors."""
+    import json
+
+    import blake3
+
+    from stella_build.engine.encode import canonical_json
+    from stella_build.engine.encode.archive import unzstd_bytes
+    from stella_build.engine.rule_api import ActionContext
+    from stella_build.engine.sandbox import LazyInputs
+    from stella_build.rules.json_raw import raw_shard
+
+    def rec(i: int, eco: str, withdrawn=None) -> dict:
+        return {"id": f"X-{i}", "modified": f"2024-0{1 + i % 9}-01T00:00:00Z", "published": None,
+                "withdrawn": withdrawn, "ecosystems": [eco], "packages": [f"p{i}"], "source": "S",
+                "path": f"c/{i}.json", "sha256": f"{i:064x}", "document": {"id": f"X-{i}", "n": 1.5}}
+
+    lines = [canonical_json.dumps_line(rec(1, "PyPI")),
+             json.dumps(rec(2, "Go"), indent=1).replace("\n", " ").encode() + b"\n",  # not canonical
+             canonical_json.dumps_line(rec(3, "PyPI", withdrawn="2024-05-01T00:00:00Z")),
+             canonical_json.dumps_line(rec(4, "npm"))]                           # filtered out
+    src = tmp_path / "records.jsonl"
+    src.write_bytes(b"".join(lines))
+    entry = [["records.jsonl", str(src), blake3.blake3(src.read_bytes()).hexdigest(), None]]
+
+    def run(tag: str, cache):
+        sandbox = tmp_path / tag
+        (sandbox / "out").mkdir(parents=True)
+        actx = ActionContext(action_id="//d:raw#RawShard/osv-0", label="//d:raw", sandbox=sandbox,
+                             params={"selectors": {"ecosystems": ["PyPI", "Go"]}, "level": 3,
+                                     "shard": "osv-0"},
+                             source_date_epoch=None, inputs=LazyInputs(sandbox, entry, None),
+                             memo_cache=cache)
+        stats = raw_shard(actx)
+        files = {p.relative_to(sandbox / "out").as_posix(): p.read_bytes()
+                 for p in sorted((sandbox / "out").rglob("*")) if p.is_file()}
+        return stats, files
+
+    _, plain = run("plain", None)  # memo off: decode and re-encode every line
+    cache = tmp_path / "cache"
+    cold_stats, cold = run("cold", cache)
+    warm_stats, warm = run("warm", cache)
+    assert cold_stats["line_memo"] == {"hits": 0, "misses": 4, "corrupt": 0}
+    assert warm_stats["line_memo"] == {"hits": 4, "misses": 0, "corrupt": 0}
+    assert plain == cold == warm
+    go = unzstd_bytes(warm["out/data/raw/advisories/Go/osv-0.jsonl.zst"])
+    assert go == canonical_json.dumps_line(rec(2, "Go"))  # the canonical bytes, not the line's
+    meta = json.loads(warm["out/meta/osv-0.json"])
+    assert meta["withdrawn"] == ["X-3"] and meta["filtered"] == 1
+    assert sorted(f.split("/")[4] for f in warm if f.startswith("out/data/")) == ["Go", "PyPI"]

@@ -215,6 +215,20 @@ def _victims(files: list[str]) -> list[str]:
     return out
 
 
+def test_verify_kit_sh_with_a_key_requires_checked_signatures(built, tmp_path):
+    """`-k KEY` asks for origin, not only integrity: an unsigned kit (a swapped-in build), or a
+    signed one whose signatures cannot be checked (no cosign on the PATH), fails instead of
+    printing OK; without -k the same kits pass on checksums, saying so."""
+    unsigned = built["out"]
+    res = dash(unsigned / "verify-kit.sh", "-k", built["pub"], unsigned)
+    assert res.returncode != 0 and "verify-kit: OK" not in res.stdout, res.stdout
+    assert "-k was given but" in res.stdout + res.stderr
+    assert dash(unsigned / "verify-kit.sh", unsigned).returncode == 0
+    signed = built["signed"]
+    res = dash(signed / "verify-kit.sh", "-k", built["pub"], signed)  # PLAIN_PATH: no cosign
+    assert res.returncode != 0 and "cosign is not on the PATH" in res.stdout + res.stderr, res.stdout
+
+
 def test_verify_kit_sh_catches_a_flipped_byte_in_any_file(built, tmp_path):
     tree = unpack(built["signed"] / ARCHIVE, tmp_path)
     script = tmp_path / "verify-kit.sh"  # run a pristine copy: the kit's own copy is among the victims

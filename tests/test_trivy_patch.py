@@ -100,6 +100,13 @@ def test_in_place_update_of_a_trivy_cache_db_dir(sample, tmp_path):
     assert r.code == 0, r.stderr
     assert _sha(db / "trivy.db") == _sha(sample["new"] / "trivy.db")
     assert not [p for p in db.parent.iterdir() if p.name != "db"]  # no leftovers next to it
+    # a cron job running the same patch again on the cache it already updated: nothing to do
+    again = run_cli(["--output", "json", "trivy-db", "patch", str(db), str(sample["patch"]), "-o", str(db)],
+                    cwd=sample["ws"])
+    assert again.code == 0, again.stderr
+    assert _sha(db / "trivy.db") == _sha(sample["new"] / "trivy.db")
+    # but the result as the base of a patch into another directory is still the wrong base
+    _refused(sample, tmp_path, db / "trivy.db", sample["patch"], "base-mismatch")
 
 
 def _refused(sample, tmp_path, base: Path, patch: Path, reason: str, exit_code: int = 3) -> None:
@@ -281,3 +288,47 @@ def test_truncated_patch_is_patch_invalid():
     with pytest.raises(PatchError) as exc:
         apply_db_patch(base, patch[:-12], result_size=len(new), result_sha256=hashlib.sha256(new).hexdigest())
     assert exc.value.reason == "patch-invalid"
+
+
+def test_signed_patch_checks_its_origin_before_anything(sample, tmp_path):
+    """A trivy_db_patch target built with --sign carries signatures/ over patch.json; `trivy-db
+    patch --key` refuses an unsigned patch (exit 4), another key or a patch.json changed after
+    signing (exit 3), writing nothing; with the right key it applies byte-identically."""
+    from tests.signed_bundle import PASSWORD, make_keys
+
+    key, pub = make_keys(tmp_path / "keys")
+    _, other = make_keys(tmp_path / "other")
+    ws, cache = sample["ws"], sample["tmp"] / "cache"
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(sample["patch"], unsigned)
+    run_cli(["-q", "build", "--sign", str(key), "//profiles:trivy-db-patch"], cwd=ws, cache=cache,
+            check=True, env={"COSIGN_PASSWORD": PASSWORD})
+    signed = tmp_path / "signed"
+    shutil.copytree(sample["patch"], signed)
+    run_cli(["-q", "build", "//profiles:trivy-db-patch"], cwd=ws, cache=cache, check=True)  # as it was
+    assert not (sample["patch"] / "signatures").exists()
+    assert sorted(p.name for p in (signed / "signatures").iterdir()) == [
+        "cosign.pub", "patch.json.sig", "patch.json.sigstore.json"]
+    # the signed build's patch bytes are the unsigned build's: signing only adds signatures/
+    for name in ("trivy.db.zst", "metadata.json", "patch.json"):
+        assert _sha(signed / name) == _sha(unsigned / name), name
+    ok = run_cli(["--output", "json", "trivy-db", "patch", "--key", str(pub), str(sample["base"]), str(signed),
+                  "-o", str(tmp_path / "out")], cwd=ws)
+    assert ok.code == 0, ok.stderr
+    assert ok.json()["signed"] is True and _sha(tmp_path / "out" / "trivy.db") == _sha(sample["new"] / "trivy.db")
+
+    def refused(patch_dir: Path, key_file: Path, code: int, reason: str) -> None:
+        out = tmp_path / f"refused-{reason}-{code}"
+        r = run_cli(["--output", "json", "trivy-db", "patch", "--key", str(key_file), str(sample["base"]),
+                     str(patch_dir), "-o", str(out)], cwd=ws)
+        assert r.code == code and r.json()["errors"][0]["reason"] == reason, (r.stdout, r.stderr)
+        assert not out.exists() and "Traceback" not in r.stderr
+
+    refused(unsigned, pub, 4, "signature-missing")            # unsigned
+    refused(signed, other, 3, "signature-invalid")           # signed by another key
+    tampered = tmp_path / "tampered"
+    shutil.copytree(signed, tampered)
+    doc = json.loads((tampered / "patch.json").read_text())
+    doc["result"]["sha256"] = "0" * 64                       # a consistent lie needs the key
+    (tampered / "patch.json").write_text(json.dumps(doc))
+    refused(tampered, pub, 3, "signature-invalid")

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import io
 import struct
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import TYPE_CHECKING, BinaryIO, Iterable
 
 from zlib_ng import zlib_ng
 import zstandard
+
+if TYPE_CHECKING:
+    import tarfile
 
 GZIP_OS_UNKNOWN = 255
 _ZSTD_THREADS = 1
@@ -70,6 +72,8 @@ def unzstd_bytes(data: bytes) -> bytes:
 
 
 def _tarinfo(entry: TarEntry, mtime: int) -> tarfile.TarInfo:
+    import tarfile  # here, not at import: every build imports this module, few write a tar (~3 ms)
+
     info = tarfile.TarInfo(entry.path)
     info.size = entry.size()
     info.mtime = int(mtime)  # an int: a float mtime would add a PAX mtime record
@@ -86,6 +90,8 @@ def write_tar(out: BinaryIO, entries: Iterable[TarEntry], mtime: int) -> None:
     paths = [e.path for e in ordered]
     if len(set(paths)) != len(paths):
         raise ValueError("duplicate paths in tar entries")
+    import tarfile
+
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
         for entry in ordered:
             info = _tarinfo(entry, mtime)

@@ -165,8 +165,8 @@ class DaskExecutor:
             self._warn_once("no-recipient",
                             f"{task['label']} allows its signing actions on the cluster "
                             "(remote_secrets = true) but no executor recipient is set: they run "
-                            f"here; set {RECIPIENT_ENV}=age1… (the workers' age recipient) to "
-                            "send their secrets sealed")
+                            f"here; pass --executor-recipient age1… (or set {RECIPIENT_ENV}; the "
+                            "workers' age recipient) to send their secrets sealed")
             return False
         return True
 

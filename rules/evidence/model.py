@@ -45,6 +45,7 @@ __all__ = [
     "SbomComponent",
     "load_json_document",
     "read_evidence_file",
+    "read_evidence_input",
     "model_errors",
     "normalize_package_name",
     "trivy_package_name",
@@ -270,6 +271,22 @@ def read_evidence_file(file: str | os.PathLike, path: str, limit: int = MAX_EVID
         return read_capped(file, limit, "the file")
     except DocumentError as exc:
         raise EvidenceError.from_document(path, exc) from None
+
+
+def read_evidence_input(actx: Any, name: str, path: str, limit: int = MAX_EVIDENCE_BYTES) -> bytes:
+    """``read_evidence_file`` of the action input ``name`` (logical path ``path``) through
+    ``actx.read_input``: read from its source and checked against its digest, without a staged
+    copy. The same EvidenceError (reason ``evidence-too-large``) past ``limit`` bytes."""
+    from stella_build.engine.rule_api import InputTooLarge
+
+    if not hasattr(actx, "read_input"):  # a stand-in context (tests) with paths only
+        return read_evidence_file(actx.input(name), path, limit)
+    try:
+        return actx.read_input(name, limit)
+    except InputTooLarge as exc:
+        err = DocumentError(f"the file is {exc.size} bytes, more than the {limit} bytes allowed",
+                            too_large=True)
+        raise EvidenceError.from_document(path, err) from None
 
 
 def normalize_package_name(ecosystem: str, name: str) -> str:

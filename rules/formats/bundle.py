@@ -7,6 +7,7 @@ joined by newlines; provenance is an in-toto Statement v1 with SLSA provenance v
 """
 from __future__ import annotations
 
+import functools
 from importlib.metadata import version as dist_version
 
 from stella_build.engine.rule_api import sha256_hex
@@ -27,6 +28,7 @@ BUILD_TYPE = "https://stella-build.dev/buildtypes/export/v1"
 JSONL_ZSTD = "application/x-ndjson+zstd"
 
 
+@functools.lru_cache(maxsize=None)  # parsed package metadata: ~0.3 ms a call, several per analysis
 def builder_version() -> str:
     try:
         return dist_version("stella-build")

@@ -39,14 +39,16 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Mapping
 
 from stella_build.engine.rule_api import canonical_json, sha256_hex
 from stella_build.rules.formats import checksums as C
 from stella_build.rules.formats.kit_scripts import IMPORT_KIT_SH, VERIFY_ATTESTATIONS_SH, VERIFY_KIT_SH
+
+if TYPE_CHECKING:
+    import tarfile
 
 KIT_SCHEMA = "https://stella-build.dev/schemas/offline-kit/v1"
 KIT_FORMAT_VERSION = "1.0.0"
@@ -361,6 +363,8 @@ class _HashingWriter:
 
 def _info(name: str, size: int, mode: int, mtime: int) -> tarfile.TarInfo:
     # The engine's tar entries (engine.encode.archive._tarinfo), plus hard links for repeats.
+    import tarfile  # in the actions only: analysis of every build imports this module
+
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, mode, int(mtime)
     info.uid = info.gid = 0
@@ -375,6 +379,8 @@ def write_kit_archive(dest: Path, top: str, files: Mapping[str, KitFile], mtime:
     `top/`, sorted by path bytes, mtime SOURCE_DATE_EPOCH, uid/gid 0, mode 0755 for the scripts and
     0644 otherwise, no directory entries; a non-empty file whose bytes an earlier member already
     holds is a hard link to it (but the Trivy DB archives, DB_ARCHIVES, which are always stored). Streams; returns (sha256 hex, size) of the archive."""
+    import tarfile
+
     from stella_build.rules.formats.trivy.packaging import GzipWriter
 
     first: dict[str, str] = {}

@@ -86,6 +86,7 @@ verify_signatures() {  # $1 unpacked kit
 	count=0
 	while IFS= read -r line; do count=$((count + 1)); done <"$kit/signatures.txt"
 	if [ "$count" -eq 0 ]; then
+		[ -z "$key" ] || fail "-k was given but the kit carries no signatures (an unsigned build)"
 		note "the kit carries no signatures (an unsigned build): checksums only"
 		return 0
 	fi
@@ -95,6 +96,7 @@ verify_signatures() {  # $1 unpacked kit
 		note "WARNING: no -k given: trusting trust/cosign.pub from the kit itself (proves integrity, not origin)"
 	fi
 	if [ -z "$COSIGN" ]; then
+		[ -z "$key" ] || fail "-k was given but cosign is not on the PATH: $count signature(s) cannot be checked (install cosign, or use stella-build kit verify --key)"
 		note "cosign is not on the PATH: $count signature(s) not checked (checksums only)"
 		return 0
 	fi
@@ -222,8 +224,10 @@ verify_archive() {  # $1 archive (may not exist when parts are used), $2 parts l
 		[ -f "$s" ] && signed=1
 	done
 	if [ $signed -eq 0 ]; then
+		[ -z "$key" ] || fail "-k was given but there is no detached signature beside $name (an unsigned kit)"
 		note "no detached signature beside $name (an unsigned kit): checksums only"
 	elif [ -z "$COSIGN" ]; then
+		[ -z "$key" ] || fail "-k was given but cosign is not on the PATH: the detached signature of $name cannot be checked"
 		note "cosign is not on the PATH: the detached signature of $name is not checked"
 	elif [ -z "$k" ]; then
 		fail "$name is signed but there is no key to check it with (-k cosign.pub)"

@@ -39,9 +39,11 @@ def build(settings, patterns, check, output, sign, base):
     \b
     Prints the output paths (stella-out/<package>/<target>/...) and a summary. With
     --output json, prints one object: ok, exit_code, targets, actions{total,executed,
-    cached,remote_hits}, outputs{label: [paths]}, errors[{target,file,line,field,message,
-    reason}], warnings[{target,action,file,field,reason,message}] (e.g. quarantined
-    evidence files; also printed as "warning:" lines on stderr), duration_s.
+    cached,remote_hits,remote_executed,workers}, outputs{label: [paths]}, errors[{target,
+    file,line,field,message,reason}], warnings[{target,action,file,field,reason,message}]
+    (e.g. quarantined evidence files; also printed as "warning:" lines on stderr), executor,
+    check{differences} (filled by --check), remote{hits,rejected,unauthenticated,...} (null without
+    --remote-cache), duration_s.
     \b
       stella-build build //profiles/...
       stella-build build -j1 //profiles:json-raw --output json
@@ -201,6 +203,13 @@ def explain(settings, label, output):
 
     Compares the action's current key record (rule, code, parameters, every input file's
     digest, library versions, SOURCE_DATE_EPOCH) with the one stored by the last build.
+    Each action is "will run" (with what changed, or "never built with this cache") or
+    "up to date" (with what made its last re-run; "no earlier build of this action is
+    recorded" when it has only been built once). Nothing is built.
+
+    \b
+      stella-build explain //profiles:json-raw
+      stella-build explain //profiles:trivy-db --output json
     """
     from stella_build.engine.explain import explain as run_explain
 
@@ -220,7 +229,16 @@ def explain(settings, label, output):
 @output_option
 @click.pass_obj
 def init(settings, directory):
-    """Scaffold a workspace: stella-workspace.toml and an example Exportfile."""
+    """Scaffold a workspace: stella-workspace.toml and an example Exportfile.
+
+    DIRECTORY (default: the current one) gets stella-workspace.toml and
+    exports/Exportfile (an osv_source over exports/advisories/ and a json_raw target);
+    an existing workspace is refused (exit 2).
+
+    \b
+      stella-build init my-exports && cd my-exports
+      cp ~/osv/*.json exports/advisories/ && stella-build //exports:json-raw
+    """
     from stella_build.engine.workspace import EXPORTFILE, WORKSPACE_FILE
 
     root = Path(directory)

@@ -17,15 +17,14 @@ def cache():
 
 
 def _size(text: str) -> int:
-    units = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
-             "MIB": 1 << 20, "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30}
-    t = text.strip().upper()
-    num = t.rstrip("KMGIB")
-    unit = t[len(num):]
+    # one strict parser (digits and a binary unit): "-5" or "inf" used to evict the whole cache
+    # or end in an OverflowError traceback
+    from stella_build.rules.formats.kit import parse_size
     try:
-        return int(float(num) * units[unit])
-    except (ValueError, KeyError):
-        raise UsageError(f"bad size '{text}' (examples: 500M, 2G, 1048576)", field="--max-size") from None
+        return parse_size(text)
+    except ValueError:
+        raise UsageError(f"bad size '{text}' (examples: 500M, 2G, 1048576)", field="--max-size",
+                         reason="bad-size") from None
 
 
 @cache.command("stats")
@@ -72,7 +71,14 @@ def cache_verify(settings):
 @output_option
 @click.pass_obj
 def cache_push_all(settings, patterns):
-    """Seed the remote cache with every action result of LABEL... (builds them locally first)."""
+    """Seed the remote cache with every action result of LABEL... (builds them locally first).
+
+    Needs --remote-cache (or STELLA_REMOTE_CACHE); with --remote-cache-sign-key the uploaded
+    records are signed (docs/remote-cache.md). Exit 1 when any upload fails.
+
+    \b
+      stella-build --remote-cache http://cache:8080/ cache push-all //profiles/...
+    """
     from stella_build.engine.build import run_build
 
     remote = settings.remote()

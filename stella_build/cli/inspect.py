@@ -56,7 +56,17 @@ def _decode(b: bytes) -> str:
 @click.option("--check", is_flag=True, help="Run bbolt's structural checks (exit 3 on errors).")
 @click.pass_obj
 def inspect_trivy_db(settings, path, buckets, key, check):
-    """List buckets / keys of a Trivy DB, print a value, or check its structure."""
+    """List buckets / keys of a Trivy DB, print a value, or check its structure.
+
+    PATH is a trivy.db or a directory holding one (a trivy-db output, a Trivy cache's db/).
+    Repeat --bucket to go down nested buckets; --key prints one value (exit 2 if missing).
+
+    \b
+      stella-build inspect trivy-db stella-out/profiles/trivy-db
+      stella-build inspect trivy-db stella-out/profiles/trivy-db --bucket vulnerability
+      stella-build inspect trivy-db PATH --bucket 'pip::stella-build sample advisories' --bucket flask
+      stella-build inspect trivy-db PATH --check
+    """
     from stella_build.rules.formats.trivy.bbolt import BboltError, BboltReader
 
     db = _db_path(path)

@@ -82,7 +82,7 @@ def main_group(ctx, **options):
       stella-build //profiles:json-raw          build one target (build is the default verb)
       stella-build //profiles/...               build every target under profiles/
       stella-build build --check //profiles:all rebuild everything and compare bytes
-      stella-build query 'rdeps(//profiles:osv)' --output graph | dot -Tsvg > g.svg
+      stella-build query 'rdeps(//profiles:osv-sample)' --output graph | dot -Tsvg > g.svg
       stella-build explain //profiles:json-raw  why did (or will) this rebuild?
       stella-build cache stats                  what the local cache holds
 
@@ -125,6 +125,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as exc:  # commands exit with their computed code
         return int(exc.code or 0)
+    except OSError as exc:  # a path given on the command line cannot be created or written
+        # (--cache-dir, init DIR, remote runs download -o DIR, keys generate --output-dir):
+        # exit 1, reason io-error, as run_delivery does, never a traceback
+        if debug:
+            import traceback
+            traceback.print_exc()
+        from stella_build.cli.common import CommandFailed
+        err = CommandFailed(f"{exc.strerror or exc}", 1, reason="io-error",
+                            file=exc.filename if isinstance(exc.filename, str) else None)
+        _report(err, _wants_json(args))
+        return 1
 
 
 def _wants_json(args: list[str]) -> bool:

@@ -85,6 +85,9 @@ def mirror_apply(settings, base, delta, out, key, force):
     signed OCI layout included), plus appliedExportIds.log. Out-of-order, already-applied and
     rollback deltas are refused (exit 3); nothing is written before every path and the whole
     delta are checked.
+
+    \b
+      stella-build mirror apply mirrors/current stella-out/profiles/mirror-delta -o mirrors/current --key cosign.pub
     """
     from stella_build.delivery.mirror_apply import apply_delta
 
@@ -140,6 +143,10 @@ def mirror_push(settings, layout, reference, plain_http):
 
     Digests are preserved; signature referrers are pushed with the tag-schema fallback when the
     registry has no referrers API. With :TAG, the mirror (or delta) manifest is also tagged TAG.
+    Trivy DB layouts are not pushed by this command: use skopeo (docs/trivy-db.md).
+
+    \b
+      stella-build mirror push stella-out/profiles/mirror-delta registry:5000/mirrors/delta:v2
     """
     from stella_build.rules.formats.mirror import MIRROR_TAG
     from stella_build.rules.formats.mirror import DELTA_TAG
@@ -184,7 +191,11 @@ def mirror_pull(settings, reference, out, key, plain_http, force):
 
     Files come back from the artifact's layers, the signature from its referrer; everything is
     verified and re-packaged, and the rebuilt artifact must be the pulled one. Then use OUT with
-    `mirror verify` / `mirror apply`.
+    `mirror apply` (and `mirror verify`; a pulled mirror keeps only the signature referrer, so
+    its signatures are checked by `pull --key`, not by `mirror verify --key`).
+
+    \b
+      stella-build mirror pull registry:5000/mirrors/delta:v2 -o delta/ --key cosign.pub
     """
     from stella_build.delivery.mirror_pull import pull_mirror
     from stella_build.delivery.registry import RegistryClient, RegistryError

@@ -92,8 +92,9 @@ BUILD_MEMO_OPTIONS: tuple[OptionSpec, ...] = (
                "'keyless' (Sigstore: OIDC identity from the CI, Fulcio + Rekor, after the build; exit 4 "
                "without an identity) [env STELLA_SIGN].", envvar="STELLA_SIGN", metavar="KEY|keyless"),
     OptionSpec(("--base",), "base", "path",
-               "Base mirror for mirror_delta targets (its export.json, mirror/ tree or output directory); "
-               "overrides the Exportfile's `base` [env STELLA_MIRROR_BASE].",
+               "Base for mirror_delta targets (a mirror's export.json, mirror/ tree or output "
+               "directory) and trivy_db_patch targets (the sites' trivy.db, or the directory holding "
+               "it); overrides the Exportfile's `base` [env STELLA_MIRROR_BASE].",
                envvar="STELLA_MIRROR_BASE", metavar="PATH"),
 )
 

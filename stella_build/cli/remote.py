@@ -23,6 +23,9 @@ def _client(ctx):
     from stella_build.service.client import Client
 
     o = ctx.find_object(dict)
+    if not o["server"]:
+        raise CommandFailed("--server URL (or STELLA_SERVER) is required", 2, reason="usage",
+                            field="--server")
     return Client(o["server"], token=o["token"], tenant=o["tenant"])
 
 
@@ -46,14 +49,26 @@ def _guard(fn):
 
 
 @click.group(context_settings=CTX)
-@click.option("--server", envvar="STELLA_SERVER", required=True, metavar="URL",
+@click.option("--server", envvar="STELLA_SERVER", default=None, metavar="URL",
               help="The service's base URL, e.g. http://127.0.0.1:8080 [env STELLA_SERVER].")
 @click.option("--token", envvar="STELLA_TOKEN", default=None, help="Bearer token [env STELLA_TOKEN].")
 @click.option("--tenant", envvar="STELLA_TENANT", default=None,
               help="Tenant to act for when the token has several [env STELLA_TENANT].")
 @click.pass_context
 def remote(ctx, server, token, tenant):
-    """Submit, watch, download and list runs on an Export Center service (docs/api.md)."""
+    """Submit, watch, download and list runs on an Export Center service (docs/api.md).
+
+    --server (or STELLA_SERVER) must be given before the subcommand, also to see a
+    subcommand's --help.
+
+    \b
+      export STELLA_SERVER=http://127.0.0.1:8080 STELLA_TOKEN=...
+      stella-build remote runs submit //profiles:trivy-db --sign --wait
+      stella-build remote runs download RUN_ID -o trivy-db/
+      stella-build remote --server http://127.0.0.1:8080 runs list --status failed
+    Exit 0 ok, 1 the run or the server failed, 2 usage, 3 a download does not match its
+    sha256, 4 token missing or not granted, 5 the server cannot be reached.
+    """
     from stella_build.cli.common import Settings
 
     ctx.obj = {"server": server, "token": token, "tenant": tenant, "settings": ctx.find_object(Settings)}

@@ -54,8 +54,9 @@ def serve(settings, listen, database, config_path, migrate_only):
     cache_dir.mkdir(parents=True, exist_ok=True)
     url = database or config.service.database or default_url(cache_dir)
     setup_logging("warning" if settings.quiet else "info")
-    db = Database(url)
+    db = None
     try:
+        db = Database(url)  # inside the try: a bad URL or a missing driver (mysql://) raises here
         upgrade(db)
         revision = current_revision(db)
     except Exception as exc:  # SQLAlchemy/driver errors: say which database, never a traceback
@@ -63,7 +64,8 @@ def serve(settings, listen, database, config_path, migrate_only):
                          f"{str(exc).splitlines()[0] if str(exc) else ''}", field="--database",
                          reason="database-unavailable") from None
     finally:
-        db.dispose()
+        if db is not None:
+            db.dispose()
     if migrate_only:
         emit(settings, f"database at revision {revision}", {"ok": True, "revision": revision})
         return

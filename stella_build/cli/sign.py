@@ -51,6 +51,9 @@ def keys_generate(settings, output_dir, output):
         key_path, pub_path = write_keypair(Path(output_dir), password.encode("utf-8"))
     except SigningKeyError as exc:
         raise UsageError(str(exc), file=output_dir, field="--output-dir") from None
+    except OSError as exc:
+        raise UsageError(f"cannot write the key pair into {output_dir}: {exc.strerror or exc}",
+                         file=output_dir, field="--output-dir", reason="io-error") from None
     digest = public_key_digest(load_public_key(pub_path.read_bytes()))
     emit(settings, f"wrote {key_path} (private, mode 0600, encrypted with ${PASSWORD_ENV})\n"
                    f"wrote {pub_path} (public key sha256 {digest})",
@@ -68,8 +71,10 @@ def keys_generate(settings, output_dir, output):
 @click.option("--output", type=click.Choice(["text", "json"]), default=None)
 @click.pass_obj
 def verify(settings, bundle, key, trust_bundle_key, allow_unsigned, offline, output):
-    """Verify a bundle offline: a bundle directory (any signed profile's output directory:
-    json-raw, json-policy, trivy-db, trivy-java-db, mirror-full), or a bundle.tar.gz with its sidecar files.
+    """Verify a bundle offline: a bundle directory (the output directory of json:raw, json:policy,
+    a signed trivy:db or trivy:java-db, mirror:full or mirror:delta), or a bundle.tar.gz with its
+    sidecar files. Unsigned Trivy DBs carry no manifest to verify (build with --sign); Offline Kits:
+    `stella-build kit verify`; developer portals: `stella-build devportal verify`.
 
     \b
     Checks, in order: archive vs .sha256 sidecar; signatures over manifests/export.json and the
@@ -78,7 +83,8 @@ def verify(settings, bundle, key, trust_bundle_key, allow_unsigned, offline, out
     trivy DBs and mirrors also oci/ (and mirror.json) file by file.
       stella-build verify stella-out/profiles/json-raw --key cosign.pub
       stella-build verify stella-out/profiles/json-raw/bundle.tar.gz --key cosign.pub --output json
-    Exit 0 verified, 3 a check failed (the file is named), 4 no key / trust root, 5 a URL was given.
+    Exit 0 verified, 2 not a bundle or bad arguments, 3 a check failed (the file is named), 4 no key /
+    trust root, 5 a URL was given.
     """
     from stella_build.delivery.verify import verify_bundle
 

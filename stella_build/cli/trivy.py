@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok · 2 usage (BASE missing, OUT not empty and not an earlier output) · 3 verification
 failed (base-mismatch, patch-result-mismatch, digest-mismatch, schema-invalid, size-limit,
-patch-invalid) · 1 I/O error. The work is done by stella_build/delivery/trivy_patch.py.
+patch-invalid, signature-invalid) · 4 --key on an unsigned patch (signature-missing) · 1 I/O error. The work is done by stella_build/delivery/trivy_patch.py.
 """
 from __future__ import annotations
 
@@ -30,8 +30,12 @@ def trivy_db():
                    "exit 2 unless --force.")
 @click.option("--force", is_flag=True, default=False,
               help="Replace OUT even when it is a non-empty directory that is not an earlier output.")
+@click.option("--key", "key", default=None, metavar="COSIGN_PUB",
+              help="Trusted public key: patch.json must carry a signature by it (signatures/, made by a "
+                   "signed trivy_db_patch target), checked before anything else (exit 4 unsigned, "
+                   "exit 3 signature-invalid). Without it the patch proves integrity, not origin.")
 @click.pass_obj
-def trivy_db_patch(settings, base, patch, out, force):
+def trivy_db_patch(settings, base, patch, out, force, key):
     """Apply the patch directory PATCH (trivy.db.zst, metadata.json, patch.json) to BASE (the
     trivy.db a site holds, or the directory holding it) and write OUT/trivy.db and
     OUT/metadata.json.
@@ -40,9 +44,10 @@ def trivy_db_patch(settings, base, patch, out, force):
     Nothing is written unless BASE has the digest patch.json names (else exit 3, base-mismatch)
     and the result has the promised digest (else exit 3, patch-result-mismatch).
       stella-build trivy-db patch ~/.cache/trivy/db stella-out/profiles/trivy-db-patch -o ~/.cache/trivy/db
+      stella-build trivy-db patch --key cosign.pub BASE PATCH -o OUT   # a signed patch: origin too
     """
     from stella_build.delivery.trivy_patch import apply_patch_dir
 
-    data = _run(apply_patch_dir, base, patch, out, force=force)
+    data = _run(apply_patch_dir, base, patch, out, force=force, key=key)
     emit(settings, f"patched trivy.db {data['base'][:12]}… → {data['result'][:12]}… ({data['bytes']} bytes "
                    f"from a {data['patchBytes']}-byte patch) → {out}", {"ok": True, **data})

@@ -52,10 +52,50 @@ def _read(path: Path, cap: int, what: str) -> bytes:
     return data
 
 
-def _manifest(patch_dir: Path) -> dict:
+def _signed_manifest(patch_dir: Path, key: str) -> bytes:
+    """patch.json checked against signatures/ with the trusted public key `key` before anything
+    parses it (the bytes returned are the ones that verified). Exit 4 `signature-missing` for an
+    unsigned patch or an unusable key, exit 3 `signature-invalid` for a signature that does not
+    verify or a shipped cosign.pub that is not `key`."""
+    from stella_build.rules.formats import signing
+    from stella_build.rules.formats.keys import SigningKeyError, load_public_key, public_key_digest
+    from stella_build.rules.formats.trivy.patch import SIGNATURE_FILES
+
+    names = {role: patch_dir / rel for role, rel in SIGNATURE_FILES.items()}
+    bundle = names["manifest_bundle"]
+    if bundle.is_symlink() or not bundle.is_file():
+        raise MirrorError(f"--key given but the patch is not signed (no {SIGNATURE_FILES['manifest_bundle']}; "
+                          "sign the trivy_db_patch target)", 4, "signature-missing", file=bundle, field="--key")
+    try:
+        pub = load_public_key(Path(key).read_bytes(), what=key)
+    except (OSError, SigningKeyError) as exc:
+        raise MirrorError(f"cannot use the public key {key}: {exc}", 4, "signature-missing", field="--key") from None
+    if os.path.lexists(names["public_key"]):
+        try:
+            shipped = load_public_key(_read(names["public_key"], MAX_MANIFEST_BYTES, "cosign.pub"),
+                                      what=str(names["public_key"]))
+        except SigningKeyError as exc:
+            raise MirrorError(str(exc), 3, "signature-invalid", file=names["public_key"]) from None
+        if public_key_digest(shipped) != public_key_digest(pub):
+            raise MirrorError(f"the patch was signed with another key than {key}", 3, "signature-invalid",
+                              file=names["public_key"])
+    data = _read(patch_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES, "patch.json")
+    try:
+        signing.verify_sigstore_bundle(_read(bundle, MAX_MANIFEST_BYTES, "the signature bundle"), data, pub,
+                                       name=bundle.name)
+        if os.path.lexists(names["manifest_sig"]):
+            signing.verify_legacy_signature(_read(names["manifest_sig"], MAX_MANIFEST_BYTES, "patch.json.sig"),
+                                            data, pub, name=names["manifest_sig"].name)
+    except signing.SignatureInvalid as exc:
+        raise MirrorError(f"the signature of patch.json does not verify with {key}: {exc}", 3,
+                          "signature-invalid", file=bundle) from None
+    return data
+
+
+def _manifest(patch_dir: Path, data: bytes | None = None) -> dict:
     path = patch_dir / MANIFEST_FILE
     try:
-        doc = json.loads(_read(path, MAX_MANIFEST_BYTES, "patch.json"))
+        doc = json.loads(_read(path, MAX_MANIFEST_BYTES, "patch.json") if data is None else data)
         ok = (doc.get("schema") == PATCH_SCHEMA and doc.get("formatVersion") == FORMAT_VERSION
               and all(isinstance(doc.get(k), dict) and isinstance(doc[k].get("sha256"), str)
                       and type(doc[k].get("bytes")) is int and 0 <= doc[k]["bytes"] <= MAX_DB_BYTES
@@ -93,21 +133,34 @@ def _is_output(out: Path) -> bool:
             all((out / n).is_file() and not (out / n).is_symlink() for n in names))
 
 
-def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = False) -> dict:
+def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = False,
+                    key: str | None = None) -> dict:
     """Check and apply the patch in `patch_dir` to `base` and write OUT/trivy.db + OUT/metadata.json.
 
-    Returns {"out", "base": sha256, "result": sha256, "bytes", "patchBytes"}. Raises MirrorError:
-    exit 3 (`base-mismatch`, `patch-result-mismatch`, `digest-mismatch`, `schema-invalid`,
-    `size-limit`, `patch-invalid`, `missing-file`) with nothing written; exit 2 for a missing BASE
-    (`base-missing`) or an OUT that is not ours (`output-not-empty`, `output-overlaps-input`)."""
+    `key`: a trusted cosign.pub; patch.json must then carry a signature by it (checked first).
+    Without it the patch is only checked against its own patch.json (integrity, not origin).
+    Returns {"out", "base": sha256, "result": sha256, "bytes", "patchBytes", "signed": bool}.
+    Raises MirrorError: exit 3 (`base-mismatch`, `patch-result-mismatch`, `digest-mismatch`,
+    `schema-invalid`, `size-limit`, `patch-invalid`, `missing-file`, `signature-invalid`) with
+    nothing written; exit 4 (`signature-missing`) for --key on an unsigned patch; exit 2 for a
+    missing BASE (`base-missing`) or an OUT that is not ours (`output-not-empty`,
+    `output-overlaps-input`)."""
     base_file = _base_file(Path(base))
-    doc = _manifest(Path(patch_dir))
+    signed = _signed_manifest(Path(patch_dir), key) if key is not None else None
+    doc = _manifest(Path(patch_dir), signed)
     patch_path, meta_path = Path(patch_dir) / PATCH_FILE, Path(patch_dir) / METADATA_FILE
     patch = _read(patch_path, MAX_DB_BYTES, "the patch")
     _check(patch, doc["patch"], patch_path, "digest-mismatch")
     metadata = _read(meta_path, MAX_MANIFEST_BYTES, "metadata.json")
     _check(metadata, doc["metadata"], meta_path, "digest-mismatch")
     base_bytes = _read(base_file, MAX_DB_BYTES, "the base trivy.db")
+    if (len(base_bytes) == doc["result"]["bytes"]
+            and hashlib.sha256(base_bytes).hexdigest() == doc["result"]["sha256"]
+            and Path(os.path.abspath(out)).resolve() == base_file.parent.resolve()):
+        # a cron job re-running the same patch on a Trivy cache it already updated: nothing to do
+        return {"out": str(out), "base": doc["base"]["sha256"], "result": doc["result"]["sha256"],
+                "bytes": len(base_bytes), "patchBytes": doc["patch"]["bytes"], "unchanged": True,
+                "signed": signed is not None}
     try:
         _check(base_bytes, doc["base"], base_file, "base-mismatch")
     except MirrorError as exc:
@@ -134,7 +187,7 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
                 os.fsync(f.fileno())
         od.commit()
     return {"out": str(out), "base": doc["base"]["sha256"], "result": doc["result"]["sha256"],
-            "bytes": len(result), "patchBytes": doc["patch"]["bytes"]}
+            "bytes": len(result), "patchBytes": doc["patch"]["bytes"], "signed": signed is not None}
 
 
 __all__ = ["apply_patch_dir", "OUTPUT_ENTRIES"]

@@ -9,7 +9,6 @@ the same fixed gzip header as ``gzip_bytes`` (mtime 0, no name, OS byte 255). Th
 """
 from __future__ import annotations
 
-import re
 import struct
 from pathlib import Path
 
@@ -21,20 +20,11 @@ from stella_build.rules.formats.oci import (
     OciLayoutWriter, add_bundle_referrer,
 )
 from stella_build.rules.formats.trivy.gojson import go_time, trivy_metadata_json
+from stella_build.rules.formats.trivy.interval import parse_interval  # noqa: F401 (re-exported)
 
 __all__ = ["GzipWriter", "write_db_archive", "write_oci_layout", "metadata_json",
            "parse_interval"]
 
-_INTERVAL = re.compile(r"^(\d+)(s|m|h|d)$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_interval(text: str) -> int:
-    """Seconds in a duration such as ``"24h"``, ``"6h"``, ``"30m"`` or ``"7d"``."""
-    m = _INTERVAL.match(text.strip())
-    if not m or int(m.group(1)) == 0:
-        raise ValueError(f"not a positive duration like '24h' or '7d': {text!r}")
-    return int(m.group(1)) * _UNIT[m.group(2)]
 
 
 def metadata_json(version: int, epoch: int, interval_s: int) -> bytes:

@@ -37,6 +37,13 @@ PATCH_FILE = "trivy.db.zst"
 MANIFEST_FILE = "patch.json"
 METADATA_FILE = "metadata.json"
 DB_FILE = "trivy.db"
+# A signed patch (a `sign` table, --sign or STELLA_SIGNING_KEY): patch.json, which names the
+# digests of everything else, signed like a mirror delta's manifest (rules/signing.py roles).
+SIGNATURE_FILES = {
+    "manifest_bundle": "signatures/patch.json.sigstore.json",
+    "manifest_sig": "signatures/patch.json.sig",
+    "public_key": "signatures/cosign.pub",
+}
 # zstd's largest window on 64-bit builds (ZSTD_WINDOWLOG_MAX_64): a 2 GiB DB is the ceiling.
 MAX_WINDOW_LOG = 31
 MIN_WINDOW_LOG = 10

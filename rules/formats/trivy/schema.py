@@ -579,13 +579,5 @@ def _dated(vuln_id: str, ordered: list[dict], by_source: dict, field: str) -> st
     return next((d[field] for d in ordered if d.get(field)), None)
 
 
-_SLUG = re.compile(r"[^a-z0-9]+")
-
-
-def slug(text: str) -> str:
-    """A data-source id for a source without a known Trivy id ("Foo DB" → "foo-db")."""
-    return _SLUG.sub("-", text.lower()).strip("-") or "source"
-
-
 def dumps_member(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

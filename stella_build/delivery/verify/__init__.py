@@ -63,8 +63,16 @@ def open_bundle(location: str | Path) -> BundleView:
         view = opener(path)
         if view is not None:
             return view
+    hint = ""
+    if path.is_dir() and ((path / "trivy.db").is_file() or (path / "trivy-java.db").is_file()):
+        hint = ("; an unsigned Trivy DB output has no manifest: build it with --sign to verify it, "
+                "or check its structure with `stella-build inspect trivy-db --check`")
+    elif path.is_dir() and any(path.glob("stella-offline-kit-*")):
+        hint = "; this is an Offline Kit: use `stella-build kit verify`"
+    elif path.is_dir() and any(path.glob("devportal-offline-bundle.tar.gz*")):
+        hint = "; this is a developer portal: use `stella-build devportal verify`"
     raise UsageError(f"{text} is not a bundle: expected a bundle directory (with {MANIFEST}) or a "
-                     f"bundle archive ({', '.join(ARCHIVE_SUFFIXES)})", field="BUNDLE")
+                     f"bundle archive ({', '.join(ARCHIVE_SUFFIXES)}){hint}", field="BUNDLE")
 
 
 def verify_bundle(location: str | Path, *, key: str | None = None, trust_bundle_key: bool = False,

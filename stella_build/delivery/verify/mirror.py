@@ -394,7 +394,7 @@ def mirror_root(path: Path) -> Path:
         return path / "mirror"
     if (path / "export.json").is_file():
         return path
-    raise MirrorError(f"{path}: not a mirror (no mirror/export.json)", 2, "not-a-mirror", file=path)
+    raise MirrorError("not a mirror (no mirror/export.json)", 2, "not-a-mirror", file=path)
 
 
 def read_export(tree: Path, files: Mapping[str, Path] | None = None) -> tuple[bytes, dict]:
@@ -524,7 +524,7 @@ def delta_root(path: Path) -> Path:
     path = Path(path)
     root = path / "delta" if os.path.lexists(path / "delta" / "manifest.diff.json") else path
     if not os.path.lexists(root / "manifest.diff.json"):
-        raise MirrorError(f"{path}: not a mirror delta (no manifest.diff.json)", 2, "not-a-delta", file=path)
+        raise MirrorError("not a mirror delta (no manifest.diff.json)", 2, "not-a-delta", file=path)
     if root != path:
         check_dir(root)
     return root

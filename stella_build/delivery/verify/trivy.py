@@ -97,17 +97,24 @@ class TrivyView(DirectoryView):
             raise _Bad("its subject is not the DB artifact")
         return artifact, self.read_limited(blob_name(manifest["layers"][0]), MAX_SIGNATURE_BYTES)
 
+    def _readable_referrer(self, v: _Verifier, layer, created: str, content: str, check: str,
+                           what: str) -> tuple | None:
+        """`_referrer_layer`, or None after a failed `check` naming `what` when it is not there."""
+        try:
+            return self._referrer_layer(layer, created, content)
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, StopIteration, _Bad) as exc:
+            v.add(check, False, f"{OCI_DIR}: no readable {what} of the DB artifact ({exc!r})")
+            return None
+
     def _attestation(self, v: _Verifier, layer, created: str) -> bytes | None:
         """The attestation bundle the layout holds as the artifact's second referrer, if it verifies:
         DSSE over the statement about the artifact manifest with provenance.json's predicate."""
         from stella_build.rules.formats.trivy.attestation import check_attestation
 
-        try:
-            artifact, data = self._referrer_layer(layer, created, "dsse-envelope")
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError, StopIteration, _Bad) as exc:
-            v.add("oci-attestation", False, f"{OCI_DIR}: no readable attestation referrer of the DB artifact "
-                  f"({exc!r})")
+        found = self._readable_referrer(v, layer, created, "dsse-envelope", "oci-attestation", "attestation referrer")
+        if found is None:
             return None
+        artifact, data = found
         if v.key is None:
             return data
         try:
@@ -124,12 +131,11 @@ class TrivyView(DirectoryView):
 
     def _referrer_bundle(self, v: _Verifier, layer, names, created: str) -> bytes | None:
         """The Sigstore bundle the layout holds as the artifact's referrer, if it verifies the layer."""
-        try:
-            artifact, data = self._referrer_layer(layer, created, "message-signature")
-        except (KeyError, ValueError, TypeError, IndexError, AttributeError, StopIteration, _Bad) as exc:
-            v.add("oci-referrer-signature", False, f"{OCI_DIR}: no readable Sigstore bundle referrer of "
-                  f"the DB artifact ({exc!r})")
+        found = self._readable_referrer(v, layer, created, "message-signature", "oci-referrer-signature",
+                                        "Sigstore bundle referrer")
+        if found is None:
             return None
+        _artifact, data = found
         if v.key is None:
             return data
         try:
