@@ -18,6 +18,7 @@ by returning a `PostBuild` provider, which the caller (the CLI, the service) car
 from __future__ import annotations
 
 import functools
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +327,20 @@ class ActionContext:
         if limit is not None and max(size, len(data)) > limit:
             raise InputTooLarge(name, max(size, len(data)), limit)
         return data
+
+    def open_input(self, name: str) -> "io.BufferedReader":
+        """File input `name` as a binary stream, for inputs too large to hold in memory. In the
+        engine's sandbox it is read from its source without a staged copy and its digest is
+        checked when the stream ends or closes, at the latest when the action returns: a changed
+        input fails the action before any output is recorded. ActionError for an undeclared or
+        tree input."""
+        opener = getattr(self.inputs, "open", None)
+        if opener is not None:
+            try:
+                return opener(name)
+            except KeyError:
+                raise ActionError(f"action reads undeclared or tree input {name!r}") from None
+        return open(self.input(name), "rb")
 
     def input_digest(self, name: str) -> bytes:
         """The 32-byte BLAKE3 digest of file input `name`, known from the action's key without

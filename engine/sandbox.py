@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import io
 import os
 import shutil
 import time
@@ -111,6 +112,53 @@ def _read_file(name: str, src: str, expected: str, cas_root: Path | None, limit:
     raise InputTooLarge(name, size, limit)
 
 
+class _VerifiedStream(io.RawIOBase):
+    """A file input read as a stream from its source, hashed as it goes; the digest is compared
+    with the key's when the stream reaches its end or is closed (the rest is read and hashed
+    then), raising InputChanged / CorruptInput. An action whose input changed therefore fails
+    before its outputs are recorded, whatever part of the stream it used."""
+
+    def __init__(self, name: str, src: str, expected: str, cas_root: Path | None):
+        self._src, self._expected, self._cas_root = src, expected, cas_root
+        self._f = os.fdopen(_open_source(src), "rb", buffering=0)
+        self._h = blake3.blake3()
+        self._checked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        try:
+            n = self._f.readinto(buffer)
+        except OSError as exc:  # never an OSError a rule might catch for its own reasons
+            if is_storage_errno(exc):
+                raise storage_error(exc, Path(self._src), "action input") from None
+            raise InputChanged(f"{self._src} ({exc.strerror})") from None
+        if n:
+            self._h.update(memoryview(buffer)[:n])
+        else:
+            self._check()
+        return n
+
+    def _check(self) -> None:
+        if not self._checked:
+            self._checked = True
+            if self._h.hexdigest() != self._expected:
+                raise _digest_mismatch(self._src, self._expected, self._cas_root)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if not self._checked:
+                while self.readinto(bytearray(_CHUNK)):
+                    pass
+                self._check()
+        finally:
+            self._f.close()
+            super().close()
+
+
 def _stage_file(src: str, dest: Path, expected: str, cas_root: Path | None = None) -> None:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +198,7 @@ class LazyInputs(Mapping[str, Path]):
             if not tree_root:
                 self._digests[name] = digest
         self._order = list(self._pending)
+        self._streams: list[io.BufferedReader] = []
 
     def __getitem__(self, key: str) -> Path:
         path = self._ready.get(key)
@@ -185,6 +234,28 @@ class LazyInputs(Mapping[str, Path]):
             return _read_file(name, str(path), digest, None, limit)
         (_, src, digest), = self._pending[name]
         return _read_file(name, src, digest, self._cas_root, limit)
+
+    def open(self, name: str, buffer_size: int = 1 << 16) -> io.BufferedReader:
+        """File input `name` as a buffered binary stream read from its source without a staged
+        copy; its digest is checked at its end, at `close()`, and at the latest by `close_all`
+        when the action returns (InputChanged / CorruptInput). KeyError for a tree or an
+        undeclared input."""
+        if name not in self._digests:
+            raise KeyError(name)
+        if name in self._ready:
+            src, cas_root = str(self._ready[name]), None
+        else:
+            (_, src, _), = self._pending[name]
+            cas_root = self._cas_root
+        stream = io.BufferedReader(_VerifiedStream(name, src, self._digests[name], cas_root), buffer_size)
+        self._streams.append(stream)
+        return stream
+
+    def close_all(self) -> None:
+        """Close (and so check) every stream `open` gave that the action left open."""
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            stream.close()
 
     def read_tree(self, key: str) -> list[tuple[str, bytes]]:
         """Sorted (path relative to the tree, bytes) of tree input `key`, each file checked
@@ -250,7 +321,10 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
                              params=task["params"], source_date_epoch=task["source_date_epoch"],
                              inputs=inputs, secrets=task.get("secrets") or {},
                              memo_cache=cache_dir if task.get("mode", "build") == "build" else None)
-        stats = fn(actx) or {}
+        try:
+            stats = fn(actx) or {}
+        finally:
+            inputs.close_all()  # an input stream the action did not finish is checked now
         outputs = _collect_outputs(sandbox / "out")
         _check_declared(outputs, task["outputs"])
         records = []

@@ -152,7 +152,10 @@ def osv_shard(actx: ActionContext) -> dict:
         hit = memo.get(digest)
         if hit is not None:
             rec_id, _, line = hit.partition(b"\n")  # the id as a JSON string: no raw newline
-            records.append(((json.loads(rec_id), logical), line + b"\n"))
+            # canonical JSON escapes only with a backslash: without one the text is the id
+            plain = rec_id[:1] == b'"' and b"\\" not in rec_id
+            rec_id = rec_id[1:-1].decode("utf-8") if plain else json.loads(rec_id)
+            records.append(((rec_id, logical), line + b"\n"))
             continue
         try:
             data = read_evidence_input(actx, name, logical)  # size-capped, no staged copy

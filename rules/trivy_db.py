@@ -29,6 +29,8 @@ never from the clock.
 from __future__ import annotations
 
 import heapq
+import functools
+import hashlib
 import io
 import json
 import os
@@ -36,7 +38,7 @@ import re
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import BinaryIO, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -305,7 +307,8 @@ def _map_record(actx: ActionContext, advisories: list) -> bytes:
     advisory: ``["x", ecosystem, code, reason, id]`` not mapped, ``["s"]`` nothing to write, or
     ``["e", approximation note | null, bucket, data source JSON, items]`` where items are
     ``["a", sort key, tiebreak, kv line]`` and ``["v", sort key, tiebreak, kv line, id,
-    detail JSON]`` (a vulnerability detail, written once per (id, detail) in the shard)."""
+    sha256 of the detail JSON]`` (a vulnerability detail, written once per (id, detail) in the
+    shard)."""
     from stella_build.rules.formats.trivy.schema import (
         DataSource, NotMappable, dumps_member, merge_advisories, merge_vulnerability, record_entries,
         trivy_route, vulnerability_detail,
@@ -337,7 +340,9 @@ def _map_record(actx: ActionContext, advisories: list) -> bytes:
         approx = [adv.id, adv.ecosystem, adv.package.name, adv.source_path, note] if note is not None else None
         tiebreak = f"{dep:04d}\0{adv.id}\0{adv.source_path}"
         detail = vulnerability_detail(adv, bucket_ds.id)
-        detail_text = dumps_member(detail)
+        # what a detail is written once per: its digest, not its text (the text is in the kv line
+        # already; a third copy made the memo entries a third larger and slower to replay)
+        detail_text = hashlib.sha256(dumps_member(detail).encode("utf-8", "surrogatepass")).hexdigest()
         items = []
         for bucket_name, pkg, vid, member in entries:
             _check_name(pkg, "package name", adv)
@@ -455,11 +460,12 @@ def _unescape(text: str) -> str:
 _KINDS = {b"a": "a", b"v": "v", b"d": "d", b"b": "b"}
 
 
-def _read_lines(path: Path) -> Iterator[tuple[str, str, bytes, bytes, bytes]]:
+def _read_lines(path: Path | Callable[[], BinaryIO]) -> Iterator[tuple[str, str, bytes, bytes, bytes]]:
     """(sort key, kind, tiebreak as written — escaped UTF-8 —, value bytes, member JSON bytes)
-    of each kv.jsonl line. The tiebreak is only decoded (``_tiebreak``) when several records
-    share a key: most keys have one, and this loop runs once per key of the DB."""
-    with open(path, "rb") as f:
+    of each kv.jsonl line (`path`, or an opener of the stream, e.g. ``actx.open_input``). The
+    tiebreak is only decoded (``_tiebreak``) when several records share a key: most keys have
+    one, and this loop runs once per key of the DB."""
+    with (path() if callable(path) else open(path, "rb")) as f:
         for line in f:
             key, kind, tiebreak, value, member = line.rstrip(b"\n").split(b"\t")
             text = key.decode("utf-8")
@@ -481,7 +487,7 @@ def _payload(item: tuple) -> object:
     return value.decode() if kind == "d" else None
 
 
-def _merged_items(paths: list[Path]) -> Iterator[tuple[list[str], str | None, bytes | None]]:
+def _merged_items(paths: list[Path | Callable[[], BinaryIO]]) -> Iterator[tuple[list[str], str | None, bytes | None]]:
     """(bucket path, key or None, value) in bbolt order, one per distinct key. A key of one
     record takes its precomputed value as is; only keys shared by several records decode
     their payloads to merge them."""
@@ -514,7 +520,7 @@ def _merged_items(paths: list[Path]) -> Iterator[tuple[list[str], str | None, by
         yield parts[:-1], parts[-1], value
 
 
-def write_trivy_db(dest: Path, paths: list[Path], per_bucket: dict | None = None) -> dict:
+def write_trivy_db(dest: Path, paths: list[Path | Callable[[], BinaryIO]], per_bucket: dict | None = None) -> dict:
     """Stream the merged shard files into a bbolt file at ``dest``; returns counts.
 
     ``per_bucket``, when given, receives ``{top-level bucket: {"packages": n, "keys": n}}``
@@ -577,7 +583,9 @@ def _package(actx: ActionContext, db_name: str, archive: str, version: int, java
 
 
 def build_db(actx: ActionContext) -> dict:
-    paths = [actx.input(name) for name in sorted(actx.inputs) if name.startswith("kv/")]
+    # streamed from the cache, checked as read: staging copies of the shard files (~150 MB at
+    # 100k advisories) would be written and hashed once more in this serial step
+    paths = [functools.partial(actx.open_input, name) for name in sorted(actx.inputs) if name.startswith("kv/")]
     per_bucket: dict[str, dict] = {}
     stats = write_trivy_db(actx.output("trivy.db"), paths, per_bucket)
     _package(actx, "trivy.db", "db.tar.gz", 2, java=False)

@@ -422,3 +422,79 @@ def test_raw_shard_line_memo_replays_canonical_bytes(tmp_path):
     meta = json.loads(warm["out/meta/osv-0.json"])
     assert meta["withdrawn"] == ["X-3"] and meta["filtered"] == 1
     assert sorted(f.split("/")[4] for f in warm if f.startswith("out/data/")) == ["Go", "PyPI"]
+
+
+def test_osv_shard_replays_ids_that_need_escaping(tmp_path):
+    """OsvShard's memo stores each id as canonical JSON and replays it without a JSON decode when
+    it holds no escape: ids with a quote, a backslash, a tab or non-ASCII sort and replay exactly
+    as a cold run orders them."""
+    import json
+
+    import blake3
+
+    from stella_build.rules.sources import osv_shard
+
+    ids = ['A"1', "B\\2", "C-\u00e9", "D\t", "E-plain", "a-lower"]
+    entries = []
+    for n, rec_id in enumerate(ids):
+        doc = {"schema_version": "1.6.0", "id": rec_id, "modified": "2024-01-01T00:00:00Z",
+               "affected": [{"package": {"ecosystem": "PyPI", "name": f"p{n}"},
+                             "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": "1.0"}]}]}]}
+        src = tmp_path / "src" / f"{n}.json"
+        src.parent.mkdir(exist_ok=True)
+        src.write_bytes(json.dumps(doc).encode())
+        entries.append([f"d/{n}.json", str(src), blake3.blake3(src.read_bytes()).hexdigest(), None])
+    cache = tmp_path / "cache"
+    cold = _shard_context(tmp_path, "cold", entries, cache)
+    assert osv_shard(cold)["memo"]["misses"] == len(ids)
+    warm = _shard_context(tmp_path, "warm", entries, cache)
+    assert osv_shard(warm)["memo"] == {"hits": len(ids), "misses": 0, "corrupt": 0}
+    got = (warm.sandbox / "out" / "records.jsonl").read_bytes()
+    assert got == (cold.sandbox / "out" / "records.jsonl").read_bytes()
+    assert [json.loads(line)["id"] for line in got.splitlines()] == sorted(ids)
+
+
+def _read_some(actx) -> dict:
+    """An action that reads only the first bytes of its input stream and returns (leaves it open)."""
+    stream = actx.open_input("big")
+    return {"head": stream.read(3).decode()}
+
+
+def test_open_input_streams_and_checks_at_the_end(tmp_path):
+    """actx.open_input (LazyInputs.open): the bytes as a stream from the source, no staged copy;
+    the digest is checked at the end of the stream, at close(), and — for a stream the action
+    left half-read — when the action returns, so a changed input fails the action
+    (`input-changed`) before anything is recorded."""
+    import blake3
+
+    from stella_build.engine.rule_api import ActionContext, ActionError
+    from stella_build.engine.sandbox import InputChanged, LazyInputs, run_action
+
+    data = bytes(range(256)) * 4096  # 1 MiB: several buffer fills
+    src = tmp_path / "big"
+    src.write_bytes(data)
+    good = blake3.blake3(data).hexdigest()
+    sb = tmp_path / "sb"
+    (sb / "out").mkdir(parents=True)
+    lazy = LazyInputs(sb, [["big", str(src), good, None], ["bad", str(src), "0" * 64, None]], None)
+    actx = ActionContext(action_id="//x:y#A", label="//x:y", sandbox=sb, params={},
+                         source_date_epoch=None, inputs=lazy, memo_cache=None)
+    with actx.open_input("big") as f:
+        assert b"".join(iter(lambda: f.read(70001), b"")) == data
+    assert not (sb / "in").exists()
+    with pytest.raises(InputChanged):  # read to the end: checked there
+        actx.open_input("bad").read()
+    half = actx.open_input("bad")
+    half.read(10)
+    with pytest.raises(InputChanged):  # closed early: the rest is read and checked
+        half.close()
+    with pytest.raises(ActionError, match="undeclared or tree"):
+        actx.open_input("nope")
+    lazy.close_all()
+    # through the engine: a half-read stream of a changed input fails the action on return
+    task = {"id": "//x:y#A", "label": "//x:y", "fn": "tests.test_incremental:_read_some", "params": {},
+            "source_date_epoch": None, "outputs": [], "cache_dir": str(tmp_path / "cache"),
+            "sandbox_name": "t", "mode": "build", "expected": {}, "inputs": [["big", str(src), good, None]]}
+    assert run_action(dict(task))["stats"] == {"head": data[:3].decode("latin-1")}
+    src.write_bytes(data[:-1] + b"\x00")
+    assert run_action(dict(task, sandbox_name="t2"))["error"]["reason"] == "input-changed"
