@@ -314,12 +314,8 @@ class ActionContext:
         action reading thousands of files would otherwise create thousands). `limit`: refuse a
         file larger than this many bytes with InputTooLarge (reason ``input-too-large``) before
         holding it in memory. ActionError for an undeclared or tree input."""
-        reader = getattr(self.inputs, "read", None)
-        if reader is not None:
-            try:
-                return reader(name, limit)
-            except KeyError:
-                raise ActionError(f"action reads undeclared or tree input {name!r}") from None
+        if hasattr(self.inputs, "read"):
+            return self._engine_read("read", name, limit)
         path = self.input(name)
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -334,13 +330,18 @@ class ActionContext:
         checked when the stream ends or closes, at the latest when the action returns: a changed
         input fails the action before any output is recorded. ActionError for an undeclared or
         tree input."""
-        opener = getattr(self.inputs, "open", None)
-        if opener is not None:
-            try:
-                return opener(name)
-            except KeyError:
-                raise ActionError(f"action reads undeclared or tree input {name!r}") from None
+        if hasattr(self.inputs, "open"):
+            return self._engine_read("open", name)
         return open(self.input(name), "rb")
+
+    def _engine_read(self, method: str, name: str, *args):
+        """`LazyInputs.<method>(name, *args)` (engine/sandbox.py), its KeyError (an undeclared
+        input, or a file input where a tree is wanted and the reverse) as an ActionError."""
+        try:
+            return getattr(self.inputs, method)(name, *args)
+        except KeyError:
+            kind = "a tree" if method == "read_tree" else "a file"
+            raise ActionError(f"action reads undeclared input {name!r} (or it is not {kind})") from None
 
     def input_digest(self, name: str) -> bytes:
         """The 32-byte BLAKE3 digest of file input `name`, known from the action's key without
@@ -385,12 +386,8 @@ class ActionContext:
         """Sorted (relative path, bytes) of the files of tree input `name`, as ``tree_files``
         gives them but read without staging copies (each checked against its digest in the
         engine's sandbox). ActionError for an undeclared input or a file input."""
-        reader = getattr(self.inputs, "read_tree", None)
-        if reader is not None:
-            try:
-                return reader(name)
-            except KeyError:
-                raise ActionError(f"action reads undeclared input {name!r} (or it is not a tree)") from None
+        if hasattr(self.inputs, "read_tree"):
+            return self._engine_read("read_tree", name)
         return [(rel, path.read_bytes()) for rel, path in self.tree_files(name)]
 
     def tree_files(self, name: str) -> list[tuple[str, Path]]:

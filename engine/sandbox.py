@@ -22,6 +22,7 @@ import importlib
 import io
 import os
 import shutil
+import stat
 import time
 import traceback
 from pathlib import Path
@@ -68,7 +69,8 @@ def _open_source(src: str) -> int:
     """A read-only descriptor of `src`; InputChanged / StorageError, never OSError."""
     try:
         # O_NOFOLLOW: a source replaced by a symlink after analysis checked it is never followed
-        return os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NONBLOCK: a FIFO swapped in would otherwise block open() (and the build) forever
+        fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise InputChanged(f"{src} became a symbolic link") from None
@@ -76,6 +78,11 @@ def _open_source(src: str) -> int:
             raise storage_error(exc, Path(src), "action input") from None
         # vanished or unreadable since analysis hashed it: the input changed under the build
         raise InputChanged(f"{src} ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InputChanged(f"{src} is no longer a regular file")
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _digest_mismatch(src: str, expected: str, cas_root: Path | None) -> Exception:
@@ -118,8 +125,9 @@ class _VerifiedStream(io.RawIOBase):
     then), raising InputChanged / CorruptInput. An action whose input changed therefore fails
     before its outputs are recorded, whatever part of the stream it used."""
 
-    def __init__(self, name: str, src: str, expected: str, cas_root: Path | None):
+    def __init__(self, name: str, src: str, expected: str, cas_root: Path | None, on_fail=None):
         self._src, self._expected, self._cas_root = src, expected, cas_root
+        self._on_fail = on_fail or (lambda exc: exc)
         self._f = os.fdopen(_open_source(src), "rb", buffering=0)
         self._h = blake3.blake3()
         self._checked = False
@@ -134,6 +142,8 @@ class _VerifiedStream(io.RawIOBase):
             if is_storage_errno(exc):
                 raise storage_error(exc, Path(self._src), "action input") from None
             raise InputChanged(f"{self._src} ({exc.strerror})") from None
+        if n and self._checked:  # the source grew past the end its digest was checked at
+            raise self._on_fail(InputChanged(f"{self._src} grew while read"))
         if n:
             self._h.update(memoryview(buffer)[:n])
         else:
@@ -144,7 +154,7 @@ class _VerifiedStream(io.RawIOBase):
         if not self._checked:
             self._checked = True
             if self._h.hexdigest() != self._expected:
-                raise _digest_mismatch(self._src, self._expected, self._cas_root)
+                raise self._on_fail(_digest_mismatch(self._src, self._expected, self._cas_root))
 
     def close(self) -> None:
         if self.closed:
@@ -199,14 +209,27 @@ class LazyInputs(Mapping[str, Path]):
                 self._digests[name] = digest
         self._order = list(self._pending)
         self._streams: list[io.BufferedReader] = []
+        # the first InputChanged/CorruptInput any read raised: an action that caught it (a broad
+        # `except`, a generator finalized by GC) must still fail (close_all re-raises it)
+        self._failure: Exception | None = None
+        self._staged: dict[str, list[tuple[str, str, str]]] = {}  # key → its members once staged
+
+    def _fail(self, exc: Exception) -> Exception:
+        if self._failure is None:
+            self._failure = exc
+        return exc
 
     def __getitem__(self, key: str) -> Path:
         path = self._ready.get(key)
         if path is not None:
             return path
         files = self._pending.pop(key)  # KeyError: not a declared input
-        for name, src, digest in files:
-            _stage_file(src, self._in / name, digest, self._cas_root)
+        self._staged[key] = files
+        try:
+            for name, src, digest in files:
+                _stage_file(src, self._in / name, digest, self._cas_root)
+        except (InputChanged, CorruptInput) as exc:
+            raise self._fail(exc) from None
         path = self._ready[key] = self._in / key
         return path
 
@@ -230,10 +253,14 @@ class LazyInputs(Mapping[str, Path]):
         if name not in self._digests:
             raise KeyError(name)
         if name in self._ready:  # staged already: the checked copy (its source may change since)
-            path, digest = self._ready[name], self._digests[name]
-            return _read_file(name, str(path), digest, None, limit)
-        (_, src, digest), = self._pending[name]
-        return _read_file(name, src, digest, self._cas_root, limit)
+            src, digest, cas_root = str(self._ready[name]), self._digests[name], None
+        else:
+            (_, src, digest), = self._pending[name]
+            cas_root = self._cas_root
+        try:
+            return _read_file(name, src, digest, cas_root, limit)
+        except (InputChanged, CorruptInput) as exc:
+            raise self._fail(exc) from None
 
     def open(self, name: str, buffer_size: int = 1 << 16) -> io.BufferedReader:
         """File input `name` as a buffered binary stream read from its source without a staged
@@ -247,7 +274,8 @@ class LazyInputs(Mapping[str, Path]):
         else:
             (_, src, _), = self._pending[name]
             cas_root = self._cas_root
-        stream = io.BufferedReader(_VerifiedStream(name, src, self._digests[name], cas_root), buffer_size)
+        raw = _VerifiedStream(name, src, self._digests[name], cas_root, self._fail)
+        stream = io.BufferedReader(raw, buffer_size)
         self._streams.append(stream)
         return stream
 
@@ -255,7 +283,12 @@ class LazyInputs(Mapping[str, Path]):
         """Close (and so check) every stream `open` gave that the action left open."""
         streams, self._streams = self._streams, []
         for stream in streams:
-            stream.close()
+            try:
+                stream.close()
+            except (InputChanged, CorruptInput) as exc:
+                self._fail(exc)
+        if self._failure is not None:
+            raise self._failure
 
     def read_tree(self, key: str) -> list[tuple[str, bytes]]:
         """Sorted (path relative to the tree, bytes) of tree input `key`, each file checked
@@ -263,12 +296,14 @@ class LazyInputs(Mapping[str, Path]):
         staged already). KeyError when `key` is not a tree input."""
         if key in self._digests:
             raise KeyError(key)
-        if key in self._ready:
-            root = self._ready[key]
-            found = [(p.relative_to(root).as_posix(), p.read_bytes()) for p in root.rglob("*") if p.is_file()]
-        else:
-            found = [(name[len(key):].lstrip("/"), _read_file(name, src, digest, self._cas_root, None))
-                     for name, src, digest in self._pending[key]]
+        # the declared members only, each checked (a staged tree's directory may have gained files)
+        members = ([(name, str(self._in / name), digest, None) for name, _, digest in self._staged[key]]
+                   if key in self._ready else [(n, src, d, self._cas_root) for n, src, d in self._pending[key]])
+        try:
+            found = [(name[len(key):].lstrip("/"), _read_file(name, src, digest, cas_root, None))
+                     for name, src, digest, cas_root in members]
+        except (InputChanged, CorruptInput) as exc:
+            raise self._fail(exc) from None
         return sorted(found, key=lambda t: t[0].encode())
 
     def stage_all(self) -> None:

@@ -345,7 +345,7 @@ def test_read_input_checks_digests_without_staging(tmp_path):
             actx.read_input(name, 10)
         assert not isinstance(changed.value, OSError), name
     for name in ("t", "t/m", "undeclared"):
-        with pytest.raises(ActionError, match="undeclared or tree"):
+        with pytest.raises(ActionError, match="undeclared input"):
             actx.read_input(name)
     assert actx.read_tree_files("t") == [("m", b"m")]  # a tree's files, read without staging
     for name in ("a.json", "undeclared"):
@@ -488,9 +488,10 @@ def test_open_input_streams_and_checks_at_the_end(tmp_path):
     half.read(10)
     with pytest.raises(InputChanged):  # closed early: the rest is read and checked
         half.close()
-    with pytest.raises(ActionError, match="undeclared or tree"):
+    with pytest.raises(ActionError, match="undeclared input"):
         actx.open_input("nope")
-    lazy.close_all()
+    with pytest.raises(InputChanged):  # the failures above are sticky: the action still fails
+        lazy.close_all()
     # through the engine: a half-read stream of a changed input fails the action on return
     task = {"id": "//x:y#A", "label": "//x:y", "fn": "tests.test_incremental:_read_some", "params": {},
             "source_date_epoch": None, "outputs": [], "cache_dir": str(tmp_path / "cache"),
@@ -498,3 +499,61 @@ def test_open_input_streams_and_checks_at_the_end(tmp_path):
     assert run_action(dict(task))["stats"] == {"head": data[:3].decode("latin-1")}
     src.write_bytes(data[:-1] + b"\x00")
     assert run_action(dict(task, sandbox_name="t2"))["error"]["reason"] == "input-changed"
+
+
+def _swallow_read(actx) -> dict:
+    """An action that catches everything around its read and writes what it got anyway."""
+    try:
+        data = actx.read_input("a")
+    except Exception:  # noqa: BLE001 - the point of the test: a rule swallowing the failure
+        data = b"fallback"
+    actx.write_output("o", data)
+    return {}
+
+
+def _read_then_more(actx) -> dict:
+    """Reads its stream to the end (checked there), then again after the source grew."""
+    with actx.open_input("a") as f:
+        data = f.read()
+        (Path(actx.params["src"])).write_bytes(data + b"INJECTED")  # the source grows after the check
+        data += f.read()
+    actx.write_output("o", data)
+    return {}
+
+
+def test_input_failures_are_sticky_and_late_bytes_refused(tmp_path):
+    """A changed input fails the action even when the rule swallows the exception; bytes a source
+    gains after its stream was checked are refused; a FIFO swapped in for a source fails at once
+    instead of blocking the build; a staged tree is read as its declared, checked members only."""
+    import os
+
+    import blake3
+
+    from stella_build.engine.sandbox import InputChanged, LazyInputs, run_action
+
+    src = tmp_path / "a"
+    src.write_bytes(b"line1\n")
+    good = blake3.blake3(b"line1\n").hexdigest()
+
+    def task(fn: str, tag: str) -> dict:
+        return {"id": "//x:y#A", "label": "//x:y", "fn": f"tests.test_incremental:{fn}",
+                "params": {"src": str(src)}, "source_date_epoch": None, "outputs": ["o"],
+                "cache_dir": str(tmp_path / "cache"), "sandbox_name": tag, "mode": "build",
+                "expected": {}, "inputs": [["a", str(src), good, None]]}
+
+    assert "error" not in run_action(task("_swallow_read", "t1"))
+    src.write_bytes(b"EVIL1\n")
+    assert run_action(task("_swallow_read", "t2"))["error"]["reason"] == "input-changed"
+    src.write_bytes(b"line1\n")
+    assert run_action(task("_read_then_more", "t3"))["error"]["reason"] == "input-changed"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(InputChanged, match="regular file"):
+        LazyInputs(tmp_path / "sb", [["f", str(fifo), good, None]], None).read("f")
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "x").write_bytes(b"x")
+    lazy = LazyInputs(tmp_path / "sb2", [["t/x", str(tmp_path / "tree" / "x"),
+                                          blake3.blake3(b"x").hexdigest(), "t"]], None)
+    staged = lazy["t"]
+    (staged / "extra").write_bytes(b"unlisted")
+    assert lazy.read_tree("t") == [("x", b"x")]

@@ -147,6 +147,11 @@ def _evidence_shard(tmp_path: Path, fmt: str, files: dict[str, bytes], strict: b
         def input(self, name):
             return self.inputs[name]
 
+        def read_input(self, name, limit=None):  # as ActionContext.read_input outside the engine
+            from stella_build.engine.rule_api import ActionContext
+
+            return ActionContext.read_input(self, name, limit)
+
         def output(self, name):
             return self.out / name
 

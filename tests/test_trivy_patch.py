@@ -332,3 +332,33 @@ def test_signed_patch_checks_its_origin_before_anything(sample, tmp_path):
     doc["result"]["sha256"] = "0" * 64                       # a consistent lie needs the key
     (tampered / "patch.json").write_text(json.dumps(doc))
     refused(tampered, pub, 3, "signature-invalid")
+    linked = tmp_path / "linked"
+    shutil.copytree(signed, linked, symlinks=True)
+    shutil.rmtree(linked / "signatures")
+    (linked / "signatures").symlink_to(signed / "signatures")
+    refused(linked, pub, 3, "symlink")
+
+
+def test_an_older_patch_does_not_roll_back_a_newer_db(sample, tmp_path):
+    """OUT already holds a DB updated later than the patch's result (metadata.json UpdatedAt): a
+    relayed older patch is refused (exit 3, rollback) and OUT is left as it was; --force goes back
+    on purpose. A patch whose declared sizes are smaller than its files is refused before reading."""
+    out = tmp_path / "site"
+    out.mkdir()
+    shutil.copyfile(sample["new"] / "trivy.db", out / "trivy.db")
+    newer = json.loads((sample["patch"] / "metadata.json").read_text())
+    newer["UpdatedAt"] = "2999-01-01T00:00:00Z"
+    (out / "metadata.json").write_text(json.dumps(newer))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
+                cwd=sample["ws"])
+    assert r.code == 3 and r.json()["errors"][0]["reason"] == "rollback", (r.stdout, r.stderr)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    forced = run_cli(["trivy-db", "patch", "--force", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
+                     cwd=sample["ws"])
+    assert forced.code == 0, forced.stderr
+    assert (out / "metadata.json").read_bytes() == (sample["patch"] / "metadata.json").read_bytes()
+    big = _copy_patch(sample, tmp_path)
+    with open(big / "trivy.db.zst", "ab") as f:
+        f.truncate(1 << 30)  # sparse: 1 GiB declared as a few KiB in patch.json
+    _refused(sample, tmp_path, sample["base"], big, "size-limit")

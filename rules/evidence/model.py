@@ -279,8 +279,6 @@ def read_evidence_input(actx: Any, name: str, path: str, limit: int = MAX_EVIDEN
     copy. The same EvidenceError (reason ``evidence-too-large``) past ``limit`` bytes."""
     from stella_build.engine.rule_api import InputTooLarge
 
-    if not hasattr(actx, "read_input"):  # a stand-in context (tests) with paths only
-        return read_evidence_file(actx.input(name), path, limit)
     try:
         return actx.read_input(name, limit)
     except InputTooLarge as exc:

@@ -54,42 +54,15 @@ def _read(path: Path, cap: int, what: str) -> bytes:
 
 def _signed_manifest(patch_dir: Path, key: str) -> bytes:
     """patch.json checked against signatures/ with the trusted public key `key` before anything
-    parses it (the bytes returned are the ones that verified). Exit 4 `signature-missing` for an
-    unsigned patch or an unusable key, exit 3 `signature-invalid` for a signature that does not
-    verify or a shipped cosign.pub that is not `key`."""
-    from stella_build.rules.formats import signing
-    from stella_build.rules.formats.keys import SigningKeyError, load_public_key, public_key_digest
+    parses it (the bytes returned are the ones that verified): the mirror delta's check
+    (verify_manifest_signature), exit 4 unsigned, exit 3 signature-invalid."""
+    from stella_build.delivery.verify.mirror import verify_manifest_signature
     from stella_build.rules.formats.trivy.patch import SIGNATURE_FILES
 
+    if (patch_dir / "signatures").is_symlink():  # its files are refused as links; so is the folder
+        raise MirrorError("signatures/ is a symbolic link", 3, "symlink", file=patch_dir / "signatures")
     names = {role: patch_dir / rel for role, rel in SIGNATURE_FILES.items()}
-    bundle = names["manifest_bundle"]
-    if bundle.is_symlink() or not bundle.is_file():
-        raise MirrorError(f"--key given but the patch is not signed (no {SIGNATURE_FILES['manifest_bundle']}; "
-                          "sign the trivy_db_patch target)", 4, "signature-missing", file=bundle, field="--key")
-    try:
-        pub = load_public_key(Path(key).read_bytes(), what=key)
-    except (OSError, SigningKeyError) as exc:
-        raise MirrorError(f"cannot use the public key {key}: {exc}", 4, "signature-missing", field="--key") from None
-    if os.path.lexists(names["public_key"]):
-        try:
-            shipped = load_public_key(_read(names["public_key"], MAX_MANIFEST_BYTES, "cosign.pub"),
-                                      what=str(names["public_key"]))
-        except SigningKeyError as exc:
-            raise MirrorError(str(exc), 3, "signature-invalid", file=names["public_key"]) from None
-        if public_key_digest(shipped) != public_key_digest(pub):
-            raise MirrorError(f"the patch was signed with another key than {key}", 3, "signature-invalid",
-                              file=names["public_key"])
-    data = _read(patch_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES, "patch.json")
-    try:
-        signing.verify_sigstore_bundle(_read(bundle, MAX_MANIFEST_BYTES, "the signature bundle"), data, pub,
-                                       name=bundle.name)
-        if os.path.lexists(names["manifest_sig"]):
-            signing.verify_legacy_signature(_read(names["manifest_sig"], MAX_MANIFEST_BYTES, "patch.json.sig"),
-                                            data, pub, name=names["manifest_sig"].name)
-    except signing.SignatureInvalid as exc:
-        raise MirrorError(f"the signature of patch.json does not verify with {key}: {exc}", 3,
-                          "signature-invalid", file=bundle) from None
-    return data
+    return verify_manifest_signature(patch_dir / MANIFEST_FILE, names, key, "the patch", cap=MAX_MANIFEST_BYTES)
 
 
 def _manifest(patch_dir: Path, data: bytes | None = None) -> dict:
@@ -123,6 +96,34 @@ def _check(data: bytes, entry: dict, path: Path, reason: str) -> None:
                           f"sha256 {entry['sha256']}", 3, reason, file=path)
 
 
+def _updated_at(data: bytes) -> int:
+    """Seconds since the epoch of a Trivy metadata.json's UpdatedAt; ValueError when absent."""
+    from stella_build.engine.encode.timefmt import parse_rfc3339
+
+    try:
+        return parse_rfc3339(json.loads(data)["UpdatedAt"])
+    except (KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _not_older(out: Path, metadata: bytes) -> None:
+    """Refuse (exit 3, `rollback`) to replace a DB in OUT whose metadata.json says it was updated
+    later than the patch's result: whoever relays patches could otherwise serve an older signed
+    one and hide newer advisories. A site file that cannot be read as metadata is not compared."""
+    old = out / METADATA_FILE
+    if old.is_symlink() or not old.is_file():
+        return
+    try:
+        was = _updated_at(_read(old, MAX_MANIFEST_BYTES, "metadata.json"))
+        now = _updated_at(metadata)
+    except (ValueError, MirrorError):
+        return
+    if now < was:
+        raise MirrorError(f"the patched DB was updated {now}, before the DB already there ({was}): "
+                          "an older patch (pass --force to go back on purpose)", 3, "rollback",
+                          file=old, field="PATCH")
+
+
 def _is_output(out: Path) -> bool:
     """OUT is a directory this command wrote before (only trivy.db and metadata.json, regular files)."""
     try:
@@ -140,6 +141,8 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
     `key`: a trusted cosign.pub; patch.json must then carry a signature by it (checked first).
     Without it the patch is only checked against its own patch.json (integrity, not origin).
     Returns {"out", "base": sha256, "result": sha256, "bytes", "patchBytes", "signed": bool}.
+    Refuses (exit 3 `rollback`, unless `force`) to replace a DB in OUT whose metadata.json
+    UpdatedAt is later than the patch's.
     Raises MirrorError: exit 3 (`base-mismatch`, `patch-result-mismatch`, `digest-mismatch`,
     `schema-invalid`, `size-limit`, `patch-invalid`, `missing-file`, `signature-invalid`) with
     nothing written; exit 4 (`signature-missing`) for --key on an unsigned patch; exit 2 for a
@@ -149,9 +152,11 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
     signed = _signed_manifest(Path(patch_dir), key) if key is not None else None
     doc = _manifest(Path(patch_dir), signed)
     patch_path, meta_path = Path(patch_dir) / PATCH_FILE, Path(patch_dir) / METADATA_FILE
-    patch = _read(patch_path, MAX_DB_BYTES, "the patch")
+    # capped at the sizes patch.json declares (signed, with --key): a larger file is refused
+    # before it is read, not after 2 GiB of it were
+    patch = _read(patch_path, doc["patch"]["bytes"], "the patch")
     _check(patch, doc["patch"], patch_path, "digest-mismatch")
-    metadata = _read(meta_path, MAX_MANIFEST_BYTES, "metadata.json")
+    metadata = _read(meta_path, min(doc["metadata"]["bytes"], MAX_MANIFEST_BYTES), "metadata.json")
     _check(metadata, doc["metadata"], meta_path, "digest-mismatch")
     base_bytes = _read(base_file, MAX_DB_BYTES, "the base trivy.db")
     if (len(base_bytes) == doc["result"]["bytes"]
@@ -172,6 +177,8 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
     except PatchError as exc:
         raise MirrorError(f"{patch_path}: {exc}", 3, exc.reason, file=patch_path) from None
     del base_bytes, patch
+    if not force:
+        _not_older(Path(out), metadata)
     # Only now is anything written. Re-applying onto an earlier OUT (or the base's own directory:
     # a Trivy cache's db/) replaces it without --force; outdir.OUTPUT_KINDS has no "trivy-db" kind,
     # so that case passes force after checking the shape here.
@@ -187,7 +194,8 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
                 os.fsync(f.fileno())
         od.commit()
     return {"out": str(out), "base": doc["base"]["sha256"], "result": doc["result"]["sha256"],
-            "bytes": len(result), "patchBytes": doc["patch"]["bytes"], "signed": signed is not None}
+            "bytes": len(result), "patchBytes": doc["patch"]["bytes"], "unchanged": False,
+            "signed": signed is not None}
 
 
 __all__ = ["apply_patch_dir", "OUTPUT_ENTRIES"]

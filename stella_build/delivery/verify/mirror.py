@@ -622,13 +622,24 @@ _SIGNATURE_CAP = 16 << 20  # a Sigstore bundle, a .sig or a cosign.pub is a few 
 def verify_delta_signature(root: Path, key: str) -> bytes:
     """manifest.diff.json against delta/signatures/ with the trusted public key (cosign.pub), before
     anything parses it; returns the verified bytes (parse those, not the file again)."""
-    from stella_build.rules.formats import signing
     from stella_build.rules.formats.mirror import DELTA_SIGNATURE_FILES
-    from stella_build.rules.formats.keys import SigningKeyError, load_public_key, public_key_digest
 
     names = {role: root / path.removeprefix("delta/") for role, path in DELTA_SIGNATURE_FILES.items()}
+    return verify_manifest_signature(root / "manifest.diff.json", names, key, "the delta")
+
+
+def verify_manifest_signature(manifest: Path, names: Mapping[str, Path], key: str, what: str, *,
+                              cap: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of `manifest` once its Sigstore bundle (`names["manifest_bundle"]`) and, when
+    present, its legacy .sig (`manifest_sig`) verify with the trusted public key file `key`, and a
+    shipped cosign.pub (`public_key`), when present, is that key. Signed manifests of mirror deltas
+    and Trivy DB patches (rules/signing.py roles). MirrorError: exit 4 `signature-missing` when
+    `what` is not signed, exit 4 for an unusable `key`, exit 3 `signature-invalid` otherwise."""
+    from stella_build.rules.formats import signing
+    from stella_build.rules.formats.keys import SigningKeyError, load_public_key, public_key_digest
+
     if not names["manifest_bundle"].is_file():  # the legacy .sig and cosign.pub are checked when present
-        raise MirrorError(f"{root}: --key given but the delta is not signed (missing {names['manifest_bundle']})", 4,
+        raise MirrorError(f"--key given but {what} is not signed (missing {names['manifest_bundle']})", 4,
                           "signature-missing", file=names["manifest_bundle"])
     try:
         pub = load_public_key(Path(key).read_bytes(), what=key)
@@ -642,17 +653,17 @@ def verify_delta_signature(root: Path, key: str) -> bytes:
         if public_key_digest(shipped) != public_key_digest(pub):
             raise MirrorError(f"{names['public_key']} is not the trusted key {key}", 3, "signature-invalid",
                               file=names["public_key"])
-    diff = read_capped(root / "manifest.diff.json")
+    data = read_capped(manifest, cap)
     try:
-        signing.verify_sigstore_bundle(read_capped(names["manifest_bundle"], _SIGNATURE_CAP), diff, pub,
+        signing.verify_sigstore_bundle(read_capped(names["manifest_bundle"], _SIGNATURE_CAP), data, pub,
                                        name=names["manifest_bundle"].name)
         if os.path.lexists(names["manifest_sig"]):
-            signing.verify_legacy_signature(read_capped(names["manifest_sig"], _SIGNATURE_CAP), diff, pub,
+            signing.verify_legacy_signature(read_capped(names["manifest_sig"], _SIGNATURE_CAP), data, pub,
                                             name=names["manifest_sig"].name)
     except signing.SignatureInvalid as exc:
-        raise MirrorError(f"{root}: delta signature does not verify: {exc}", 3, "signature-invalid",
+        raise MirrorError(f"{what}: signature of {manifest.name} does not verify: {exc}", 3, "signature-invalid",
                           file=names["manifest_bundle"]) from None
-    return diff
+    return data
 
 
 def _archive_signatures() -> set[str]:
