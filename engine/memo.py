@@ -12,12 +12,14 @@ Hermetic by construction:
   result is computed from) names the entry; so an entry can only be found for the same code, the
   same params and the same record bytes, and its value is a pure function of those;
 - a pack is one file per action slot (``<cache>/memo-v1/<ns>/<blake3(scope, slot)>.pack``):
-  magic, scope digest, zstd(level 1) of the entries, BLAKE3 of all of it. Anything that does not
-  check (truncated, flipped byte, wrong scope, not decompressing within the size it declares) is
-  deleted and treated as empty: a corrupt or missing pack only costs time, never changes bytes;
-- a pack is rewritten after each run with exactly the entries that run used (stale records do
-  not accumulate), via a temp file and ``os.replace`` (a concurrent writer of the same slot
-  loses, which is harmless: both wrote correct entries);
+  magic, scope digest, a base and a delta frame of zstd(level 1) entries, BLAKE3 of all of it
+  (``RecordMemo``). Anything that does not check (truncated, flipped byte, wrong scope, not
+  decompressing within the size it declares) is deleted and treated as empty: a corrupt or
+  missing pack only costs time, never changes bytes;
+- a pack is rewritten after each run via a temp file and ``os.replace`` (a concurrent writer of
+  the same slot loses, which is harmless: both wrote correct entries), keeping its base frame
+  while at most a quarter of it went unused, else with exactly the entries that run used (stale
+  records do not accumulate beyond that);
 - ``build --check`` (sandbox mode ``check``) and actions run outside a cache sandbox (benchmarks
   calling action functions directly) get a disabled memo: every lookup misses and nothing is
   written, so ``--check`` compares the real computation with the cached bytes.
@@ -40,11 +42,14 @@ from stella_build.engine.closure import implementation_digest
 from stella_build.engine.encode import canonical_json
 
 MEMO_DIR = "memo-v1"
-_MAGIC = b"STELLA-MEMO-1\n"
+_MAGIC = b"STELLA-MEMO-2\n"
 _DIGEST = 32
 _ENTRY = struct.Struct(">32sI")  # record digest, value length in bytes
-_SIZE = struct.Struct(">Q")      # uncompressed size of the entries (bounds decompression)
-_MAX_PACK = 4 << 30              # a pack larger than this is treated as corrupt (4 GiB)
+_FRAME = struct.Struct(">QQ")    # a frame's uncompressed size (bounds decompression), its length
+_MAX_PACK = 4 << 30              # a frame larger than this is treated as corrupt (4 GiB)
+# A save keeps the pack's base frame as it is (no recompression) while at most this fraction of
+# its entries went unused and the delta stays at most this fraction of it; else it compacts.
+_STALE = 0.25
 
 
 def record_digest(data: bytes) -> bytes:
@@ -52,15 +57,44 @@ def record_digest(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
 
 
+def _entries_bytes(entries: dict[bytes, bytes]) -> bytes:
+    parts = []
+    for digest in sorted(entries):
+        value = entries[digest]
+        parts.append(_ENTRY.pack(digest, len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def _frame(entries: dict[bytes, bytes]) -> bytes:
+    raw = _entries_bytes(entries)
+    # with the frame checksum (XXH64), checked on decompression: a damaged frame whose pack
+    # checksum was recomputed still fails instead of giving other values
+    packed = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(raw) if raw else b""
+    return _FRAME.pack(len(raw), len(packed)) + packed
+
+
 class RecordMemo:
     """Memo of one action slot. ``get(digest) -> bytes | None``, ``put(digest, value)``,
     ``save()`` once the action's outputs are written; ``stats()`` → {"hits", "misses",
-    "corrupt"} (corrupt: 1 when a damaged pack was found and ignored)."""
+    "corrupt"} (corrupt: 1 when a damaged pack was found and ignored).
+
+    Pack layout (``STELLA-MEMO-2``): magic, scope digest, a *base* frame and a *delta* frame
+    (each: uncompressed size, length, zstd level 1 of the sorted entries ``digest, value length,
+    value``), BLAKE3 of everything before it. A daily rebuild changes ~1 % of the records: the
+    save then copies the base frame's compressed bytes as they are and compresses only the new
+    entries into the delta, instead of recompressing the whole pack (most of a replay's cost at
+    100k records). Unused entries stay in the base until more than ``_STALE`` of it is unused,
+    or the delta outgrows ``_STALE`` of it: then the pack is rewritten with exactly the entries
+    the run used. Either way an entry is a pure function of its digest, so an old one is never
+    wrong, only space."""
 
     def __init__(self, root: Path | None, namespace: str, fn: str, params: Any, slot: str):
         self.enabled = root is not None
         self._old: dict[bytes, bytes] = {}
         self._new: dict[bytes, bytes] = {}
+        self._base: dict[bytes, bytes] = {}
+        self._base_frame = b""  # the loaded pack's base frame, as stored (header and zstd bytes)
         self.hits = self.misses = self.corrupt = 0
         if not self.enabled:
             self.path = None
@@ -76,28 +110,50 @@ class RecordMemo:
             data = self.path.read_bytes()
         except OSError:  # missing (first run) or unreadable: a cold memo
             return
-        entries = self._parse(data)
-        if entries is None:
+        parsed = self._parse(data)
+        if parsed is None:
             self.corrupt = 1
             try:
                 self.path.unlink()
             except OSError:
                 pass
             return
-        self._old = entries
+        self._base, delta, self._base_frame = parsed
+        self._old = dict(self._base)
+        self._old.update(delta)
 
-    def _parse(self, data: bytes) -> dict[bytes, bytes] | None:
-        head = len(_MAGIC) + _DIGEST + _SIZE.size
-        if len(data) < head + _DIGEST or not data.startswith(_MAGIC):
+    def _parse(self, data: bytes) -> tuple[dict[bytes, bytes], dict[bytes, bytes], bytes] | None:
+        """(base entries, delta entries, the base frame as stored), or None if anything does not
+        check: magic, BLAKE3, scope, each frame's declared sizes and entries."""
+        head = len(_MAGIC) + _DIGEST
+        if len(data) < head + 2 * _FRAME.size + _DIGEST or not data.startswith(_MAGIC):
             return None
         body, check = data[:-_DIGEST], data[-_DIGEST:]
-        if blake3.blake3(body).digest() != check or body[len(_MAGIC):len(_MAGIC) + _DIGEST] != self.scope:
+        if blake3.blake3(body).digest() != check or body[len(_MAGIC):head] != self.scope:
             return None
-        (size,) = _SIZE.unpack_from(body, len(_MAGIC) + _DIGEST)
-        if size > _MAX_PACK:
+        frames, pos = [], head
+        for _ in range(2):
+            if pos + _FRAME.size > len(body):
+                return None
+            size, length = _FRAME.unpack_from(body, pos)
+            end = pos + _FRAME.size + length
+            if size > _MAX_PACK or end > len(body):
+                return None
+            entries = self._entries(body[pos + _FRAME.size:end], size)
+            if entries is None:
+                return None
+            frames.append((entries, body[pos:end]))
+            pos = end
+        if pos != len(body):
             return None
+        return frames[0][0], frames[1][0], frames[0][1]
+
+    @staticmethod
+    def _entries(packed: bytes, size: int) -> dict[bytes, bytes] | None:
+        if not packed:
+            return {} if size == 0 else None
         try:  # max_output_size: never inflate more than the size the (checked) header declares
-            raw = zstandard.ZstdDecompressor().decompress(body[head:], max_output_size=size)
+            raw = zstandard.ZstdDecompressor().decompress(packed, max_output_size=size)
         except zstandard.ZstdError:
             return None
         if len(raw) != size:
@@ -130,18 +186,19 @@ class RecordMemo:
             self._new[digest] = value
 
     def save(self) -> None:
-        """Write the pack of the entries this run used. Failures (full disk, read-only cache)
-        are ignored: the memo is an optimisation, the action's outputs do not depend on it."""
+        """Write the pack of the entries this run used (plus, while few, unused ones of the base
+        frame it kept; see the class docstring). Failures (full disk, read-only cache) are
+        ignored: the memo is an optimisation, the action's outputs do not depend on it."""
         if not self.enabled:
             return
-        parts = []
-        for digest in sorted(self._new):
-            value = self._new[digest]
-            parts.append(_ENTRY.pack(digest, len(value)))
-            parts.append(value)
-        raw = b"".join(parts)
-        body = (_MAGIC + self.scope + _SIZE.pack(len(raw))
-                + zstandard.ZstdCompressor(level=1).compress(raw))
+        base = self._base
+        extra = {d: v for d, v in self._new.items() if d not in base}
+        stale = len(base) - (len(self._new) - len(extra))
+        if base and stale <= _STALE * len(base) and len(extra) <= _STALE * len(base):
+            frames = self._base_frame + _frame(extra)
+        else:  # compact: exactly what this run used
+            frames = _frame(self._new) + _frame({})
+        body = _MAGIC + self.scope + frames
         tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

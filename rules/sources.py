@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, ClassVar, Literal
 
 import blake3
@@ -176,10 +177,9 @@ def osv_shard(actx: ActionContext) -> dict:
         })
         records.append(((doc["id"], logical), line))
         memo.put(digest, canonical_json.dumps(doc["id"]) + b"\n" + line[:-1])
-    records.sort(key=lambda r: r[0])
+    records.sort(key=itemgetter(0))
     with open(actx.output("records.jsonl"), "wb") as out:
-        for _, line in records:
-            out.write(line)
+        out.write(b"".join(line for _, line in records))
     quarantined.sort(key=lambda q: (q["path"], q["field"]))
     actx.write_output("stats.json", canonical_json.dumps(
         {"files": len(actx.inputs), "records": len(records), "quarantined": quarantined}))

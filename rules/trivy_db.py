@@ -303,12 +303,20 @@ def _distro_ds(distro, ds, override: bool):
 
 def _map_record(actx: ActionContext, advisories: list) -> bytes:
     """The mapping of one records.jsonl line's advisories, as the bytes ``map_shard`` replays
-    (and memoizes: a pure function of the line and the action params). JSON list, one event per
-    advisory: ``["x", ecosystem, code, reason, id]`` not mapped, ``["s"]`` nothing to write, or
-    ``["e", approximation note | null, bucket, data source JSON, items]`` where items are
-    ``["a", sort key, tiebreak, kv line]`` and ``["v", sort key, tiebreak, kv line, id,
-    sha256 of the detail JSON]`` (a vulnerability detail, written once per (id, detail) in the
-    shard)."""
+    (and memoizes: a pure function of the line and the action params).
+
+    Two parts, so a replay decodes only a small header (the kv lines, most of the bytes, are
+    never JSON-escaped inside JSON: decoding them cost ~30 µs a record, half of a replay):
+
+    - line 1, a JSON list with one event per advisory: ``["x", ecosystem, code, reason, id]`` not
+      mapped, ``["s"]`` nothing to write, or ``["e", approximation note | null, bucket, data
+      source JSON, tiebreak, items]`` where items are ``["a", sort key]`` (an advisory entry) and
+      ``["v", vulnerability id, sha256 of the detail JSON]`` (a vulnerability detail, sort key
+      ``vulnerability\0<id>``, written once per (id, detail) in the shard, so the advisory's
+      repeats for other packages are left out here already);
+    - then the kv line of every item, in item order, each ending in a newline (kv lines never
+      hold a raw newline: ``_kv_line`` escapes the names, compact JSON escapes control
+      characters)."""
     from stella_build.rules.formats.trivy.schema import (
         DataSource, NotMappable, dumps_member, merge_advisories, merge_vulnerability, record_entries,
         trivy_route, vulnerability_detail,
@@ -320,6 +328,7 @@ def _map_record(actx: ActionContext, advisories: list) -> bytes:
     override = actx.params.get("override", False)
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     events: list = []
+    texts: list[str] = []
     for adv in advisories:
         try:
             kind, where, distro = trivy_route(adv.ecosystem)
@@ -343,19 +352,30 @@ def _map_record(actx: ActionContext, advisories: list) -> bytes:
         # what a detail is written once per: its digest, not its text (the text is in the kv line
         # already; a third copy made the memo entries a third larger and slower to replay)
         detail_text = hashlib.sha256(dumps_member(detail).encode("utf-8", "surrogatepass")).hexdigest()
-        items = []
+        items: list = []
+        vids: set[str] = set()
         for bucket_name, pkg, vid, member in entries:
             _check_name(pkg, "package name", adv)
             _check_name(vid, "vulnerability id", adv)
             value = merge_advisories([member]).decode()
             key = f"{bucket_name}\0{pkg}\0{vid}"
-            items.append(["a", key, tiebreak, _kv_line(dumps, key, "a", tiebreak, value, dumps(member))])
-            vkey = f"vulnerability\0{vid}"
-            vline = _kv_line(dumps, vkey, "v", tiebreak, merge_vulnerability(vid, [detail]).decode(),
-                             dumps(detail))
-            items.append(["v", vkey, tiebreak, vline, vid, detail_text])
-        events.append(["e", approx, bucket, bucket_ds.to_json_bytes().decode(), items])
-    return dumps(events).encode("utf-8", "surrogatepass")
+            items.append(["a", key])
+            texts.append(_kv_line(dumps, key, "a", tiebreak, value, dumps(member)))
+            if vid in vids:  # the same line again (same id, detail, tiebreak): replay drops it
+                continue
+            vids.add(vid)
+            vline = _kv_line(dumps, f"vulnerability\0{vid}", "v", tiebreak,
+                             merge_vulnerability(vid, [detail]).decode(), dumps(detail))
+            items.append(["v", vid, detail_text])
+            texts.append(vline)
+        events.append(["e", approx, bucket, bucket_ds.to_json_bytes().decode(), tiebreak, items])
+    texts.append("")
+    # the kv lines strictly (kv.jsonl is UTF-8: a lone surrogate fails here, as writing it would)
+    return dumps(events).encode("utf-8", "surrogatepass") + b"\n" + "\n".join(texts).encode("utf-8")
+
+
+# one decoder for every replayed header: json.loads(bytes) re-detects the encoding each call
+_decode_json = json.JSONDecoder().decode
 
 
 def map_shard(actx: ActionContext) -> dict:
@@ -367,7 +387,7 @@ def map_shard(actx: ActionContext) -> dict:
 
     dep = actx.params["dep"]
     memo = actx.memo("trivy-shard", map_shard)
-    lines: list[tuple[str, str, str]] = []  # (sort key, tiebreak, kv line)
+    lines: list[tuple[str, str, bytes]] = []  # (sort key, tiebreak, kv line as UTF-8)
     sources: dict[str, str] = {}
     stats = {"records": 0, "entries": 0, "skipped": 0, "not_mapped": 0, "approximated": 0}
     not_mapped: dict[tuple[str, str, str], list[str]] = {}
@@ -391,7 +411,9 @@ def map_shard(actx: ActionContext) -> dict:
                     continue
                 mapped = _map_record(actx, advisories)
                 memo.put(digest, mapped)
-            for event in json.loads(mapped):
+            texts = mapped.split(b"\n")  # [header, kv line, ..., b""]: written as they are
+            pos = 1
+            for event in _decode_json(texts[0].decode("utf-8", "surrogatepass")):
                 stats["records"] += 1
                 if event[0] == "x":
                     not_mapped.setdefault((event[1], event[2], event[3]), []).append(event[4])
@@ -400,26 +422,27 @@ def map_shard(actx: ActionContext) -> dict:
                 if event[0] == "s":
                     stats["skipped"] += 1
                     continue
-                _, approx, bucket, bucket_ds, items = event
+                _, approx, bucket, bucket_ds, tiebreak, items = event
                 if approx is not None:
                     approximated.append(approx)
                     stats["approximated"] += 1
                 sources.setdefault(bucket, bucket_ds)
                 for item in items:
+                    text = texts[pos]
+                    pos += 1
                     if item[0] == "a":
-                        lines.append((item[1], item[2], item[3]))
+                        lines.append((item[1], tiebreak, text))
                         stats["entries"] += 1
-                    elif (item[4], item[5]) not in details_seen:
-                        details_seen.add((item[4], item[5]))
-                        lines.append((item[1], item[2], item[3]))
+                    elif (item[1], item[2]) not in details_seen:
+                        details_seen.add((item[1], item[2]))
+                        lines.append(("vulnerability\0" + item[1], tiebreak, text))
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     for bucket, src in sources.items():
         key = f"data-source\0{bucket}"
-        lines.append((key, f"{dep:04d}", _kv_line(dumps, key, "d", f"{dep:04d}", src, "")))
-    lines.sort(key=lambda t: (t[0], t[1]))
-    with open(actx.output("kv.jsonl"), "w", encoding="utf-8") as out:
-        for _, _, text in lines:
-            out.write(text + "\n")
+        lines.append((key, f"{dep:04d}", _kv_line(dumps, key, "d", f"{dep:04d}", src, "").encode()))
+    lines.sort(key=itemgetter(0, 1))  # stable: equal (key, tiebreak) keep their record order
+    with open(actx.output("kv.jsonl"), "wb") as out:
+        out.write(b"".join(text + b"\n" for _, _, text in lines))
     report = {"records": stats["records"],
               "not_mapped": [[eco, code, reason, sorted(ids)]
                              for (eco, code, reason), ids in sorted(not_mapped.items())],

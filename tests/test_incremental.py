@@ -193,6 +193,48 @@ def test_record_memo_roundtrip_scope_and_damage(tmp_path):
     assert not pack.exists()
 
 
+def test_record_memo_keeps_its_base_frame_for_a_small_change(tmp_path):
+    """A daily change: the save copies the base frame's bytes and compresses only the new
+    entries; once more than a quarter of the base goes unused the pack is compacted."""
+    fn = "stella_build.rules.trivy_db:map_shard"
+    digests = [record_digest(b"r%d" % i) for i in range(8)]
+    first = RecordMemo(tmp_path, "t", fn, {}, "slot")
+    for i, d in enumerate(digests):
+        first.put(d, b"value %d" % i)
+    first.save()
+    base_frame = RecordMemo(tmp_path, "t", fn, {}, "slot")._base_frame
+    assert base_frame and base_frame in first.path.read_bytes()
+    # one record changed: 7 of 8 hits, one new entry
+    run = RecordMemo(tmp_path, "t", fn, {}, "slot")
+    assert all(run.get(d) == b"value %d" % i for i, d in enumerate(digests[:7]))
+    new = record_digest(b"r8")
+    assert run.get(new) is None
+    run.put(new, b"value 8")
+    run.save()
+    again = RecordMemo(tmp_path, "t", fn, {}, "slot")
+    assert again._base_frame == base_frame                        # kept as it was, not recompressed
+    assert again.get(new) == b"value 8" and again.get(digests[7]) == b"value 7"  # stale but kept
+    delta_pack = again.path.read_bytes()  # base + a delta of one entry
+    # a run that uses 2 of the 9: compacted to exactly those
+    small = RecordMemo(tmp_path, "t", fn, {}, "slot")
+    small.get(digests[0]), small.get(new)
+    small.save()
+    after = RecordMemo(tmp_path, "t", fn, {}, "slot")
+    assert after._base_frame != base_frame and after.get(digests[7]) is None
+    assert after.get(digests[0]) == b"value 0" and after.get(new) == b"value 8"
+    # the delta frame's declared size or length off (checksum recomputed, so only the frame
+    # checks can catch it): the whole pack is dropped
+    import blake3
+
+    for cut in (len(delta_pack) - 33, 46 + len(base_frame) + 7, 46 + len(base_frame) + 15):
+        broken = bytearray(delta_pack)
+        broken[cut] ^= 0xFF
+        body = bytes(broken[:-32])
+        again.path.write_bytes(body + blake3.blake3(body).digest())
+        damaged = RecordMemo(tmp_path, "t", fn, {}, "slot")
+        assert damaged.stats()["corrupt"] == 1 and damaged.get(new) is None and not again.path.exists()
+
+
 def test_memo_only_in_build_sandboxes(tmp_path):
     from stella_build.engine.rule_api import ActionContext
 
