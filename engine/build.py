@@ -112,14 +112,23 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
     diffs: list[dict] = []
     outcomes: dict[str, Outcome] = {}
     try:
-        for attempt in range(3):
+        # A damaged cache blob found while staging or materializing is deleted (CAS), every
+        # result naming it is forgotten and the build runs again: the producers miss and rebuild
+        # it. Each round must find a blob not seen before (a deleted blob cannot be found again
+        # unless rewritten damaged, and a rebuilt blob has its old digest), so this ends after at
+        # most one round per damaged blob; the bound is only a backstop.
+        seen_corrupt: set[str] = set()
+        max_rounds = 10_000
+        for attempt in range(max_rounds):
+            last = attempt == max_rounds - 1
             outcomes = executor.run(actions, check=check, signing=signing)
             failed = [o for o in outcomes.values() if o.status == "failed"]
-            corrupt = [o.error["corrupt_blob"] for o in failed if o.error.get("corrupt_blob")]
-            if corrupt and attempt < 2:
-                # A damaged cache blob was detected while staging: forget every result naming it
-                # and run again; the producers miss and rebuild it. Never a wrong output.
-                for digest in corrupt:
+            corrupt = {o.error["corrupt_blob"] for o in failed if o.error.get("corrupt_blob")}
+            if corrupt and not last and not corrupt <= seen_corrupt:
+                seen_corrupt |= corrupt
+                (warn or _no_warn)(f"{len(corrupt)} damaged cache blob(s) found and removed; rebuilding their "
+                     f"producers (round {attempt + 2})")
+                for digest in sorted(corrupt):
                     _drop_results_naming(executor, outcomes, digest)
                 continue
             for o in failed:
@@ -135,10 +144,12 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
                     outputs[str(label)] = materialize(workspace.root, label, files, executor.cas)
                 break
             except CorruptBlob as exc:
-                # A blob rotted between the hit check and the copy: drop it and rebuild once.
+                # A blob rotted between the hit check and the copy: drop it and rebuild.
                 _drop_results_naming(executor, outcomes, exc.digest)
-                if attempt == 2:
+                if last or exc.digest in seen_corrupt:
                     errors.append(ErrorInfo(str(exc), reason="cache-corrupt"))
+                    break
+                seen_corrupt.add(exc.digest)
         if check:
             for o in outcomes.values():
                 for d in o.differences:
@@ -180,6 +191,10 @@ def collect_warnings(outcomes: dict[str, Outcome]) -> list[dict]:
             ident = (item["file"] or "", item["field"] or "", item["reason"], item["message"])
             seen.setdefault(ident, {"target": str(o.spec.label), "action": o.spec.id, **item})
     return [seen[k] for k in sorted(seen)]
+
+
+def _no_warn(message: str) -> None:
+    pass
 
 
 def _drop_results_naming(executor: Executor, outcomes: dict[str, Outcome], digest: str) -> None:

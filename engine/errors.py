@@ -37,8 +37,11 @@ class ErrorInfo:
         where = self.file or ""
         if self.file and self.line:
             where += f":{self.line}"
+        message = self.message
+        if where and message.startswith(f"{where}: "):
+            message = message[len(where) + 2:]  # the message already starts with it: once
         parts = [p for p in (where, self.target, self.field and f"field '{self.field}'") if p]
-        return (": ".join(parts) + ": " if parts else "") + self.message
+        return (": ".join(parts) + ": " if parts else "") + message
 
 
 class StellaError(Exception):

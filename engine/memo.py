@@ -7,10 +7,11 @@ up by the digest of its bytes and replay the stored result instead of recomputin
 Hermetic by construction:
 
 - an entry's lookup key is (namespace, the implementation digest of the action function,
-  the action's params, the record's content digest) — the implementation digest and params
-  scope the whole pack (header and file name), the record digest (BLAKE3 of the exact bytes the
-  result is computed from) names the entry; so an entry can only be found for the same code, the
-  same params and the same record bytes, and its value is a pure function of those;
+  the action's params, the byte-affecting library versions, the record's content digest) — the
+  first four scope the whole pack (header and file name), the record digest (BLAKE3 of the exact
+  bytes the result is computed from) names the entry; so an entry can only be found for the same
+  code, params, libraries (zstd, zlib-ng...) and record bytes, and its value is a pure function
+  of those;
 - a pack is one file per action slot (``<cache>/memo-v1/<ns>/<blake3(scope, slot)>.pack``):
   magic, scope digest, a base and a delta frame of zstd(level 1) entries, BLAKE3 of all of it
   (``RecordMemo``). Anything that does not check (truncated, flipped byte, wrong scope, not
@@ -28,6 +29,8 @@ The pack is one file per action (not one file per record) because a cold 100k-re
 would otherwise write 100k small files, which costs more than the work it saves.
 """
 from __future__ import annotations
+
+import functools
 
 import os
 import struct
@@ -50,6 +53,14 @@ _MAX_PACK = 4 << 30              # a frame larger than this is treated as corrup
 # A save keeps the pack's base frame as it is (no recompression) while at most this fraction of
 # its entries went unused and the delta stays at most this fraction of it; else it compacts.
 _STALE = 0.25
+
+
+@functools.lru_cache(maxsize=1)
+def _process_libraries() -> dict[str, str]:
+    """This process's byte-affecting library versions (`encode.archive.library_versions`)."""
+    from stella_build.engine.encode.archive import library_versions
+
+    return library_versions()
 
 
 def record_digest(data: bytes) -> bytes:
@@ -89,7 +100,8 @@ class RecordMemo:
     the run used. Either way an entry is a pure function of its digest, so an old one is never
     wrong, only space."""
 
-    def __init__(self, root: Path | None, namespace: str, fn: str, params: Any, slot: str):
+    def __init__(self, root: Path | None, namespace: str, fn: str, params: Any, slot: str,
+                 libraries: dict[str, str] | None = None):
         self.enabled = root is not None
         self._old: dict[bytes, bytes] = {}
         self._new: dict[bytes, bytes] = {}
@@ -99,8 +111,14 @@ class RecordMemo:
         if not self.enabled:
             self.path = None
             return
+        # The byte-affecting library versions (zstd, zlib-ng, SQLite...) scope the pack as they
+        # scope the action key: a value such as RawShard's zstd bytes is a function of the
+        # library too, so after an upgrade a memo hit must not give the old library's bytes
+        # where a cold build gives the new one's. Both the versions the action key was computed
+        # with (`libraries`, from analysis) and this process's own (a remote worker may differ).
         self.scope = blake3.blake3(canonical_json.dumps(
-            [MEMO_DIR, namespace, fn, implementation_digest(fn), params])).digest()
+            [MEMO_DIR, namespace, fn, implementation_digest(fn), params,
+             {"action": dict(libraries or {}), "process": _process_libraries()}])).digest()
         name = blake3.blake3(self.scope + slot.encode("utf-8", "surrogatepass")).hexdigest()
         self.path = Path(root) / MEMO_DIR / namespace / f"{name}.pack"
         self._load()

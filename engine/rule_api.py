@@ -17,7 +17,6 @@ by returning a `PostBuild` provider, which the caller (the CLI, the service) car
 """
 from __future__ import annotations
 
-import functools
 import io
 import os
 from dataclasses import dataclass, field
@@ -94,9 +93,13 @@ class Artifact:
     path: Path | str | None = None  # source artifacts: absolute path (a str from glob)
     tree: bool = False
 
-    @functools.cached_property
+    @property
     def path_str(self) -> str:
-        return self.path if isinstance(self.path, str) else str(self.path)
+        """`path` as a str (sources from glob already hold one). A plain property: the key of
+        every action reads it once per source file, and functools.cached_property takes a lock
+        per first access (~4 µs; 0.4 s of a 100k-advisory build)."""
+        path = self.path
+        return path if type(path) is str else str(path)
 
     def child(self, rel: str) -> "Artifact":
         """One file inside a tree artifact, so an action can read it without staging the tree."""
@@ -285,11 +288,14 @@ class ActionContext:
 
     def __init__(self, *, action_id: str, label: str, sandbox: Path, params: dict[str, Any],
                  source_date_epoch: int | None, inputs: Mapping[str, Path],
-                 secrets: dict[str, str] | None = None, memo_cache: Path | None = None):
+                 secrets: dict[str, str] | None = None, memo_cache: Path | None = None,
+                 libraries: dict[str, str] | None = None):
         self.action_id = action_id
         # The cache directory holding the per-record memo, set by the engine's sandbox for a
         # `build`-mode action only (None: check mode or outside the engine, memo disabled).
         self.memo_cache = memo_cache
+        # The action's byte-affecting library versions (ActionSpec.libraries): they scope the memo.
+        self.libraries = dict(libraries or {})
         self.label = label
         self.sandbox = sandbox
         self.params = params
@@ -374,13 +380,14 @@ class ActionContext:
         """The per-record memo of this action (``stella_build.engine.memo.RecordMemo``): look a
         record's result up by ``record_digest(bytes)`` with ``get``, ``put`` new results,
         ``save()`` at the end. Scoped by ``namespace``, the implementation digest of ``fn`` (the
-        action function: its import closure) and ``self.params``; disabled (always misses) under
+        action function: its import closure), ``self.params`` and the byte-affecting library
+        versions (the action's and this process's); disabled (always misses) under
         ``build --check`` and outside an engine sandbox. Values must be a pure function of the
         record's bytes and the params (docs/engine.md "Incremental rebuilds")."""
         from stella_build.engine.memo import RecordMemo, memo_root
 
         return RecordMemo(memo_root(self.memo_cache), namespace, function_reference(fn),
-                          self.params, self.action_id)
+                          self.params, self.action_id, self.libraries)
 
     def read_tree_files(self, name: str) -> list[tuple[str, bytes]]:
         """Sorted (relative path, bytes) of the files of tree input `name`, as ``tree_files``

@@ -50,11 +50,23 @@ _CHUNK = 1 << 20
 
 
 def worker_init() -> None:
-    """Process initializer: pin the state every action would otherwise inherit."""
+    """Process initializer: pin the state every action would otherwise inherit; Ctrl-C (SIGINT to
+    the terminal's process group) ends the worker quietly (`_interrupted`)."""
+    import signal
+
     os.environ.clear()
     os.environ.update(SCRUBBED_ENV)
     time.tzset()
     os.umask(0o022)
+    signal.signal(signal.SIGINT, _interrupted)
+
+
+def _interrupted(signum, frame) -> None:
+    """SIGINT in a worker: SystemExit, not KeyboardInterrupt. In an action it unwinds the same
+    way (sandbox cleanup in `finally`, the pool hands it to the parent, which is stopping on its
+    own Ctrl-C); in an idle worker it ends the process with status 130 and no traceback (the CLI
+    promises none without --debug)."""
+    raise SystemExit(130)
 
 
 class InputChanged(Exception):
@@ -141,7 +153,7 @@ class _VerifiedStream(io.RawIOBase):
         except OSError as exc:  # never an OSError a rule might catch for its own reasons
             if is_storage_errno(exc):
                 raise storage_error(exc, Path(self._src), "action input") from None
-            raise InputChanged(f"{self._src} ({exc.strerror})") from None
+            raise self._on_fail(InputChanged(f"{self._src} ({exc.strerror})")) from None
         if n and self._checked:  # the source grew past the end its digest was checked at
             raise self._on_fail(InputChanged(f"{self._src} grew while read"))
         if n:
@@ -274,7 +286,10 @@ class LazyInputs(Mapping[str, Path]):
         else:
             (_, src, _), = self._pending[name]
             cas_root = self._cas_root
-        raw = _VerifiedStream(name, src, self._digests[name], cas_root, self._fail)
+        try:
+            raw = _VerifiedStream(name, src, self._digests[name], cas_root, self._fail)
+        except (InputChanged, CorruptInput) as exc:  # sticky, as for every other read
+            raise self._fail(exc) from None
         stream = io.BufferedReader(raw, buffer_size)
         self._streams.append(stream)
         return stream
@@ -355,7 +370,8 @@ def run_action(task: dict[str, Any]) -> dict[str, Any]:
         actx = ActionContext(action_id=task["id"], label=task["label"], sandbox=sandbox,
                              params=task["params"], source_date_epoch=task["source_date_epoch"],
                              inputs=inputs, secrets=task.get("secrets") or {},
-                             memo_cache=cache_dir if task.get("mode", "build") == "build" else None)
+                             memo_cache=cache_dir if task.get("mode", "build") == "build" else None,
+                             libraries=task.get("libraries") or {})
         try:
             stats = fn(actx) or {}
         finally:

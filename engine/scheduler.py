@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import operator
 import os
+import re
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -78,21 +80,57 @@ class SourceDigests:
             stored = self.index.get_stats_raw(wanted)
             fresh: dict[str, list] = {}
             now = time.time()
+            memo, blake3_of, stat_of, match = self.memo, self.blake3, os.stat, stat_match
             for p in wanted:
-                st = os.stat(p)
-                known = stat_match(stored[p], st)
+                st = stat_of(p)
+                known = match(stored[p], st)
                 if known is not None:
-                    self.memo[p] = (known[0], known[1], st.st_size)
-                    self.blake3[p] = known[0]
+                    memo[p] = (known[0], known[1], st.st_size)
+                    blake3_of[p] = known[0]
                     continue
                 sig = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
                 b3, sha, size = file_digests(p)
-                self.memo[p] = (b3, sha, size)
-                self.blake3[p] = b3
+                memo[p] = (b3, sha, size)
+                blake3_of[p] = b3
                 if now - st.st_mtime > _RACY_SECONDS:
                     fresh[p] = sig + [b3, sha]
             self.index.put_stats(fresh)
         return self.memo
+
+
+# A sandbox left by a killed build (kill -9, power loss) is removed by the next build once its
+# process is gone and it is this old. The age guard: a build in another PID namespace (a container
+# sharing the cache volume) has a PID this process cannot see, but none runs one action for a day.
+STALE_SANDBOX_SECONDS = 24 * 3600
+_SANDBOX_PID = re.compile(r"-(?:build|check|remote)-(\d+)-\d+\Z")
+
+
+def sweep_stale_sandboxes(cache_dir: Path, now: float | None = None) -> list[str]:
+    """Remove `<cache>/sandbox/<key>-<mode>-<pid>-<n>` directories whose process no longer exists
+    on this host and that are older than STALE_SANDBOX_SECONDS; returns the names removed.
+    Never raises (a leftover only costs space; `cache gc` removes the rest)."""
+    root = cache_dir / "sandbox"
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    cutoff = (time.time() if now is None else now) - STALE_SANDBOX_SECONDS
+    for entry in entries:
+        m = _SANDBOX_PID.search(entry.name)
+        try:
+            if m is None or not entry.is_dir(follow_symlinks=False) or entry.stat(
+                    follow_symlinks=False).st_mtime > cutoff:
+                continue
+            os.kill(int(m.group(1)), 0)
+            continue  # its process (or one that reused the PID) is alive: leave it
+        except ProcessLookupError:
+            pass
+        except (OSError, OverflowError, ValueError):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.name)
+    return removed
 
 
 class Executor:
@@ -113,6 +151,7 @@ class Executor:
         self.sources = SourceDigests(self.index)
         self.progress = progress or (lambda *a: None)
         self._sandbox_seq = itertools.count()
+        sweep_stale_sandboxes(cache_dir)
         # Misses run on an executor (engine/executors/): this machine's process pool (created,
         # and multiprocessing imported, only when something must run: ~5 ms of a no-op build),
         # or a Dask cluster; --check always re-executes locally.
@@ -525,7 +564,8 @@ class Executor:
                 # unique per submission: two actions may share a key (same work declared twice)
                 "sandbox_name": f"{key[:20]}-{mode}-{os.getpid()}-{next(self._sandbox_seq)}",
                 "expected": expected or {},
-                "secrets": spec.secrets, "secrets_remote": spec.secrets_remote}
+                "secrets": spec.secrets, "secrets_remote": spec.secrets_remote,
+                "libraries": spec.libraries}
 
     def _check(self, actions: list[ActionSpec], done: dict[str, Outcome]) -> None:
         """Re-execute every action in a fresh sandbox and record byte differences."""

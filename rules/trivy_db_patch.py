@@ -30,6 +30,7 @@ from stella_build.rules.providers import TrivyArtifacts
 from stella_build.rules.signing import SignParams, add_signing, resolve_signer
 
 BASE_MISSING = "ERR_EXPORT_BASE_MISSING"
+BASE_MISMATCH = "ERR_EXPORT_BASE_MISMATCH"
 
 
 class DbBaseParams(BaseModel):
@@ -92,6 +93,7 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
         if not path.is_file():
             raise UsageError(f"{BASE_MISSING}: base trivy.db {ctx.options.base} (from --base) not found. {advice}",
                              reason="base-missing")
+        _check_bbolt(path, "--base", advice)
         return path.resolve(), _sha256_file(path)
     if params.base is None:
         raise UsageError(f"{BASE_MISSING}: no base trivy.db named. {advice}", field="base", reason="base-missing")
@@ -102,12 +104,33 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
     if not path.is_file():
         raise UsageError(f"{BASE_MISSING}: base trivy.db {path} not found. {advice}", field="base.db",
                          reason="base-missing")
+    _check_bbolt(path, "base.db", advice)
     actual = _sha256_file(path)
     if actual != params.base.sha256:
-        raise UsageError(f"{BASE_MISSING}: base trivy.db {path} has sha256 {actual}, but the target pins "
+        raise UsageError(f"{BASE_MISMATCH}: base trivy.db {path} has sha256 {actual}, but the target pins "
                          f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256",
                          reason="base-mismatch")
     return path.resolve(), actual
+
+
+def _check_bbolt(path: Path, field: str, advice: str) -> None:
+    """UsageError (exit 2, `base-invalid`) unless `path` starts with a bbolt meta page (page 0:
+    16-byte page header with the meta flag, then the magic 0xED0CDAED and version 2; bbolt
+    page.go / db.go): a patch against any other file could never be applied by a site."""
+    import struct
+
+    from stella_build.rules.formats.trivy.bbolt import MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as exc:
+        raise UsageError(f"{BASE_MISSING}: base trivy.db {path}: {exc.strerror or exc}. {advice}", field=field,
+                         reason="base-missing") from None
+    if len(head) < 24 or struct.unpack_from("<H", head, 8)[0] != 0x04 or \
+            struct.unpack_from("<II", head, 16) != (MAGIC, 2):
+        raise UsageError(f"{BASE_MISMATCH}: base {path} is not a bbolt database (no bbolt meta page at its "
+                         f"start), so it is not a trivy.db. {advice}", field=field, reason="base-invalid")
 
 
 def _sha256_file(path: Path) -> str:

@@ -44,6 +44,35 @@ def test_every_flipped_blob_is_detected_and_rebuilt(sample_ws, tmp_path):
                            cache=cache).json()["corrupt_blobs_removed"] == [blob.name]
 
 
+def test_many_damaged_blobs_are_all_repaired_in_one_build(sample_ws, tmp_path):
+    """Every blob of the cache damaged at once: one build finds them round after round (each
+    round a blob not seen before), rebuilds their producers and ends with the right bytes,
+    both when only the outputs are copied out and when every consumer re-reads its inputs."""
+    cache = tmp_path / "c"
+    run_cli(["-q", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
+    for blob in _blobs(cache):
+        _flip(blob)
+    shutil.rmtree(sample_ws / "stella-out")
+    res = run_cli(["--output", "json", "//profiles:json-raw"], cwd=sample_ws, cache=cache)
+    assert res.code == 0 and res.json()["ok"], res.stderr[-2000:]
+    assert output_digests(sample_ws, "profiles", "json-raw") == GOLDEN
+    assert "damaged cache blob" in res.stderr
+    # again, with new parameters so every RawShard stages its (damaged) shard inputs
+    for blob in _blobs(cache):
+        _flip(blob)
+    ef = sample_ws / "profiles" / "Exportfile"
+    text = ef.read_text()
+    block = text.index("[targets.json-raw]")
+    end = text.index('deps = [":osv-sample"]', block) + len('deps = [":osv-sample"]')
+    ef.write_text(text[:end] + "\ncompression_level = 18" + text[end:])
+    res = run_cli(["--output", "json", "//profiles:json-raw"], cwd=sample_ws, cache=cache)
+    assert res.code == 0 and res.json()["ok"], res.stderr[-2000:]
+    repaired = output_digests(sample_ws, "profiles", "json-raw")
+    shutil.rmtree(sample_ws / "stella-out")
+    run_cli(["-q", "//profiles:json-raw"], cwd=sample_ws, cache=tmp_path / "fresh", check=True)
+    assert output_digests(sample_ws, "profiles", "json-raw") == repaired
+
+
 def test_corrupt_intermediate_blob_is_rebuilt_when_a_consumer_reads_it(sample_ws, tmp_path):
     cache = tmp_path / "c"
     run_cli(["-q", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
@@ -99,10 +128,16 @@ def test_stats_gc_and_clean(sample_ws, tmp_path):
     assert packs and stats["memo_packs"] >= 1 and stats["memo_bytes"] > 0
     old = 30 * 24 * 3600
     os.utime(packs[0], (packs[0].stat().st_atime - old, packs[0].stat().st_mtime - old))
+    # temp files of a save killed half-way: an old one goes, a fresh one (a save in progress) stays
+    dead_tmp, live_tmp = packs[0].parent / ".tmp-dead", packs[0].parent / ".tmp-live"
+    dead_tmp.write_bytes(b"x" * 100)
+    live_tmp.write_bytes(b"y")
+    os.utime(dead_tmp, (time.time() - 7200, time.time() - 7200))
     keep = run_cli(["cache", "gc", "--max-size", "1G", "--output", "json"], cwd=sample_ws, cache=cache, check=True).json()
     assert keep["evicted_actions"] == 0 and keep["kept_actions"] == 9
     # Memo packs no build rewrote for 14 days go; packs in use stay.
     assert keep["removed_memo_packs"] == 1 and not packs[0].exists() and all(p.exists() for p in packs[1:])
+    assert not dead_tmp.exists() and live_tmp.exists()
     blobs = sorted((cache / "cas").rglob("*"))
     for size in ("lots", "-5", "inf", "nan", "1e400"):  # "-5" once evicted the whole cache
         bad = run_cli(["--output", "json", "cache", "gc", "--max-size", size], cwd=sample_ws, cache=cache)
@@ -220,6 +255,8 @@ def test_stat_memo_entries_match_only_their_exact_signature(tmp_path):
     raw = _j([st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, "a" * 64, "b" * 64])
     assert stat_match(raw, st) == ("a" * 64, "b" * 64)
     for damaged in (raw[:-1], raw + b" ", raw.replace(b"a" * 64, b"A" * 64), b"", None,
+                    raw.replace(b"a" * 64, b"a" * 63 + b"g"), raw.replace(b"b" * 64, b"b" * 63 + b"\xff"),
+                    raw.replace(b'a","b', b'a"."b'), raw[:-2] + b'"}', raw.replace(b",", b" ", 1),
                     b'[%d,%d,%d,%d,"x"]' % (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)):
         assert stat_match(damaged, st) is None
 
@@ -405,3 +442,27 @@ def test_import_closure_finds_exactly_what_the_plain_scan_finds():
     for text in texts:
         assert ([(m.span(), m.groups()) for m in closure._IMPORT.finditer(text)]
                 == [(m.span(), m.groups()) for m in closure._import_statements(text)])
+
+
+def test_stale_sandboxes_of_dead_builds_are_swept(tmp_path):
+    """A build killed with -9 leaves its sandbox; the next build removes it once its process is
+    gone and it is older than a day, and never touches a live or recent one, or other names."""
+    import subprocess
+    import sys
+
+    from stella_build.engine.scheduler import STALE_SANDBOX_SECONDS, sweep_stale_sandboxes
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    root = tmp_path / "sandbox"
+    names = {"old-dead": f"{'a' * 20}-build-{dead}-3", "recent-dead": f"{'b' * 20}-check-{dead}-0",
+             "old-alive": f"{'c' * 20}-build-{os.getpid()}-1", "odd": "not-a-sandbox"}
+    old = time.time() - STALE_SANDBOX_SECONDS - 60
+    for label, name in names.items():
+        (root / name / "out").mkdir(parents=True)
+        (root / name / "out" / "f").write_text("x")
+        if label != "recent-dead":
+            os.utime(root / name, (old, old))
+    assert sweep_stale_sandboxes(tmp_path) == [names["old-dead"]]
+    assert sorted(p.name for p in root.iterdir()) == sorted(n for k, n in names.items() if k != "old-dead")
+    assert sweep_stale_sandboxes(tmp_path / "missing") == []

@@ -178,6 +178,19 @@ def test_record_memo_roundtrip_scope_and_damage(tmp_path):
     # other params, another slot or another namespace: a different pack, no hit
     for args in (("t", fn, {"a": 2}, "slot"), ("t", fn, {"a": 1}, "other"), ("u", fn, {"a": 1}, "slot")):
         assert RecordMemo(tmp_path, *args).get(d1) is None
+    # other byte-affecting library versions (the action key's, or this process's: a zstandard
+    # upgrade changes RawShard's stored zstd bytes): no hit either
+    assert RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot", {"zstd": "0.0.1"}).get(d1) is None
+    from stella_build.engine import memo as memo_module
+    real = memo_module._process_libraries()
+    try:
+        memo_module._process_libraries.cache_clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(memo_module, "_process_libraries", lambda: {**real, "zstandard": "0.0.1"})
+            assert RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot").get(d1) is None
+    finally:
+        memo_module._process_libraries.cache_clear()
+    assert RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot").get(d1) == b"v1"
     # a rewrite keeps only what the run used: d2 is gone after a run that used only d1
     again = RecordMemo(tmp_path, "t", fn, {"a": 1}, "slot")
     again.get(d1)
@@ -553,6 +566,17 @@ def _swallow_read(actx) -> dict:
     return {}
 
 
+def _swallow_open(actx) -> dict:
+    """An action that catches the failure of opening its input as a stream and goes on."""
+    try:
+        with actx.open_input("a") as f:
+            data = f.read()
+    except Exception:  # noqa: BLE001 - the point of the test: a rule swallowing the failure
+        data = b"fallback"
+    actx.write_output("o", data)
+    return {}
+
+
 def _read_then_more(actx) -> dict:
     """Reads its stream to the end (checked there), then again after the source grew."""
     with actx.open_input("a") as f:
@@ -588,6 +612,15 @@ def test_input_failures_are_sticky_and_late_bytes_refused(tmp_path):
     assert run_action(task("_swallow_read", "t2"))["error"]["reason"] == "input-changed"
     src.write_bytes(b"line1\n")
     assert run_action(task("_read_then_more", "t3"))["error"]["reason"] == "input-changed"
+    # opening a stream fails too (the source vanished, or became a FIFO): sticky as well
+    src.write_bytes(b"line1\n")  # _read_then_more grew it
+    assert "error" not in run_action(task("_swallow_open", "t4"))
+    src.unlink()
+    assert run_action(task("_swallow_open", "t5"))["error"]["reason"] == "input-changed"
+    os.mkfifo(src)
+    assert run_action(task("_swallow_open", "t6"))["error"]["reason"] == "input-changed"
+    src.unlink()
+    src.write_bytes(b"line1\n")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(InputChanged, match="regular file"):

@@ -104,6 +104,10 @@ def test_in_place_update_of_a_trivy_cache_db_dir(sample, tmp_path):
     again = run_cli(["--output", "json", "trivy-db", "patch", str(db), str(sample["patch"]), "-o", str(db)],
                     cwd=sample["ws"])
     assert again.code == 0, again.stderr
+    assert again.json()["unchanged"] is True
+    text = run_cli(["trivy-db", "patch", str(db), str(sample["patch"]), "-o", str(db)], cwd=sample["ws"])
+    assert text.code == 0 and "already is the patch's result" in text.stdout + text.stderr
+    assert "patched trivy.db" not in text.stdout + text.stderr
     assert _sha(db / "trivy.db") == _sha(sample["new"] / "trivy.db")
     # but the result as the base of a patch into another directory is still the wrong base
     _refused(sample, tmp_path, db / "trivy.db", sample["patch"], "base-mismatch")
@@ -148,6 +152,52 @@ def test_result_not_the_promised_one_is_refused(sample, tmp_path):
     _refused(sample, tmp_path, sample["base"], patch, "patch-result-mismatch")
 
 
+@pytest.mark.parametrize("entry,field,value,reason", [
+    ("result", "sha256", "upper", "schema-invalid"),       # digests are lowercase hex
+    ("patch", "bytes", -1, "schema-invalid"),
+    ("patch", "bytes", 2.0, "schema-invalid"),
+    ("result", "bytes", 1 << 40, "size-limit"),
+])
+def test_manifest_errors_name_their_field(sample, tmp_path, entry, field, value, reason):
+    patch = _copy_patch(sample, tmp_path)
+    doc = json.loads((patch / "patch.json").read_bytes())
+    doc[entry][field] = doc[entry][field].upper() if value == "upper" else value
+    (patch / "patch.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(patch), "-o", str(out)],
+                cwd=sample["ws"])
+    assert r.code == 3 and not out.exists(), r.stdout + r.stderr
+    [err] = r.json()["errors"]
+    assert (err["reason"], err["field"]) == (reason, f"{entry}.{field}")
+    text = run_cli(["trivy-db", "patch", str(sample["base"]), str(patch), "-o", str(out)], cwd=sample["ws"])
+    assert text.stderr.count("patch.json") == 1, text.stderr  # the file is named once
+
+
+def test_metadata_that_is_not_trivys_is_refused(sample, tmp_path):
+    """An (unsigned) patch whose metadata.json is consistent with patch.json but is not a Trivy
+    metadata.json would be written into the site's Trivy cache: refused, nothing written."""
+    patch = _copy_patch(sample, tmp_path)
+    bad = b"not json"
+    (patch / "metadata.json").write_bytes(bad)
+    doc = json.loads((patch / "patch.json").read_bytes())
+    doc["metadata"] = {**doc["metadata"], "sha256": hashlib.sha256(bad).hexdigest(), "bytes": len(bad)}
+    (patch / "patch.json").write_text(json.dumps(doc))
+    _refused(sample, tmp_path, sample["base"], patch, "schema-invalid")
+
+
+def test_symlinked_out_is_refused_and_its_target_untouched(sample, tmp_path):
+    target = tmp_path / "real"
+    target.mkdir()
+    shutil.copyfile(sample["base"], target / "trivy.db")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(sample["patch"]),
+                 "-o", str(link)], cwd=sample["ws"])
+    assert r.code == 2 and r.json()["errors"][0]["reason"] == "output-not-empty"
+    assert "symbolic link" in r.json()["errors"][0]["message"]
+    assert link.is_symlink() and _sha(target / "trivy.db") == _sha(sample["base"])
+
+
 def test_tampered_patch_is_refused(sample, tmp_path):
     patch = _copy_patch(sample, tmp_path)
     (patch / "trivy.db.zst").write_bytes(b"\0" + (patch / "trivy.db.zst").read_bytes()[1:])
@@ -172,8 +222,18 @@ def test_wrong_pinned_base_fails_analysis(sample, tmp_path):
         ef.write_text(text.replace(_sha(sample["base"]), "1" * 64))
         r = run_cli(["--output", "json", "build", "//profiles:trivy-db-patch"], cwd=ws, cache=sample["tmp"] / "cache")
         assert r.code == 2 and r.json()["errors"][0]["reason"] == "base-mismatch"
+        assert "ERR_EXPORT_BASE_MISMATCH" in r.json()["errors"][0]["message"]
     finally:
         ef.write_text(text)
+
+
+def test_a_base_that_is_not_a_bbolt_db_fails_analysis(sample, tmp_path):
+    """`build --base` overrides the pinned base: a file that is not a bbolt DB is refused."""
+    other = tmp_path / "hostname"
+    other.write_bytes(b"ws1\n")
+    r = run_cli(["--output", "json", "build", "--base", str(other), "//profiles:trivy-db-patch"],
+                cwd=sample["ws"], cache=sample["tmp"] / "cache")
+    assert r.code == 2 and r.json()["errors"][0]["reason"] == "base-invalid", r.stdout + r.stderr
 
 
 # -- the format, directly -----------------------------------------------------------------------

@@ -61,6 +61,15 @@ def gc(cache_dir: Path, max_size: int) -> dict:
         stale = [(p, st) for p, st in _memo_packs(cache_dir) if st.st_mtime < cutoff]
         for pack, _ in stale:
             pack.unlink(missing_ok=True)
+        # a pack's temp file left by a build killed mid-save (a live save finishes in seconds)
+        hour_ago = time.time() - 3600
+        memo_root = cache_dir / MEMO_DIR
+        for tmp in (sorted(memo_root.rglob(".tmp-*")) if memo_root.is_dir() else []):
+            try:
+                if tmp.is_file() and tmp.stat().st_mtime < hour_ago:
+                    tmp.unlink()
+            except OSError:
+                pass
         for damaged in cache_dir.glob("index-v*.damaged-*"):  # a repair killed half-way
             shutil.rmtree(damaged, ignore_errors=True)
         return {"evicted_actions": len(evict), "kept_actions": len(keep_keys),

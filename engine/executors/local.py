@@ -1,10 +1,13 @@
 """The local executor: today's pool of hermetic worker processes on this machine (`-j`)."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 from stella_build.engine.sandbox import SCRUBBED_ENV, run_action, worker_init
 
@@ -40,7 +43,9 @@ class LocalExecutor:
 
     def submit(self, task: dict[str, Any], record: dict[str, Any] | None = None, *,
                secrets: bool = False) -> "Future[dict]":
-        return self.pool().submit(run_action, task)
+        pool = self.pool()
+        with _sigint_ignored():  # a worker spawned here starts with SIGINT ignored
+            return pool.submit(run_action, task)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -52,6 +57,22 @@ class LocalExecutor:
                 else:
                     os.environ[k] = v
             self._saved_env = {}
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while the pool may spawn a worker (it does so inside `submit`): the child
+    inherits the disposition across exec, so a Ctrl-C while it imports (before `worker_init`
+    installs its quiet handler) cannot print a KeyboardInterrupt traceback. The CLI's own Ctrl-C
+    handling is back right after; off the main thread (the service) nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def _init_watching_parent(parent: int) -> None:

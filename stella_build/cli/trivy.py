@@ -29,7 +29,9 @@ def trivy_db():
                    "BASE's own directory (e.g. a Trivy cache's db/), replaced atomically. Anything else: "
                    "exit 2 unless --force.")
 @click.option("--force", is_flag=True, default=False,
-              help="Replace OUT even when it is a non-empty directory that is not an earlier output.")
+              help="Replace OUT even when it is a non-empty directory that is not an earlier output "
+                   "(or a symbolic link: the link is replaced, its target left alone), and apply a "
+                   "patch whose DB is older than the one in OUT (rollback).")
 @click.option("--key", "key", default=None, metavar="COSIGN_PUB",
               help="Trusted public key: patch.json must carry a signature by it (signatures/, made by a "
                    "signed trivy_db_patch target), checked before anything else (exit 4 unsigned, "
@@ -49,5 +51,10 @@ def trivy_db_patch(settings, base, patch, out, force, key):
     from stella_build.delivery.trivy_patch import apply_patch_dir
 
     data = _run(apply_patch_dir, base, patch, out, force=force, key=key)
-    emit(settings, f"patched trivy.db {data['base'][:12]}… → {data['result'][:12]}… ({data['bytes']} bytes "
-                   f"from a {data['patchBytes']}-byte patch) → {out}", {"ok": True, **data})
+    if data.get("unchanged"):
+        text = (f"trivy.db in {out} already is the patch's result {data['result'][:12]}…: nothing "
+                "written")
+    else:
+        text = (f"patched trivy.db {data['base'][:12]}… → {data['result'][:12]}… ({data['bytes']} bytes "
+                f"from a {data['patchBytes']}-byte patch) → {out}")
+    emit(settings, text, {"ok": True, **data})

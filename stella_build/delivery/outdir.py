@@ -134,11 +134,17 @@ class OutputDir:
                                   2, "output-overlaps-input", file=self.out, field="--out")
         if self.force or not os.path.lexists(self.out):
             return
-        if os.path.islink(self.out) or (os.listdir(self.out) and
-                                         not any(is_output(self.out, k) for k in self.kinds)):
-            shapes = " or ".join(f"{k} output directory" for k in self.kinds)
+        if os.path.islink(self.out):
             raise MirrorError(
-                f"{self.out} is not empty and is not a {shapes}: refusing to replace it (choose an "
+                f"{self.out} is a symbolic link: refusing to write through it or replace it (name "
+                "the directory it points to, or pass --force to replace the link itself with a new "
+                "directory; the link's target is never touched)",
+                2, "output-not-empty", file=self.out, field="--out")
+        if os.listdir(self.out) and not any(is_output(self.out, k) for k in self.kinds):
+            shapes = " or ".join(f"{k} output directory" for k in self.kinds)
+            what = f" and is not a {shapes}" if shapes else ""
+            raise MirrorError(
+                f"{self.out} is not empty{what}: refusing to replace it (choose an "
                 "empty or new directory, or pass --force to replace it and everything in it)",
                 2, "output-not-empty", file=self.out, field="--out")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from stella_build.delivery.outdir import OutputDir
@@ -65,19 +66,44 @@ def _signed_manifest(patch_dir: Path, key: str) -> bytes:
     return verify_manifest_signature(patch_dir / MANIFEST_FILE, names, key, "the patch", cap=MAX_MANIFEST_BYTES)
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _manifest_problem(doc: object) -> tuple[str, str | None, str] | None:
+    """(message, field, reason) of the first thing wrong with a parsed patch.json, or None."""
+    if not isinstance(doc, dict):
+        return "not a JSON object", None, "schema-invalid"
+    if doc.get("schema") != PATCH_SCHEMA:
+        return f"schema is {doc.get('schema')!r}, not {PATCH_SCHEMA!r}", "schema", "schema-invalid"
+    if doc.get("formatVersion") != FORMAT_VERSION:
+        return (f"formatVersion is {doc.get('formatVersion')!r}; this stella-build reads {FORMAT_VERSION}",
+                "formatVersion", "schema-invalid")
+    for k in ("base", "result", "patch", "metadata"):
+        entry = doc.get(k)
+        if not isinstance(entry, dict):
+            return f"{k} is missing or not an object", k, "schema-invalid"
+        sha, size = entry.get("sha256"), entry.get("bytes")
+        if not isinstance(sha, str) or not _SHA256.match(sha):
+            return f"{k}.sha256 is not 64 lowercase hex digits: {str(sha)[:80]!r}", f"{k}.sha256", "schema-invalid"
+        if type(size) is not int or size < 0:
+            return f"{k}.bytes is not a non-negative integer: {str(size)[:80]}", f"{k}.bytes", "schema-invalid"
+        if size > MAX_DB_BYTES:
+            return f"{k}.bytes is {size}, more than the {MAX_DB_BYTES} allowed", f"{k}.bytes", "size-limit"
+    return None
+
+
 def _manifest(patch_dir: Path, data: bytes | None = None) -> dict:
     path = patch_dir / MANIFEST_FILE
     try:
         doc = json.loads(_read(path, MAX_MANIFEST_BYTES, "patch.json") if data is None else data)
-        ok = (doc.get("schema") == PATCH_SCHEMA and doc.get("formatVersion") == FORMAT_VERSION
-              and all(isinstance(doc.get(k), dict) and isinstance(doc[k].get("sha256"), str)
-                      and type(doc[k].get("bytes")) is int and 0 <= doc[k]["bytes"] <= MAX_DB_BYTES
-                      for k in ("base", "result", "patch", "metadata")))
-    except (ValueError, AttributeError, RecursionError):
-        ok = False
-    if not ok:
-        raise MirrorError(f"{path}: not a trivy-db patch manifest (format {FORMAT_VERSION}: schema, formatVersion, "
-                          "base/result/patch/metadata with sha256 and bytes)", 3, "schema-invalid", file=path)
+    except (ValueError, RecursionError) as exc:
+        raise MirrorError(f"{path}: not JSON ({str(exc)[:200]}): not a trivy-db patch manifest", 3,
+                          "schema-invalid", file=path) from None
+    problem = _manifest_problem(doc)
+    if problem is not None:
+        message, field, reason = problem
+        raise MirrorError(f"{path}: not a trivy-db patch manifest (format {FORMAT_VERSION}): {message}", 3,
+                          reason, file=path, field=field)
     return doc
 
 
@@ -104,6 +130,21 @@ def _updated_at(data: bytes) -> int:
         return parse_rfc3339(json.loads(data)["UpdatedAt"])
     except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
+
+
+def _check_metadata(metadata: bytes, path: Path) -> None:
+    """Refuse (exit 3, `schema-invalid`) a metadata.json that is not Trivy's (a JSON object with an
+    integer Version and an RFC 3339 UpdatedAt): it is written into the site's Trivy cache beside
+    the DB, and an unsigned patch's manifest only proves it is the file the patch maker chose."""
+    try:
+        doc = json.loads(metadata)
+        ok = isinstance(doc, dict) and type(doc.get("Version")) is int
+        _updated_at(metadata)
+    except (ValueError, RecursionError):
+        ok = False
+    if not ok:
+        raise MirrorError(f"{path}: not a Trivy metadata.json (a JSON object with an integer Version and "
+                          "an RFC 3339 UpdatedAt)", 3, "schema-invalid", file=path)
 
 
 def _not_older(out: Path, metadata: bytes) -> None:
@@ -145,7 +186,8 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
     UpdatedAt is later than the patch's.
     Raises MirrorError: exit 3 (`base-mismatch`, `patch-result-mismatch`, `digest-mismatch`,
     `schema-invalid`, `size-limit`, `patch-invalid`, `missing-file`, `signature-invalid`) with
-    nothing written; exit 4 (`signature-missing`) for --key on an unsigned patch; exit 2 for a
+    nothing written; exit 4 (`signature-missing`) for --key on an unsigned patch, (`trust-missing`)
+    for a --key file that is not a usable public key; exit 2 for a
     missing BASE (`base-missing`) or an OUT that is not ours (`output-not-empty`,
     `output-overlaps-input`)."""
     base_file = _base_file(Path(base))
@@ -158,6 +200,7 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
     _check(patch, doc["patch"], patch_path, "digest-mismatch")
     metadata = _read(meta_path, min(doc["metadata"]["bytes"], MAX_MANIFEST_BYTES), "metadata.json")
     _check(metadata, doc["metadata"], meta_path, "digest-mismatch")
+    _check_metadata(metadata, meta_path)
     base_bytes = _read(base_file, MAX_DB_BYTES, "the base trivy.db")
     if (len(base_bytes) == doc["result"]["bytes"]
             and hashlib.sha256(base_bytes).hexdigest() == doc["result"]["sha256"]

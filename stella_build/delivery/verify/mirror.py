@@ -640,11 +640,12 @@ def verify_manifest_signature(manifest: Path, names: Mapping[str, Path], key: st
 
     if not names["manifest_bundle"].is_file():  # the legacy .sig and cosign.pub are checked when present
         raise MirrorError(f"--key given but {what} is not signed (missing {names['manifest_bundle']})", 4,
-                          "signature-missing", file=names["manifest_bundle"])
+                          "signature-missing", file=names["manifest_bundle"], field="--key")
     try:
         pub = load_public_key(Path(key).read_bytes(), what=key)
     except (OSError, SigningKeyError) as exc:
-        raise MirrorError(f"cannot use the public key {key}: {exc}", 4, field="--key") from None
+        raise MirrorError(f"cannot use the public key {key}: {exc}", 4, "trust-missing", file=key,
+                          field="--key") from None
     if os.path.lexists(names["public_key"]):
         try:
             shipped = load_public_key(read_capped(names["public_key"], _SIGNATURE_CAP), what=str(names["public_key"]))
