@@ -23,6 +23,16 @@ def _flip(path, offset=None):
     path.write_bytes(bytes(data))
 
 
+def _set_json_raw_level(ws, level: int) -> None:
+    """Give //profiles:json-raw another compression_level: every RawShard re-runs and stages its
+    shard inputs again."""
+    ef = ws / "profiles" / "Exportfile"
+    text = ef.read_text()
+    block = text.index("[targets.json-raw]")
+    end = text.index('deps = [":osv-sample"]', block) + len('deps = [":osv-sample"]')
+    ef.write_text(text[:end] + f"\ncompression_level = {level}" + text[end:])
+
+
 def test_every_flipped_blob_is_detected_and_rebuilt(sample_ws, tmp_path):
     cache = tmp_path / "c"
     run_cli(["-q", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
@@ -60,11 +70,7 @@ def test_many_damaged_blobs_are_all_repaired_in_one_build(sample_ws, tmp_path):
     # again, with new parameters so every RawShard stages its (damaged) shard inputs
     for blob in _blobs(cache):
         _flip(blob)
-    ef = sample_ws / "profiles" / "Exportfile"
-    text = ef.read_text()
-    block = text.index("[targets.json-raw]")
-    end = text.index('deps = [":osv-sample"]', block) + len('deps = [":osv-sample"]')
-    ef.write_text(text[:end] + "\ncompression_level = 18" + text[end:])
+    _set_json_raw_level(sample_ws, 18)
     res = run_cli(["--output", "json", "//profiles:json-raw"], cwd=sample_ws, cache=cache)
     assert res.code == 0 and res.json()["ok"], res.stderr[-2000:]
     repaired = output_digests(sample_ws, "profiles", "json-raw")
@@ -89,11 +95,7 @@ def test_corrupt_intermediate_blob_is_rebuilt_when_a_consumer_reads_it(sample_ws
     assert len(shard_outputs) == 4
     for blob in shard_outputs:
         _flip(blob)
-    ef = sample_ws / "profiles" / "Exportfile"
-    text = ef.read_text()
-    block = text.index("[targets.json-raw]")
-    end = text.index('deps = [":osv-sample"]', block) + len('deps = [":osv-sample"]')
-    ef.write_text(text[:end] + "\ncompression_level = 18" + text[end:])
+    _set_json_raw_level(sample_ws, 18)
     res = run_cli(["-q", "--output", "json", "//profiles:json-raw"], cwd=sample_ws, cache=cache, check=True)
     assert res.json()["ok"]
     for blob in shard_outputs:  # rebuilt with the right content
