@@ -114,6 +114,10 @@ def test_rebuild_runs_touched_shards_and_replays_unchanged_records(ws, tmp_path)
             edits = sum(1 for p in edited if _shard_of(p) == shard)
             # every line of the shard is looked up: the edited ones miss, the others replay
             assert st == {"hits": sizes[shard] - edits, "misses": edits, "corrupt": 0}, (mnemonic, shard)
+    # TrivyDb re-merges only the shared keys whose records changed: the cold build stored every
+    # merged value, the rebuild replays the others (the bytes check below covers both)
+    [merge] = _memo_stats(summary, "TrivyDb").values()
+    assert merge["hits"] > 0 and merge["misses"] < merge["hits"] and merge["corrupt"] == 0, merge
     after = _digests(ws)
     # RawShard memoizes each compressed data file by its JSONL bytes: in a touched shard the
     # files whose bytes did not change are replayed, exactly the changed ones are compressed
@@ -141,7 +145,9 @@ def test_corrupt_memo_is_detected_and_ignored(ws, tmp_path):
     cache = tmp_path / "cache"
     _build(ws, cache)
     packs = sorted((cache / MEMO_DIR).rglob("*.pack"))
-    assert len(packs) == 4 * SHARDS  # osv-shard, trivy-shard, raw-shard, raw-line: one pack per shard action
+    # osv-shard, trivy-shard, raw-shard, raw-line: one pack per shard action; TrivyDb's merge memo
+    assert len([p for p in packs if "trivy-db-merge" not in p.parts]) == 4 * SHARDS
+    assert len([p for p in packs if "trivy-db-merge" in p.parts]) == 1
     for i, pack in enumerate(packs):  # flip one byte in the middle, or cut the file short
         data = bytearray(pack.read_bytes())
         if i % 2:
@@ -159,6 +165,8 @@ def test_corrupt_memo_is_detected_and_ignored(ws, tmp_path):
         assert len(stats) == len(touched)
         for st in stats.values():
             assert st["corrupt"] == 1 and st["hits"] == 0
+    [merge] = _memo_stats(summary, "TrivyDb", "memo").values()
+    assert merge["corrupt"] == 1 and merge["hits"] == 0
     after = _digests(ws)
     _build(ws, tmp_path / "fresh")
     assert _digests(ws) == after
