@@ -126,8 +126,8 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
             corrupt = {o.error["corrupt_blob"] for o in failed if o.error.get("corrupt_blob")}
             if corrupt and not last and not corrupt <= seen_corrupt:
                 seen_corrupt |= corrupt
-                (warn or _no_warn)(f"{len(corrupt)} damaged cache blob(s) found and removed; rebuilding their "
-                     f"producers (round {attempt + 2})")
+                (warn or _no_warn)(f"{len(corrupt)} damaged cache blob(s) found and removed; "
+                                   f"rebuilding their producers (round {attempt + 2})")
                 for digest in sorted(corrupt):
                     _drop_results_naming(executor, outcomes, digest)
                 continue

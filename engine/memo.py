@@ -31,7 +31,6 @@ would otherwise write 100k small files, which costs more than the work it saves.
 from __future__ import annotations
 
 import functools
-
 import os
 import struct
 import tempfile

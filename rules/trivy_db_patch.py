@@ -114,23 +114,20 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
 
 
 def _check_bbolt(path: Path, field: str, advice: str) -> None:
-    """UsageError (exit 2, `base-invalid`) unless `path` starts with a bbolt meta page (page 0:
-    16-byte page header with the meta flag, then the magic 0xED0CDAED and version 2; bbolt
-    page.go / db.go): a patch against any other file could never be applied by a site."""
-    import struct
-
-    from stella_build.rules.formats.trivy.bbolt import MAGIC
+    """UsageError (exit 2, `base-invalid`) unless `path` opens as a bbolt DB (`BboltReader`: a
+    valid meta page — magic, version, checksum, page size): a patch against any other file
+    could never be applied by a site."""
+    from stella_build.rules.formats.trivy.bbolt import BboltError, BboltReader
 
     try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-    except OSError as exc:
-        raise UsageError(f"{BASE_MISSING}: base trivy.db {path}: {exc.strerror or exc}. {advice}", field=field,
-                         reason="base-missing") from None
-    if len(head) < 24 or struct.unpack_from("<H", head, 8)[0] != 0x04 or \
-            struct.unpack_from("<II", head, 16) != (MAGIC, 2):
-        raise UsageError(f"{BASE_MISMATCH}: base {path} is not a bbolt database (no bbolt meta page at its "
-                         f"start), so it is not a trivy.db. {advice}", field=field, reason="base-invalid")
+        with BboltReader(path):
+            pass
+    except BboltError as exc:
+        raise UsageError(f"{BASE_MISMATCH}: base {path} is not a bbolt database ({exc}), so it is not a "
+                         f"trivy.db. {advice}", field=field, reason="base-invalid") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{BASE_MISSING}: base trivy.db {path}: {getattr(exc, 'strerror', None) or exc}. "
+                         f"{advice}", field=field, reason="base-missing") from None
 
 
 def _sha256_file(path: Path) -> str:
