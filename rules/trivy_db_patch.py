@@ -91,8 +91,9 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
     if ctx.options.base is not None:
         path = _locate(Path(str(ctx.options.base)).expanduser())
         if not path.is_file():
-            raise UsageError(f"{BASE_MISSING}: base trivy.db {ctx.options.base} (from --base) not found. {advice}",
-                             reason="base-missing")
+            what = "is not a regular file" if path.exists() else "not found"
+            raise UsageError(f"{BASE_MISSING}: base trivy.db {ctx.options.base} (from --base) {what}. {advice}",
+                             field="--base", reason="base-missing")
         _check_bbolt(path, "--base", advice)
         return path.resolve(), _sha256_file(path)
     if params.base is None:
@@ -123,8 +124,8 @@ def _check_bbolt(path: Path, field: str, advice: str) -> None:
         with BboltReader(path):
             pass
     except BboltError as exc:
-        raise UsageError(f"{BASE_MISMATCH}: base {path} is not a bbolt database ({exc}), so it is not a "
-                         f"trivy.db. {advice}", field=field, reason="base-invalid") from None
+        raise UsageError(f"base {path} is not a bbolt database ({exc}), so it is not a trivy.db. {advice}",
+                         field=field, reason="base-invalid") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{BASE_MISSING}: base trivy.db {path}: {getattr(exc, 'strerror', None) or exc}. "
                          f"{advice}", field=field, reason="base-missing") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -86,9 +87,18 @@ def test_sample_patch_applies_byte_identical(sample, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "trivy.db"]
     assert (out / "trivy.db").read_bytes() == (sample["new"] / "trivy.db").read_bytes()
     assert (out / "metadata.json").read_bytes() == (sample["new"] / "metadata.json").read_bytes()
-    # again onto its own earlier output: replaced without --force
-    r = run_cli(["trivy-db", "patch", str(sample["base"]), str(sample["patch"]), "-o", str(out)], cwd=sample["ws"])
-    assert r.code == 0, r.stderr
+    # again into the same OUT: it already holds the result, nothing is written
+    before = (out / "trivy.db").stat().st_ino
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
+                cwd=sample["ws"])
+    assert r.code == 0 and r.json()["unchanged"] is True, r.stderr
+    assert (out / "trivy.db").stat().st_ino == before
+    # an earlier output holding another DB is replaced without --force
+    (out / "trivy.db").write_bytes(sample["base"].read_bytes())
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
+                cwd=sample["ws"])
+    assert r.code == 0 and r.json()["unchanged"] is False, r.stderr
+    assert (out / "trivy.db").read_bytes() == (sample["new"] / "trivy.db").read_bytes()
 
 
 def test_in_place_update_of_a_trivy_cache_db_dir(sample, tmp_path):
@@ -176,13 +186,15 @@ def test_manifest_errors_name_their_field(sample, tmp_path, entry, field, value,
 def test_metadata_that_is_not_trivys_is_refused(sample, tmp_path):
     """An (unsigned) patch whose metadata.json is consistent with patch.json but is not a Trivy
     metadata.json would be written into the site's Trivy cache: refused, nothing written."""
-    patch = _copy_patch(sample, tmp_path)
-    bad = b"not json"
-    (patch / "metadata.json").write_bytes(bad)
-    doc = json.loads((patch / "patch.json").read_bytes())
-    doc["metadata"] = {**doc["metadata"], "sha256": hashlib.sha256(bad).hexdigest(), "bytes": len(bad)}
-    (patch / "patch.json").write_text(json.dumps(doc))
-    _refused(sample, tmp_path, sample["base"], patch, "schema-invalid")
+    meta = json.loads((sample["new"] / "metadata.json").read_bytes())
+    for bad in (b"not json", json.dumps({**meta, "Version": 1}).encode()):  # 1: a Java DB's schema
+        patch = _copy_patch(sample, tmp_path)
+        (patch / "metadata.json").write_bytes(bad)
+        doc = json.loads((patch / "patch.json").read_bytes())
+        doc["metadata"] = {**doc["metadata"], "sha256": hashlib.sha256(bad).hexdigest(), "bytes": len(bad)}
+        (patch / "patch.json").write_text(json.dumps(doc))
+        _refused(sample, tmp_path, sample["base"], patch, "schema-invalid")
+        shutil.rmtree(patch)
 
 
 def test_symlinked_out_is_refused_and_its_target_untouched(sample, tmp_path):
@@ -196,6 +208,19 @@ def test_symlinked_out_is_refused_and_its_target_untouched(sample, tmp_path):
     assert r.code == 2 and r.json()["errors"][0]["reason"] == "output-not-empty"
     assert "symbolic link" in r.json()["errors"][0]["message"]
     assert link.is_symlink() and _sha(target / "trivy.db") == _sha(sample["base"])
+    # a dangling link: the same refusal; --force replaces the link itself, nothing left beside it
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "missing")
+    r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(sample["patch"]),
+                 "-o", str(dangling)], cwd=sample["ws"])
+    assert r.code == 2 and "symbolic link" in r.json()["errors"][0]["message"]
+    for out in (dangling, link):
+        r = run_cli(["trivy-db", "patch", "--force", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
+                    cwd=sample["ws"])
+        assert r.code == 0, r.stderr
+        assert out.is_dir() and not out.is_symlink() and _sha(out / "trivy.db") == _sha(sample["new"] / "trivy.db")
+    assert not (tmp_path / "missing").exists() and _sha(target / "trivy.db") == _sha(sample["base"])
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_tampered_patch_is_refused(sample, tmp_path):
@@ -234,6 +259,12 @@ def test_a_base_that_is_not_a_bbolt_db_fails_analysis(sample, tmp_path):
     r = run_cli(["--output", "json", "build", "--base", str(other), "//profiles:trivy-db-patch"],
                 cwd=sample["ws"], cache=sample["tmp"] / "cache")
     assert r.code == 2 and r.json()["errors"][0]["reason"] == "base-invalid", r.stdout + r.stderr
+    assert "ERR_EXPORT" not in r.json()["errors"][0]["message"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = run_cli(["--output", "json", "build", "--base", str(fifo), "//profiles:trivy-db-patch"],
+                cwd=sample["ws"], cache=sample["tmp"] / "cache")
+    assert r.code == 2 and "is not a regular file" in r.json()["errors"][0]["message"]
 
 
 # -- the format, directly -----------------------------------------------------------------------

@@ -83,7 +83,7 @@ class OutputDir:
 
     # -- context --------------------------------------------------------------------------------
     def __enter__(self) -> "OutputDir":
-        if os.path.lexists(self.out) and not os.path.isdir(self.out):
+        if os.path.lexists(self.out) and not os.path.isdir(self.out) and not os.path.islink(self.out):
             raise MirrorError(f"{self.out} exists and is not a directory", 2, "output-not-empty",
                               file=self.out, field="--out")
         self.parent.mkdir(parents=True, exist_ok=True)
@@ -167,12 +167,20 @@ class OutputDir:
             os.rename(new, self.out)
             return
         if _exchange(new, self.out):
-            shutil.rmtree(new, ignore_errors=True)  # `new` now holds the previous tree
+            _remove(new)  # `new` now holds the previous tree (or the link --force replaced)
             return
         old = self.parent / f".{self.out.name}.old-{os.getpid()}"
         os.rename(self.out, old)
         os.rename(new, self.out)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Remove a replaced OUT: a tree, or a symbolic link (never what it points to)."""
+    if os.path.islink(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _leftovers(out: Path, kind: str) -> list[Path]:

@@ -133,18 +133,18 @@ def _updated_at(data: bytes) -> int:
 
 
 def _check_metadata(metadata: bytes, path: Path) -> None:
-    """Refuse (exit 3, `schema-invalid`) a metadata.json that is not Trivy's (a JSON object with an
-    integer Version and an RFC 3339 UpdatedAt): it is written into the site's Trivy cache beside
+    """Refuse (exit 3, `schema-invalid`) a metadata.json that is not Trivy's for a trivy.db (a JSON
+    object with Version 2, the DB schema, and an RFC 3339 UpdatedAt): it is written into the site's Trivy cache beside
     the DB, and an unsigned patch's manifest only proves it is the file the patch maker chose."""
     try:
         doc = json.loads(metadata)
-        ok = isinstance(doc, dict) and type(doc.get("Version")) is int
+        ok = isinstance(doc, dict) and doc.get("Version") == 2 and type(doc["Version"]) is int
         _updated_at(metadata)
     except (ValueError, RecursionError):
         ok = False
     if not ok:
-        raise MirrorError(f"{path}: not a Trivy metadata.json (a JSON object with an integer Version and "
-                          "an RFC 3339 UpdatedAt)", 3, "schema-invalid", file=path)
+        raise MirrorError(f"{path}: not a Trivy metadata.json of a schema-2 trivy.db (a JSON object with "
+                          "Version 2 and an RFC 3339 UpdatedAt)", 3, "schema-invalid", file=path)
 
 
 def _not_older(out: Path, metadata: bytes) -> None:
@@ -163,6 +163,20 @@ def _not_older(out: Path, metadata: bytes) -> None:
         raise MirrorError(f"the patched DB was updated {now}, before the DB already there ({was}): "
                           "an older patch (pass --force to go back on purpose)", 3, "rollback",
                           file=old, field="PATCH")
+
+
+def _holds_result(out: Path, doc: dict, metadata: bytes) -> bool:
+    """OUT (not a link) already holds exactly the patch's result: its trivy.db has the promised
+    size and sha256 and its metadata.json is the patch's (a re-run into the same OUT)."""
+    db, meta = out / DB_FILE, out / METADATA_FILE
+    try:
+        if out.is_symlink() or db.is_symlink() or meta.is_symlink() or not db.is_file() \
+                or db.stat().st_size != doc["result"]["bytes"] or meta.read_bytes() != metadata:
+            return False
+        with open(db, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == doc["result"]["sha256"]
+    except OSError:
+        return False
 
 
 def _is_output(out: Path) -> bool:
@@ -204,10 +218,11 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
     base_bytes = _read(base_file, MAX_DB_BYTES, "the base trivy.db")
     if (len(base_bytes) == doc["result"]["bytes"]
             and hashlib.sha256(base_bytes).hexdigest() == doc["result"]["sha256"]
-            and Path(os.path.abspath(out)).resolve() == base_file.parent.resolve()):
+            and Path(os.path.abspath(out)).resolve() == base_file.parent.resolve()) \
+            or _holds_result(Path(out), doc, metadata):
         # a cron job re-running the same patch on a Trivy cache it already updated: nothing to do
         return {"out": str(out), "base": doc["base"]["sha256"], "result": doc["result"]["sha256"],
-                "bytes": len(base_bytes), "patchBytes": doc["patch"]["bytes"], "unchanged": True,
+                "bytes": doc["result"]["bytes"], "patchBytes": doc["patch"]["bytes"], "unchanged": True,
                 "signed": signed is not None}
     try:
         _check(base_bytes, doc["base"], base_file, "base-mismatch")
