@@ -16,7 +16,7 @@ import blake3
 
 from stella_build.engine.closure import import_closure, implementation_digest  # noqa: F401 (re-exported)
 from stella_build.engine.encode import canonical_json
-from stella_build.engine.rule_api import ActionSpec
+from stella_build.engine.graph import ActionSpec
 
 CACHE_SCHEMA = 1
 _PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"

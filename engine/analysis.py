@@ -7,62 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from stella_build.engine.encode.archive import library_versions
 from stella_build.engine.errors import ErrorInfo, StellaError, UsageError
 from stella_build.engine.exportfile import LoadedExportfile, load_exportfile
 from stella_build.engine.labels import Label, Pattern, parse_label, parse_pattern
 from stella_build.engine.registry import rules as registered_rules
-from stella_build.engine.rule_api import (
-    ActionSpec, AnalysisContext, BuildOptions, DefaultOutputs, PostBuild, Provider, Selectors,
+from stella_build.engine.graph import (  # noqa: F401 (BuildGraph, ConfiguredTarget re-exported)
+    ActionSpec, BuildGraph, BuildOptions, ConfiguredTarget,
 )
+from stella_build.engine.rule_api import AnalysisContext, Selectors
 from stella_build.engine.workspace import Workspace
-
-
-@dataclass
-class ConfiguredTarget:
-    label: Label
-    rule: str
-    deps: list[Label]
-    providers: list[Provider] = field(default_factory=list)
-    actions: list[ActionSpec] = field(default_factory=list)
-
-    def default_outputs(self) -> DefaultOutputs:
-        for p in self.providers:
-            if isinstance(p, DefaultOutputs):
-                return p
-        return DefaultOutputs(files={})
-
-
-@dataclass
-class BuildGraph:
-    targets: dict[Label, ConfiguredTarget]  # in dependency order
-    requested: list[Label]
-    actions: dict[str, ActionSpec]  # in dependency order
-
-    def post_build(self) -> list[tuple[Label, PostBuild]]:
-        """The post-build requests of the requested targets, in request order."""
-        return [(lbl, p) for lbl in self.requested for p in self.targets[lbl].providers
-                if isinstance(p, PostBuild)]
-
-    def actions_for(self, labels: list[Label]) -> list[ActionSpec]:
-        """Actions needed for `labels`, transitively through artifacts, in dependency order."""
-        needed: set[str] = set()
-        stack = [a.id for lbl in labels for a in self.targets[lbl].actions]
-        stack += [art.producer for lbl in labels
-                  for art in self._outputs(lbl) if art.producer]
-        while stack:
-            action_id = stack.pop()
-            if action_id in needed:
-                continue
-            needed.add(action_id)
-            stack.extend(a.producer for a in self.actions[action_id].inputs.values() if a.producer)
-        return [a for a_id, a in self.actions.items() if a_id in needed]
-
-    def _outputs(self, label: Label):
-        d = self.targets[label].default_outputs()
-        return list(d.files.values()) + list(d.trees.values())
 
 
 class Loader:

@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stella_build.engine.analysis import BuildGraph, analyze
+from stella_build.engine.graph import BuildGraph, BuildOptions
 from stella_build.engine.cache.cas import CorruptBlob
 from stella_build.engine.errors import EXIT_BUILD_FAILED, EXIT_OK, ErrorInfo
 from stella_build.engine.executors.base import ExecutorConfig
 from stella_build.engine.labels import Label
 from stella_build.engine.materialize import materialize
-from stella_build.engine.rule_api import BuildOptions
 from stella_build.engine.scheduler import Executor, Outcome
 from stella_build.engine.workspace import Workspace
 
@@ -98,7 +97,9 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
     targets under stella-out/. Build failures are in the summary; StellaError for bad input.
     `executor`: where misses run (engine/executors/; None: this machine's process pool)."""
     started = time.perf_counter()
-    graph = graph or analyze(workspace, patterns, options)
+    if graph is None:
+        from stella_build.engine.analysis import analyze  # pydantic and the rules: only when needed
+        graph = analyze(workspace, patterns, options)
     actions = graph.actions_for(graph.requested)
     executor_config = executor
     executor = Executor(cache_dir, jobs, progress=progress, remote=remote, warn=warn,

@@ -10,6 +10,19 @@ difference, or any doubt (a file modified within the last 2 s), falls back to a 
 
 This module keeps the memo (record, check); the command line that decides when to use it is the
 product's (stella_build/cli/entry.py). Only a hermetic build (no post-build step) is recorded.
+
+The *analysis memo* (`analysis-memo/`, same file names) is the step below it: when the no-op memo
+misses (a source file changed, an output was removed), the analysed graph of the same command line
+is reloaded from JSON (engine/graph.py) if every file and directory listing the analysis touched,
+the engine and rule sources and the interpreter's loaded modules are unchanged. Keys are then
+computed and cache hits checked as in any build, so a changed source file still runs its actions;
+only Exportfile loading, pydantic validation and the rules' `analyze` are skipped (and with them
+the import of pydantic and every rule module). A graph with secrets or a post-build step is never
+stored (`graph.memoizable`).
+
+Both memos also record the stat signature of every loaded module file and (on Linux) every mapped
+shared library, so upgrading a byte-affecting library (zstandard, zlib-ng, SQLite) is a miss: its
+version is part of the action keys.
 """
 from __future__ import annotations
 
@@ -21,6 +34,7 @@ import time
 from pathlib import Path
 
 MEMO_DIR = "noop-memo"
+ANALYSIS_DIR = "analysis-memo"
 _RACY_NS = 2_000_000_000
 _touched: set[str] = set()
 _collecting = False
@@ -84,9 +98,26 @@ def _code_files(roots: list[Path]) -> list[str]:
     return out
 
 
+def runtime_files() -> list[str]:
+    """The files the interpreter runs: every loaded module's file and, where /proc/self/maps
+    exists, every mapped shared library (SQLite, zstd, libz). A reinstalled package or an upgraded
+    system library changes their signatures, and with them possibly the action keys."""
+    files = {m.__file__ for m in list(sys.modules.values()) if isinstance(getattr(m, "__file__", None), str)}
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                path = line.rstrip("\n").split(maxsplit=5)[5:]
+                if path and path[0].startswith("/") and ".so" in path[0] and not path[0].endswith(" (deleted)"):
+                    files.add(path[0])
+    except OSError:
+        pass
+    return sorted(os.path.abspath(f) for f in files)
+
+
 def _relevant(paths: set[str], exclude: list[str]) -> list[str]:
     keep = []
-    prefixes = (sys.prefix, sys.base_prefix, *exclude)  # str.startswith takes the tuple: one C call
+    # str.startswith takes the tuple: one C call; /proc and /dev are not files whose stat means anything
+    prefixes = (sys.prefix, sys.base_prefix, "/proc/", "/dev/", *exclude)
     for p in paths:
         ap = os.path.abspath(p.rstrip(os.sep)) + (os.sep if p.endswith(os.sep) else "")
         if ap.endswith((".pyc", ".so")) or "__pycache__" in ap:
@@ -97,35 +128,110 @@ def _relevant(paths: set[str], exclude: list[str]) -> list[str]:
     return keep
 
 
-def record(memo: Path, touched: set[str], extra_files: list[str], exclude: list[str],
-           summary_json: dict, summary_text: str, code_roots: list[Path]) -> None:
-    """Write the memo, unless some path changed too recently to trust its mtime."""
+def _signatures(paths: set[str]) -> dict[str, list[int] | None] | None:
+    """{path: signature} of `paths`, or None when one changed too recently to trust its mtime."""
     now = time.time_ns()
     sigs = {}
-    for path in sorted(set(_relevant(touched, exclude)) | set(extra_files) | set(_code_files(code_roots))):
+    for path in sorted(paths):
         sig = _sig(path.rstrip(os.sep) or os.sep)
         if sig is not None and now - max(sig[1], sig[3]) < _RACY_NS:
-            return  # racy: a change within the timestamp granularity could go unseen
+            return None  # racy: a change within the timestamp granularity could go unseen
         sigs[path] = sig
+    return sigs
+
+
+def _write(memo: Path, data: dict) -> None:
     tmp = memo.with_suffix(f".tmp-{os.getpid()}")
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"paths": sigs, "json": summary_json, "text": summary_text}))
+        # 0600 whatever the umask: load_analysis ignores a memo others could have written
+        tmp.unlink(missing_ok=True)  # (a leftover of a killed run with this pid)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, memo)
     except OSError:  # a full disk or a read-only cache: the memo is an optimisation, skip it
         tmp.unlink(missing_ok=True)
 
 
+def record(memo: Path, touched: set[str], extra_files: list[str], exclude: list[str],
+           summary_json: dict, summary_text: str, code_roots: list[Path]) -> None:
+    """Write the memo, unless some path changed too recently to trust its mtime."""
+    sigs = _signatures(set(_relevant(touched, exclude)) | set(extra_files)
+                       | set(_code_files(code_roots)) | set(runtime_files()))
+    if sigs is not None:
+        _write(memo, {"paths": sigs, "json": summary_json, "text": summary_text})
+
+
+def _still_valid(data: dict, code_roots: list[Path]) -> bool:
+    for path, sig in data["paths"].items():
+        if _sig(path.rstrip(os.sep) or os.sep) != sig:
+            return False
+    return set(_code_files(code_roots)) <= data["paths"].keys()  # else: a new engine or rule file
+
+
+def _read_own(memo: Path) -> dict:
+    """The memo's JSON, if this user wrote it and nobody else can change it (a cache directory
+    may be shared: a graph names the files actions read and the functions they run, a summary
+    says what is up to date). ValueError otherwise; OSError when unreadable."""
+    with open(memo, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise ValueError(f"{memo}: not this user's, or writable by others")
+        return json.loads(f.read())
+
+
 def try_noop(memo: Path, code_roots: list[Path]) -> dict | None:
     """The stored memo when every recorded path still has its recorded signature."""
     try:
-        data = json.loads(memo.read_text())
-    except (OSError, ValueError):
+        data = _read_own(memo)
+        return data if _still_valid(data, code_roots) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    for path, sig in data["paths"].items():
-        if _sig(path.rstrip(os.sep) or os.sep) != sig:
+
+
+def analysis_memo_path(noop_memo: Path) -> Path:
+    """The analysis memo of the command line whose no-op memo is `noop_memo`."""
+    return noop_memo.parent.parent / ANALYSIS_DIR / noop_memo.name
+
+
+def touched_so_far() -> set[str]:
+    """The paths collected since `start_collecting` (a copy)."""
+    return set(_touched)
+
+
+def record_analysis(memo: Path, graph, touched: set[str], exclude: list[str],
+                    code_roots: list[Path]) -> bool:
+    """Store `graph` (an engine.graph.BuildGraph) with the signatures of what its analysis
+    touched; False when it may not be stored (secrets, post-build, a racy path)."""
+    from stella_build.engine.graph import graph_to_json, memoizable
+
+    if not memoizable(graph):
+        return False
+    sigs = _signatures(set(_relevant(touched, exclude)) | set(_code_files(code_roots))
+                       | set(runtime_files()))
+    if sigs is None:
+        return False
+    _write(memo, {"paths": sigs, "graph": graph_to_json(graph)})
+    return True
+
+
+def load_analysis(memo: Path, code_roots: list[Path]):
+    """The stored BuildGraph when nothing its analysis touched changed; None otherwise (no memo,
+    a changed path, an unreadable or malformed file: every doubt is a real analysis)."""
+    from stella_build.engine.errors import StellaError
+    from stella_build.engine.graph import graph_from_json
+
+    try:
+        data = _read_own(memo)
+        if not _still_valid(data, code_roots):
             return None
-    current = set(_code_files(code_roots))
-    if not current <= set(data["paths"]):
-        return None  # a new engine or rule file appeared
-    return data
+        graph = graph_from_json(data["graph"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, StellaError):
+        return None
+    if _collecting:
+        # the analysis did not run in this process, so its reads were not collected: a no-op memo
+        # recorded after this build must depend on the same paths (a new file in a globbed
+        # directory must be seen by both memos)
+        _touched.update(data["paths"])
+    return graph

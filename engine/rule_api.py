@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 # encoders, digests, RFC 3339 time, atomic writes and the user-facing errors.
 from stella_build.engine.encode import canonical_json  # noqa: F401
 from stella_build.engine.encode.archive import (  # noqa: F401
-    GZIP_OS_UNKNOWN, TarEntry, gzip_bytes, library_versions, tar_bytes, write_tar, zstd_bytes,
+    GZIP_OS_UNKNOWN, TarEntry, gzip_bytes, library_versions, tar_bytes, tar_member_offset, write_tar,
+    zstd_bytes,
 )
 from stella_build.engine.encode.digest import file_digests, file_sha256, sha256_hex  # noqa: F401
 from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339  # noqa: F401
@@ -77,104 +78,12 @@ class TargetParams(BaseModel):
         "(docs/scale-out.md); default false: they run on this machine. Changes no output byte")
 
 
-# -- artifacts, providers, actions ---------------------------------------------------------------
+# -- artifacts, providers, actions: engine/graph.py (no pydantic), re-exported here ----------
 
-@dataclass(frozen=True)
-class Artifact:
-    """A file (or a directory tree when `tree`) that an action reads.
+from stella_build.engine.graph import (  # noqa: E402,F401
+    ActionSpec, Artifact, BuildOptions, DefaultOutputs, PostBuild, Provider,
+)
 
-    Source artifacts have `producer=None` and an absolute `path`; derived ones name the action id
-    that produces them and the output path inside that action's output directory.
-    """
-
-    logical: str
-    producer: str | None = None
-    output: str = ""
-    path: Path | str | None = None  # source artifacts: absolute path (a str from glob)
-    tree: bool = False
-
-    @property
-    def path_str(self) -> str:
-        """`path` as a str (sources from glob already hold one). A plain property: the key of
-        every action reads it once per source file, and functools.cached_property takes a lock
-        per first access (~4 µs; 0.4 s of a 100k-advisory build)."""
-        path = self.path
-        return path if type(path) is str else str(path)
-
-    def child(self, rel: str) -> "Artifact":
-        """One file inside a tree artifact, so an action can read it without staging the tree."""
-        if not self.tree or self.producer is None:
-            raise ValueError(f"{self.logical} is not a derived tree artifact")
-        return Artifact(logical=f"{self.logical}{rel}", producer=self.producer,
-                        output=f"{self.output}{rel}", tree=False)
-
-
-class Provider:
-    """Base of typed information passed from a target to the targets depending on it."""
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Options of one build request that rules read during analysis (typed values, never
-    environment variables). The CLI fills them from `build --sign/--base` (or their environment
-    variables STELLA_SIGN / STELLA_MIRROR_BASE, read once there); the service from its API."""
-
-    sign: str | None = None   # an absolute cosign.key path, or "keyless"
-    base: Path | None = None  # base mirror for mirror_delta targets (export.json, mirror/ or its directory)
-
-
-@dataclass(frozen=True)
-class PostBuild(Provider):
-    """Work to carry out after a successful build, on the materialized outputs of the target that
-    returned it, outside every action key and never hermetic (so such a build is never answered
-    from the no-op memo). `kind` names the handler ("keyless-sign"); `source` and `field` say where
-    it was requested, for messages."""
-
-    kind: str
-    source: str
-    field: str | None = None
-    file: str | None = None   # the Exportfile and line of `field`, filled in by analysis
-    line: int | None = None
-
-
-@dataclass(frozen=True)
-class DefaultOutputs(Provider):
-    """Files materialized under stella-out/<package>/<target>/, keyed by relative path."""
-
-    files: dict[str, Artifact]
-    trees: dict[str, Artifact] = field(default_factory=dict)  # relative dir → tree artifact
-    primary: tuple[str, ...] = ()  # the paths worth printing after a build (e.g. the archive)
-
-
-@dataclass
-class ActionSpec:
-    """One unit of cached work, as declared during analysis."""
-
-    id: str
-    label: Label
-    rule: str
-    rule_version: str
-    mnemonic: str
-    fn: str
-    inputs: dict[str, Artifact]
-    params: dict[str, Any]
-    outputs: list[str]
-    source_date_epoch: int | None  # None: derived from the inputs by the rule, never the wall clock
-    libraries: dict[str, str]
-    # Values the action needs but that must never reach the key record or the cache (a signing
-    # key's path and password). Rules put an identity of the secret (a public key digest) in params.
-    secrets: dict[str, str] = field(default_factory=dict)
-    # The target allows these secrets on a remote executor's worker, sealed (Exportfile
-    # `remote_secrets`, set by the engine, not by rules). Never part of the key record: where an
-    # action runs changes no byte. A secret value that is an absolute path of a regular file is
-    # sent as that file's bytes, and the worker's action sees the path of its private copy.
-    secrets_remote: bool = False
-
-    def out(self, name: str) -> Artifact:
-        if name not in self.outputs:
-            raise KeyError(f"action {self.id} declares no output {name!r}")
-        return Artifact(logical=f"{self.id}/{name}", producer=self.id, output=name,
-                        tree=name.endswith("/"))
 
 
 class Rule:

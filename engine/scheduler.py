@@ -27,7 +27,7 @@ from stella_build.engine.cache.records import (
     ORIGIN_LOCAL, ORIGIN_REMOTE, from_wire, outputs_problem, result_problem, to_wire, vouchable,
 )
 from stella_build.engine.encode.digest import file_digests
-from stella_build.engine.rule_api import ActionSpec, Artifact
+from stella_build.engine.graph import ActionSpec, Artifact
 from stella_build.engine.executors.base import ExecutorConfig
 
 if TYPE_CHECKING:  # the process pool (multiprocessing) is loaded only when an action runs

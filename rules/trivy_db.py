@@ -616,19 +616,29 @@ def _epoch(actx: ActionContext) -> int:
     return int(actx.source_date_epoch)
 
 
-def _package(actx: ActionContext, db_name: str, archive: str, version: int, java: bool) -> None:
-    from stella_build.rules.formats.trivy.packaging import metadata_json, parse_interval, write_db_archive, write_oci_layout
+def _metadata(actx: ActionContext, version: int) -> bytes:
+    from stella_build.rules.formats.trivy.packaging import metadata_json, parse_interval
+
+    return metadata_json(version, _epoch(actx), parse_interval(actx.params["update_interval"]))
+
+
+def _package(actx: ActionContext, db_name: str, archive: str, version: int, java: bool,
+             ahead=None) -> None:
+    from stella_build.rules.formats.trivy.packaging import write_db_archive, write_oci_layout
 
     epoch = _epoch(actx)
-    meta = metadata_json(version, epoch, parse_interval(actx.params["update_interval"]))
+    meta = _metadata(actx, version)
     actx.write_output("metadata.json", meta)
     db_path = actx.output(db_name)
     arc = actx.output(archive)
-    write_db_archive(arc, {db_name: db_path, "metadata.json": meta}, epoch)
+    write_db_archive(arc, {db_name: db_path, "metadata.json": meta}, epoch, ahead=ahead)
     write_oci_layout(actx.output("oci/"), arc, rfc3339(epoch), java=java)
 
 
 def build_db(actx: ActionContext) -> dict:
+    from stella_build.rules.formats.trivy.bbolt import DEFAULT_PAGE_SIZE, HEAD_PAGES
+    from stella_build.rules.formats.trivy.packaging import start_ahead
+
     # streamed from the cache, checked as read: staging copies of the shard files (~150 MB at
     # 100k advisories) would be written and hashed once more in this serial step
     paths = [functools.partial(actx.open_input, name) for name in sorted(actx.inputs) if name.startswith("kv/")]
@@ -636,10 +646,19 @@ def build_db(actx: ActionContext) -> dict:
     # the values of keys several records share, by the digest of those records (a rebuild
     # re-merges only the keys whose records changed)
     memo = actx.memo("trivy-db-merge", build_db)
-    stats = write_trivy_db(actx.output("trivy.db"), paths, per_bucket, memo)
+    # db.tar.gz's blocks are deflated by a child process on the other core while this one merges
+    # and writes the DB (gzip_ahead.py); the archive's bytes do not depend on it
+    db_path = actx.output("trivy.db")
+    ahead = start_ahead({"metadata.json": _metadata(actx, 2)}, _epoch(actx), "trivy.db", db_path,
+                        HEAD_PAGES * DEFAULT_PAGE_SIZE)
+    try:
+        stats = write_trivy_db(db_path, paths, per_bucket, memo)
+    finally:
+        if ahead is not None:
+            ahead.stop()
     memo.save()
     stats["memo"] = memo.stats()
-    _package(actx, "trivy.db", "db.tar.gz", 2, java=False)
+    _package(actx, "trivy.db", "db.tar.gz", 2, java=False, ahead=ahead)
     mapping = mapping_report([actx.input(n) for n in sorted(actx.inputs) if n.startswith("report/")], per_bucket)
     actx.write_output("mapping.json", canonical_json.dumps(mapping))
     stats["not_mapped"] = sum(g["records"] for g in mapping["notMapped"])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from stella_build.engine.errors import StellaError, UsageError
-from stella_build.engine.rule_api import BuildOptions
+from stella_build.engine.graph import BuildOptions
 
 
 @dataclass
@@ -52,10 +52,12 @@ def require_post_build_ready(graph) -> list:
 
     Raises the handler's StellaError naming the requesting target and its Exportfile (keyless
     signing without an identity: TrustMaterialMissing, exit 4), or UsageError for an unknown kind."""
+    requests = graph.post_build()
+    if not requests:
+        return requests
     from stella_build.delivery import keyless
     from stella_build.rules.signing import KEYLESS
 
-    requests = graph.post_build()
     for label, request in requests:
         if request.kind == KEYLESS:
             try:
@@ -87,11 +89,12 @@ def execute(workspace, request: BuildRequest, *, progress: Callable | None = Non
     Returns (graph, summary): an `engine.build.BuildSummary` whose errors hold action failures.
     Post-build steps are NOT carried out here (the caller prints the summary first, then calls
     `carry_out_post_build` when `summary.ok`). Raises StellaError for bad input (exit 2/4/5)."""
-    from stella_build.engine.analysis import analyze
     from stella_build.engine.build import run_build
 
     executor = request.executor if request.executor is not None else executor_from_env()
-    graph = graph or analyze(workspace, request.patterns, request.options)
+    if graph is None:
+        from stella_build.engine.analysis import analyze  # pydantic and the rules: only when needed
+        graph = analyze(workspace, request.patterns, request.options)
     require_post_build_ready(graph)
     summary = run_build(workspace, request.patterns, cache_dir=request.cache_dir, jobs=request.jobs,
                         check=request.check, progress=progress, remote=request.remote, graph=graph,

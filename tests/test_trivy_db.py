@@ -175,6 +175,84 @@ def test_block_parallel_gzip_is_one_valid_member_whatever_the_threads():
         assert d.decompress(out) == data and d.eof and d.unused_data == b""
 
 
+def _ahead_fixture(tmp_path, blocks: int = 8):
+    """A DB-like file written in chunks with its first pages rewritten last (as BboltWriter
+    does), while a gzip_ahead child deflates its blocks; → (db path, metadata, ahead, data)."""
+    import time
+
+    from stella_build.rules.formats.trivy.bbolt import DEFAULT_PAGE_SIZE, HEAD_PAGES
+    from stella_build.rules.formats.trivy.packaging import start_ahead
+
+    meta = metadata_json(2, 1735689600, 86400)
+    db = tmp_path / "trivy.db"
+    rewritten = HEAD_PAGES * DEFAULT_PAGE_SIZE
+    data = b"".join(hashlib.sha256(b"%d" % i).hexdigest().encode() * 3 for i in range(blocks * 11_000))
+    ahead = start_ahead({"metadata.json": meta}, 1735689600, "trivy.db", db, rewritten)
+    assert ahead is not None
+    with open(db, "wb") as f:
+        f.write(bytes(rewritten))
+        for i in range(rewritten, len(data), 300_001):
+            f.write(data[i:i + 300_001])
+            f.flush()
+        deadline = time.monotonic() + 30  # until the child has sent three blocks (bounded)
+        while len(ahead._blocks) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        f.seek(0)
+        f.write(data[:rewritten])  # the head is final only now: no block touching it is ahead
+    return db, meta, ahead, data
+
+
+def _archive(tmp_path, db, meta, ahead=None) -> bytes:
+    from stella_build.rules.formats.trivy.packaging import write_db_archive
+
+    out = tmp_path / ("ahead.tar.gz" if ahead else "plain.tar.gz")
+    write_db_archive(out, {"trivy.db": db, "metadata.json": meta}, 1735689600, ahead=ahead)
+    return out.read_bytes()
+
+
+def test_gzip_ahead_gives_the_same_archive_and_does_deflate_ahead(tmp_path):
+    """db.tar.gz blocks deflated by the child while the DB was written are used (hits > 0) and
+    the archive is byte-identical to one compressed after the fact."""
+    db, meta, ahead, data = _ahead_fixture(tmp_path)
+    ahead.stop()
+    with_ahead = _archive(tmp_path, db, meta, ahead)
+    assert ahead.hits > 0
+    assert with_ahead == _archive(tmp_path, db, meta)
+    assert gunzip_bytes(with_ahead).find(data[:64]) > 0
+
+
+def test_gzip_ahead_blocks_that_do_not_match_are_compressed_again(tmp_path):
+    """A block whose bytes changed after the child deflated it (or a child sending garbage) is
+    never used: the digest of dictionary + block decides, so the archive stays exact."""
+    db, meta, ahead, data = _ahead_fixture(tmp_path)
+    ahead.stop()
+    sent = len(ahead._blocks)
+    assert sent >= 3
+    index, other = min(ahead._blocks), max(ahead._blocks)
+    ahead._blocks[index] = (b"\x00" * 32, b"\x00garbage")  # a digest that matches nothing
+    with open(db, "r+b") as f:  # change a byte inside another block the child already sent
+        f.seek(other * (1 << 20) + 5000 - 1536)
+        f.write(b"#")
+    archive = _archive(tmp_path, db, meta, ahead)
+    assert ahead.hits == sent - 2
+    assert archive == _archive(tmp_path, db, meta)
+
+
+def test_tar_member_offset_is_where_write_tar_puts_the_content():
+    from stella_build.engine.encode.archive import TarEntry, tar_bytes, tar_member_offset
+
+    entries = [TarEntry("metadata.json", data=b"m" * 123), TarEntry("trivy.db", data=b"DBDATA" * 999),
+               TarEntry("a/" + "long-name-" * 20, data=b"x")]  # a PAX header for the long name
+    stream = tar_bytes(entries, 1735689600)
+    for e in entries:
+        off = tar_member_offset(entries, 1735689600, e.path)
+        assert stream[off:off + len(e.data)] == e.data
+    placeholder = [entries[0], TarEntry("trivy.db", data=b"")]
+    assert tar_member_offset(placeholder, 1735689600, "trivy.db") == tar_member_offset(entries[:2], 1735689600, "trivy.db")
+    with pytest.raises(KeyError):
+        tar_member_offset(entries, 0, "missing")
+
+
 def test_metadata_json_and_interval():
     assert parse_interval("24h") == 86400 and parse_interval("7d") == 604800
     with pytest.raises(ValueError):

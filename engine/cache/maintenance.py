@@ -55,7 +55,7 @@ def gc(cache_dir: Path, max_size: int) -> dict:
         removed = [d for d in sizes if d not in kept_blobs]
         for digest in removed:
             cas.discard(digest)
-        for leftover in ("tmp", "sandbox", "noop-memo"):
+        for leftover in ("tmp", "sandbox", "noop-memo", "analysis-memo"):
             shutil.rmtree(cache_dir / leftover, ignore_errors=True)
         cutoff = time.time() - MEMO_MAX_AGE
         stale = [(p, st) for p, st in _memo_packs(cache_dir) if st.st_mtime < cutoff]
@@ -92,6 +92,7 @@ def verify(cache_dir: Path) -> dict:
     index, cas = Index(cache_dir, warn=notes.append), Cas(cache_dir)
     try:
         shutil.rmtree(cache_dir / "noop-memo", ignore_errors=True)
+        shutil.rmtree(cache_dir / "analysis-memo", ignore_errors=True)
         problems = index.verify_structure()
         corrupt = [d for d, _, _ in cas.iter_blobs() if not cas.verify(d)]
         for digest in corrupt:
@@ -112,7 +113,7 @@ def verify(cache_dir: Path) -> dict:
 
 def clean(cache_dir: Path) -> dict:
     existed = cache_dir.exists()
-    for child in ("cas", "tmp", "sandbox", "noop-memo", MEMO_DIR) + tuple(p.name for p in cache_dir.glob("index-v*")):
+    for child in ("cas", "tmp", "sandbox", "noop-memo", "analysis-memo", MEMO_DIR) + tuple(p.name for p in cache_dir.glob("index-v*")):
         shutil.rmtree(cache_dir / child, ignore_errors=True)
     (cache_dir / "index.lock").unlink(missing_ok=True)
     return {"cache_dir": str(cache_dir), "removed": existed}

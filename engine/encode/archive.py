@@ -102,6 +102,24 @@ def write_tar(out: BinaryIO, entries: Iterable[TarEntry], mtime: int) -> None:
                     tar.addfile(info, f)
 
 
+def tar_member_offset(entries: Iterable[TarEntry], mtime: int, path: str) -> int:
+    """Where the content of member `path` starts in `write_tar`'s stream of `entries` (bytes
+    from the stream's start): the same headers, in the same order, as `write_tar` writes.
+    KeyError when no entry has that path. A member's header length does not depend on its size
+    below 8 GiB (the ustar size field), so a placeholder entry of size 0 gives the offset of a
+    file not written yet."""
+    import tarfile
+
+    offset = 0
+    for entry in sorted(entries, key=lambda e: e.path.encode("utf-8")):
+        info = _tarinfo(entry, mtime)
+        offset += len(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if entry.path == path:
+            return offset
+        offset += -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    raise KeyError(path)
+
+
 def tar_bytes(entries: Iterable[TarEntry], mtime: int = 0) -> bytes:
     buf = io.BytesIO()
     write_tar(buf, entries, mtime)

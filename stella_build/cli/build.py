@@ -15,7 +15,7 @@ from stella_build.cli.common import CTX, click_option, emit, output_option
 from stella_build.cli.options import BUILD_MEMO_OPTIONS
 from stella_build.cli.progress import Progress
 from stella_build.engine.errors import UsageError
-from stella_build.engine.rule_api import BuildOptions
+from stella_build.engine.graph import BuildOptions
 
 
 def build_memo_options(f):
@@ -79,7 +79,8 @@ def run_build_command(settings, patterns: list[str], options: BuildOptions, *, c
     request = BuildRequest(patterns=patterns, options=options, cache_dir=settings.cache_dir(),
                            jobs=settings.jobs, check=check, remote=remote, executor=executor)
     try:
-        _graph, summary = execute(workspace, request, progress=progress,
+        graph = _memoized_analysis(workspace, request, settings)
+        _graph, summary = execute(workspace, request, progress=progress, graph=graph,
                                   warn=lambda msg: click.echo(f"warning: {msg}", err=True))
     finally:
         if remote is not None:
@@ -106,6 +107,28 @@ def run_build_command(settings, patterns: list[str], options: BuildOptions, *, c
             for path in written:
                 click.echo(f"signed keyless: {path}", err=True)
     sys.exit(summary.exit_code)
+
+
+def _memoized_analysis(workspace, request, settings):
+    """The analysed graph of this command line: from the analysis memo when nothing the last
+    analysis touched changed (engine/fastpath.py), else a real analysis, then stored. Only for
+    the command lines that may use the no-op memo (noop.ACTIVE_PLAN is set)."""
+    from stella_build.cli import noop
+    from stella_build.engine import fastpath
+
+    plan = noop.ACTIVE_PLAN
+    if plan is None:
+        return None
+    memo = fastpath.analysis_memo_path(plan["memo"])
+    graph = fastpath.load_analysis(memo, noop.code_roots())
+    if graph is not None:
+        return graph
+    from stella_build.engine.analysis import analyze
+
+    graph = analyze(workspace, request.patterns, request.options)
+    fastpath.record_analysis(memo, graph, fastpath.touched_so_far(), code_roots=noop.code_roots(),
+                             exclude=[str(settings.cache_dir()) + "/", str(workspace.root / "stella-out") + "/"])
+    return graph
 
 
 def _record_noop_memo(summary, data: dict, text: str, workspace, settings) -> None:

@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 DEFAULT_PAGE_SIZE = 4096
+HEAD_PAGES = 3  # meta 0, meta 1, freelist: the only pages written again (by close)
 MAGIC = 0xED0CDAED
 VERSION = 2
 PGID_NO_FREELIST = 0xFFFFFFFFFFFFFFFF
@@ -169,8 +170,8 @@ class BboltWriter:
         self._last_path: tuple[bytes, ...] | None = None
         self._closed = False
         # Placeholders for the meta and freelist pages; filled in by close().
-        self._parts.append(bytes(3 * page_size))
-        self._queued = 3 * page_size
+        self._parts.append(bytes(HEAD_PAGES * page_size))
+        self._queued = HEAD_PAGES * page_size
 
     # ---- push API ---------------------------------------------------------------------------
 
@@ -290,7 +291,7 @@ class BboltWriter:
         finally:
             self._pool.shutdown(wait=True)
         hwm = self._next_pgid
-        head = bytearray(3 * self._ps)
+        head = bytearray(HEAD_PAGES * self._ps)
         for txid in (0, 1):
             off = txid * self._ps
             _PAGE_HDR.pack_into(head, off, txid, META_PAGE, 0, 0)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from zlib_ng import zlib_ng
 
-from stella_build.engine.rule_api import GZIP_OS_UNKNOWN, TarEntry, write_tar
+from stella_build.engine.rule_api import GZIP_OS_UNKNOWN, TarEntry, tar_member_offset, write_tar
 from stella_build.rules.formats.oci import (
     ANNOTATION_TITLE, TRIVY_ARTIFACT_TYPE, TRIVY_DB_LAYER, TRIVY_JAVADB_LAYER, Descriptor,
     OciLayoutWriter, add_bundle_referrer,
 )
 from stella_build.rules.formats.trivy.gojson import go_time, trivy_metadata_json
+from stella_build.rules.formats.trivy.gzip_ahead import deflate_block
 from stella_build.rules.formats.trivy.interval import parse_interval  # noqa: F401 (re-exported)
 
 __all__ = ["GzipWriter", "write_db_archive", "write_oci_layout", "metadata_json",
@@ -59,11 +60,13 @@ class GzipWriter:
     _WINDOW = 32 * 1024
     _IN_FLIGHT = 4  # blocks compressing or waiting to be written, per thread: bounds memory
 
-    def __init__(self, raw, level: int = 9, threads: int = 2) -> None:
+    def __init__(self, raw, level: int = 9, threads: int = 2, ahead=None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self._raw = raw
         self._level = level
+        self._ahead = ahead  # gzip_ahead.GzipAhead: blocks deflated while the source was written
+        self._index = 0
         self._crc = 0
         self._size = 0
         self._buf = bytearray()
@@ -75,17 +78,18 @@ class GzipWriter:
         raw.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + bytes([xfl, GZIP_OS_UNKNOWN]))
 
     def _deflate(self, block: bytes, zdict: bytes, final: bool) -> bytes:
-        args = (self._level, zlib_ng.DEFLATED, -15, 8, zlib_ng.Z_DEFAULT_STRATEGY)
-        comp = zlib_ng.compressobj(*args, zdict=zdict) if zdict else zlib_ng.compressobj(*args)
-        return comp.compress(block) + comp.flush(zlib_ng.Z_FINISH if final else zlib_ng.Z_SYNC_FLUSH)
+        return deflate_block(self._level, block, zdict, final)
 
     def _submit(self, block: bytes, final: bool) -> None:
         zdict = self._previous[-self._WINDOW:]
         self._previous = block
+        index, self._index = self._index, self._index + 1
+        done = self._ahead.take(index, zdict, block) if self._ahead is not None and not final else None
         if self._pool is None:
-            self._raw.write(self._deflate(block, zdict, final))
+            self._raw.write(done if done is not None else self._deflate(block, zdict, final))
             return
-        self._pending.append(self._pool.submit(self._deflate, block, zdict, final))
+        self._pending.append(_Done(done) if done is not None
+                             else self._pool.submit(self._deflate, block, zdict, final))
         while len(self._pending) > self._IN_FLIGHT * self._threads:
             self._raw.write(self._pending.pop(0).result())
 
@@ -119,6 +123,16 @@ class GzipWriter:
         self._raw.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
 
 
+class _Done:
+    """A block deflated ahead, queued beside the pool's futures."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def result(self) -> bytes:
+        return self._data
+
+
 # gzip level of db.tar.gz / javadb.tar.gz: 7. The archive is gzipped again on every rebuild and
 # is the largest serial part of TrivyDb after the merge. On a 25k-advisory trivy.db (36 MB) level
 # 7 takes ~60 % of level 9's time for 0.7 % more bytes. (zlib-ng's levels 1, 5 and 6 give bytes
@@ -127,15 +141,30 @@ class GzipWriter:
 DB_ARCHIVE_GZIP_LEVEL = 7
 
 
-def write_db_archive(dest: Path, members: dict[str, Path | bytes], mtime: int) -> None:
+def _entries(members: dict[str, Path | bytes | None]) -> list[TarEntry]:
+    return [TarEntry(name, data=src if src is not None else b"") if not isinstance(src, (str, Path))
+            else TarEntry(name, source=Path(src)) for name, src in members.items()]
+
+
+def write_db_archive(dest: Path, members: dict[str, Path | bytes], mtime: int, ahead=None) -> None:
     """``dest`` = gzip level ``DB_ARCHIVE_GZIP_LEVEL`` (PAX tar of ``members`` sorted by name),
-    streamed from files."""
-    entries = [TarEntry(name, data=src) if isinstance(src, (bytes, bytearray))
-               else TarEntry(name, source=Path(src)) for name, src in members.items()]
+    streamed from files. ``ahead``: a `gzip_ahead.GzipAhead` (stopped) whose blocks are used
+    where their digests match (`start_ahead`); the bytes are the same with or without it."""
     with open(dest, "wb") as raw:
-        gz = GzipWriter(raw, DB_ARCHIVE_GZIP_LEVEL)
-        write_tar(gz, entries, mtime)
+        gz = GzipWriter(raw, DB_ARCHIVE_GZIP_LEVEL, ahead=ahead)
+        write_tar(gz, _entries(members), mtime)
         gz.close()
+
+
+def start_ahead(members: dict[str, Path | bytes | None], mtime: int, db_name: str, db_path: Path,
+                rewritten: int):
+    """Start deflating ``db_name``'s blocks of the archive `write_db_archive` will write, while
+    the DB is written to ``db_path`` (its first ``rewritten`` bytes are rewritten at the end).
+    ``members`` as for `write_db_archive`, the DB's value not used (None). → GzipAhead or None."""
+    from stella_build.rules.formats.trivy import gzip_ahead
+
+    offset = tar_member_offset(_entries({**members, db_name: None}), mtime, db_name)
+    return gzip_ahead.start(db_path, offset, rewritten, DB_ARCHIVE_GZIP_LEVEL)
 
 
 def write_oci_layout(root: Path, archive: Path, created_rfc3339: str, java: bool = False) -> Descriptor:

@@ -1,0 +1,237 @@
+"""The analysed build graph: artifacts, providers, actions, targets (no pydantic, no rule).
+
+Analysis (engine/analysis.py) produces a `BuildGraph`; the scheduler, materialization and the
+build summary consume it. These types live apart from `rule_api` (which re-exports them for
+rules) so that a build whose analysis is answered from the analysis memo (engine/fastpath.py)
+imports neither pydantic nor any rule module. `graph_to_json` / `graph_from_json` carry a graph
+through that memo: plain JSON, never pickle, since the cache directory is only a file store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stella_build.engine.labels import Label, parse_label
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file (or a directory tree when `tree`) that an action reads.
+
+    Source artifacts have `producer=None` and an absolute `path`; derived ones name the action id
+    that produces them and the output path inside that action's output directory.
+    """
+
+    logical: str
+    producer: str | None = None
+    output: str = ""
+    path: Path | str | None = None  # source artifacts: absolute path (a str from glob)
+    tree: bool = False
+
+    @property
+    def path_str(self) -> str:
+        """`path` as a str (sources from glob already hold one). A plain property: the key of
+        every action reads it once per source file, and functools.cached_property takes a lock
+        per first access (~4 µs; 0.4 s of a 100k-advisory build)."""
+        path = self.path
+        return path if type(path) is str else str(path)
+
+    def child(self, rel: str) -> "Artifact":
+        """One file inside a tree artifact, so an action can read it without staging the tree."""
+        if not self.tree or self.producer is None:
+            raise ValueError(f"{self.logical} is not a derived tree artifact")
+        return Artifact(logical=f"{self.logical}{rel}", producer=self.producer,
+                        output=f"{self.output}{rel}", tree=False)
+
+
+class Provider:
+    """Base of typed information passed from a target to the targets depending on it."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Options of one build request that rules read during analysis (typed values, never
+    environment variables). The CLI fills them from `build --sign/--base` (or their environment
+    variables STELLA_SIGN / STELLA_MIRROR_BASE, read once there); the service from its API."""
+
+    sign: str | None = None   # an absolute cosign.key path, or "keyless"
+    base: Path | None = None  # base mirror for mirror_delta targets (export.json, mirror/ or its directory)
+
+
+@dataclass(frozen=True)
+class PostBuild(Provider):
+    """Work to carry out after a successful build, on the materialized outputs of the target that
+    returned it, outside every action key and never hermetic (so such a build is never answered
+    from the no-op memo). `kind` names the handler ("keyless-sign"); `source` and `field` say where
+    it was requested, for messages."""
+
+    kind: str
+    source: str
+    field: str | None = None
+    file: str | None = None   # the Exportfile and line of `field`, filled in by analysis
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class DefaultOutputs(Provider):
+    """Files materialized under stella-out/<package>/<target>/, keyed by relative path."""
+
+    files: dict[str, Artifact]
+    trees: dict[str, Artifact] = field(default_factory=dict)  # relative dir → tree artifact
+    primary: tuple[str, ...] = ()  # the paths worth printing after a build (e.g. the archive)
+
+
+@dataclass
+class ActionSpec:
+    """One unit of cached work, as declared during analysis."""
+
+    id: str
+    label: Label
+    rule: str
+    rule_version: str
+    mnemonic: str
+    fn: str
+    inputs: dict[str, Artifact]
+    params: dict[str, Any]
+    outputs: list[str]
+    source_date_epoch: int | None  # None: derived from the inputs by the rule, never the wall clock
+    libraries: dict[str, str]
+    # Values the action needs but that must never reach the key record or the cache (a signing
+    # key's path and password). Rules put an identity of the secret (a public key digest) in params.
+    secrets: dict[str, str] = field(default_factory=dict)
+    # The target allows these secrets on a remote executor's worker, sealed (Exportfile
+    # `remote_secrets`, set by the engine, not by rules). Never part of the key record: where an
+    # action runs changes no byte. A secret value that is an absolute path of a regular file is
+    # sent as that file's bytes, and the worker's action sees the path of its private copy.
+    secrets_remote: bool = False
+
+    def out(self, name: str) -> Artifact:
+        if name not in self.outputs:
+            raise KeyError(f"action {self.id} declares no output {name!r}")
+        return Artifact(logical=f"{self.id}/{name}", producer=self.id, output=name,
+                        tree=name.endswith("/"))
+
+
+@dataclass
+class ConfiguredTarget:
+    label: Label
+    rule: str
+    deps: list[Label]
+    providers: list[Provider] = field(default_factory=list)
+    actions: list[ActionSpec] = field(default_factory=list)
+
+    def default_outputs(self) -> DefaultOutputs:
+        for p in self.providers:
+            if isinstance(p, DefaultOutputs):
+                return p
+        return DefaultOutputs(files={})
+
+
+@dataclass
+class BuildGraph:
+    targets: dict[Label, ConfiguredTarget]  # in dependency order
+    requested: list[Label]
+    actions: dict[str, ActionSpec]  # in dependency order
+
+    def post_build(self) -> list[tuple[Label, PostBuild]]:
+        """The post-build requests of the requested targets, in request order."""
+        return [(lbl, p) for lbl in self.requested for p in self.targets[lbl].providers
+                if isinstance(p, PostBuild)]
+
+    def actions_for(self, labels: list[Label]) -> list[ActionSpec]:
+        """Actions needed for `labels`, transitively through artifacts, in dependency order."""
+        needed: set[str] = set()
+        stack = [a.id for lbl in labels for a in self.targets[lbl].actions]
+        stack += [art.producer for lbl in labels
+                  for art in self._outputs(lbl) if art.producer]
+        while stack:
+            action_id = stack.pop()
+            if action_id in needed:
+                continue
+            needed.add(action_id)
+            stack.extend(a.producer for a in self.actions[action_id].inputs.values() if a.producer)
+        return [a for a_id, a in self.actions.items() if a_id in needed]
+
+    def _outputs(self, label: Label):
+        d = self.targets[label].default_outputs()
+        return list(d.files.values()) + list(d.trees.values())
+
+
+# -- the analysis memo's JSON form -----------------------------------------------------------------
+
+GRAPH_FORMAT = 1
+
+
+def memoizable(graph: BuildGraph) -> bool:
+    """Whether `graph` may be stored: no action holds secrets (a key path or password must never
+    reach the cache) and no requested target asks for a post-build step (not hermetic)."""
+    return not graph.post_build() and not any(a.secrets for a in graph.actions.values())
+
+
+def _art(a: Artifact) -> list:
+    path = a.path if a.path is None else a.path_str
+    if a.producer is None and not a.tree and not a.output:
+        return [a.logical, path]  # a source file: the common case, kept short
+    return [a.logical, a.producer, a.output, path, a.tree]
+
+
+def _art_from(v: list) -> Artifact:
+    if len(v) == 2:
+        return Artifact(logical=v[0], path=v[1])
+    return Artifact(logical=v[0], producer=v[1], output=v[2], path=v[3], tree=bool(v[4]))
+
+
+def graph_to_json(graph: BuildGraph) -> dict:
+    """The parts of `graph` a build reads (targets' actions and DefaultOutputs, every action),
+    as JSON values. Other providers are dropped: only analysis and rules read them.
+    ValueError when the graph is not `memoizable`."""
+    if not memoizable(graph):
+        raise ValueError("a graph with secrets or post-build steps is not stored")
+    actions = [{"id": s.id, "label": str(s.label), "rule": s.rule, "rule_version": s.rule_version,
+                "mnemonic": s.mnemonic, "fn": s.fn,
+                "inputs": [[k, _art(v)] for k, v in s.inputs.items()],
+                "params": s.params, "outputs": s.outputs, "source_date_epoch": s.source_date_epoch,
+                "libraries": s.libraries, "secrets_remote": s.secrets_remote}
+               for s in graph.actions.values()]
+    targets = []
+    for t in graph.targets.values():
+        d = t.default_outputs()
+        targets.append({"label": str(t.label), "rule": t.rule, "deps": [str(x) for x in t.deps],
+                        "actions": [s.id for s in t.actions],
+                        "files": [[k, _art(v)] for k, v in d.files.items()],
+                        "trees": [[k, _art(v)] for k, v in d.trees.items()],
+                        "primary": list(d.primary)})
+    return {"format": GRAPH_FORMAT, "requested": [str(x) for x in graph.requested],
+            "targets": targets, "actions": actions}
+
+
+def graph_from_json(data: dict) -> BuildGraph:
+    """The inverse of `graph_to_json`. KeyError, TypeError or ValueError on a malformed value
+    (the caller treats any of them as a memo miss)."""
+    if data.get("format") != GRAPH_FORMAT:
+        raise ValueError("unknown graph format")
+    labels: dict[str, Label] = {}
+
+    def label(text: str) -> Label:
+        lbl = labels.get(text)
+        if lbl is None:
+            lbl = labels[text] = parse_label(text, "")
+        return lbl
+
+    actions: dict[str, ActionSpec] = {}
+    for a in data["actions"]:
+        actions[a["id"]] = ActionSpec(
+            id=a["id"], label=label(a["label"]), rule=a["rule"], rule_version=a["rule_version"],
+            mnemonic=a["mnemonic"], fn=a["fn"], inputs={k: _art_from(v) for k, v in a["inputs"]},
+            params=a["params"], outputs=a["outputs"], source_date_epoch=a["source_date_epoch"],
+            libraries=a["libraries"], secrets_remote=bool(a["secrets_remote"]))
+    targets: dict[Label, ConfiguredTarget] = {}
+    for t in data["targets"]:
+        outputs = DefaultOutputs(files={k: _art_from(v) for k, v in t["files"]},
+                                 trees={k: _art_from(v) for k, v in t["trees"]},
+                                 primary=tuple(t["primary"]))
+        lbl = label(t["label"])
+        targets[lbl] = ConfiguredTarget(lbl, t["rule"], [label(x) for x in t["deps"]], [outputs],
+                                        [actions[i] for i in t["actions"]])
+    return BuildGraph(targets=targets, requested=[label(x) for x in data["requested"]], actions=actions)
