@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,58 @@ def _hook(event: str, args: tuple) -> None:
             _touched.add(os.fsdecode(path) + os.sep)  # trailing sep: a directory listing
 
 
+class probing_stats:
+    """Within this block, also collect the paths given to `os.stat` / `os.lstat` (and so to
+    `os.path.exists`, `Path.is_file`...): analysis asks "is there a file here?" without opening
+    it (mirror_delta's base candidates, optional base files), and a file that appears there later
+    must be a real analysis. No audit event covers a stat, so the two functions are wrapped for
+    the duration of the analysis only (the keys stat every source file afterwards)."""
+
+    def __enter__(self) -> "probing_stats":
+        self._saved = os.stat, os.lstat
+        if _collecting:
+            os.stat, os.lstat = _probe(os.stat), _probe(os.lstat)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.stat, os.lstat = self._saved
+
+
+def _probe(fn):
+    def probe(path, *args, **kwargs):
+        if isinstance(path, (str, bytes, os.PathLike)) and not kwargs.get("dir_fd"):
+            _touched.add(os.fsdecode(path) + PROBE)
+        return fn(path, *args, **kwargs)
+    return probe
+
+
+# A path recorded only because it was stat'ed ends with PROBE (NUL is never in a path). What a
+# stat answers in analysis is whether something is there and what it is, so such a path keeps
+# only that (`_probe_sig`): `realpath` lstats every ancestor directory (/tmp, the repository
+# root), whose times change with every file created beside the workspace.
+PROBE = "\0"
+
+
+def _probe_sig(path: str) -> list[int]:
+    """[-1, lstat file type, stat file type] (0: absent); -1 marks it as a probe's signature."""
+    try:
+        lmode = stat.S_IFMT(os.lstat(path).st_mode)
+    except OSError:
+        return [-1, 0, 0]
+    try:
+        mode = stat.S_IFMT(os.stat(path).st_mode)
+    except OSError:
+        mode = 0
+    return [-1, lmode, mode]
+
+
+def _sig_of(path: str) -> list[int] | None:
+    """The recorded signature of an entry: a probe's (`PROBE` suffix) or the full one."""
+    if path.endswith(PROBE):
+        return _probe_sig(path[:-1])
+    return _sig(path.rstrip(os.sep) or os.sep)
+
+
 def start_collecting() -> None:
     global _collecting
     if not _collecting:
@@ -68,7 +121,7 @@ def stop_collecting() -> set[str]:
 
 def _env_fingerprint() -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k.startswith("STELLA_") or k in ("SOURCE_DATE_EPOCH", "XDG_CACHE_HOME")}
+           if k.startswith("STELLA_") or k in ("SOURCE_DATE_EPOCH", "XDG_CACHE_HOME", "HOME")}
     if "COSIGN_PASSWORD" in os.environ:
         env["COSIGN_PASSWORD"] = hashlib.sha256(os.environ["COSIGN_PASSWORD"].encode()).hexdigest()
     return env
@@ -103,6 +156,9 @@ def runtime_files() -> list[str]:
     exists, every mapped shared library (SQLite, zstd, libz). A reinstalled package or an upgraded
     system library changes their signatures, and with them possibly the action keys."""
     files = {m.__file__ for m in list(sys.modules.values()) if isinstance(getattr(m, "__file__", None), str)}
+    # the import path's directories themselves: installing or removing a distribution (a rule
+    # plugin's entry point, an upgrade's new .dist-info) changes their listing
+    files |= {p + os.sep for p in sys.path if p and os.path.isdir(p)}
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             for line in maps:
@@ -111,15 +167,18 @@ def runtime_files() -> list[str]:
                     files.add(path[0])
     except OSError:
         pass
-    return sorted(os.path.abspath(f) for f in files)
+    return sorted(os.path.abspath(f) + (os.sep if f.endswith(os.sep) else "") for f in files)
 
 
 def _relevant(paths: set[str], exclude: list[str]) -> list[str]:
     keep = []
     # str.startswith takes the tuple: one C call; /proc and /dev are not files whose stat means anything
-    prefixes = (sys.prefix, sys.base_prefix, "/proc/", "/dev/", *exclude)
+    # (each with its trailing separator: a workspace at /x/venv-data is not inside /x/venv)
+    prefixes = tuple(p.rstrip(os.sep) + os.sep for p in (sys.prefix, sys.base_prefix, *exclude)) + ("/proc/", "/dev/")
     for p in paths:
-        ap = os.path.abspath(p.rstrip(os.sep)) + (os.sep if p.endswith(os.sep) else "")
+        mark = PROBE if p.endswith(PROBE) else os.sep if p.endswith(os.sep) else ""
+        ap = os.path.abspath(p.rstrip(PROBE).rstrip(os.sep) or os.sep)
+        ap = ap + mark if ap != os.sep or mark == PROBE else ap
         if ap.endswith((".pyc", ".so")) or "__pycache__" in ap:
             continue
         if ap.startswith(prefixes):
@@ -133,8 +192,8 @@ def _signatures(paths: set[str]) -> dict[str, list[int] | None] | None:
     now = time.time_ns()
     sigs = {}
     for path in sorted(paths):
-        sig = _sig(path.rstrip(os.sep) or os.sep)
-        if sig is not None and now - max(sig[1], sig[3]) < _RACY_NS:
+        sig = _sig_of(path)
+        if sig is not None and sig[0] != -1 and now - max(sig[1], sig[3]) < _RACY_NS:
             return None  # racy: a change within the timestamp granularity could go unseen
         sigs[path] = sig
     return sigs
@@ -157,7 +216,7 @@ def _write(memo: Path, data: dict) -> None:
 def record(memo: Path, touched: set[str], extra_files: list[str], exclude: list[str],
            summary_json: dict, summary_text: str, code_roots: list[Path]) -> None:
     """Write the memo, unless some path changed too recently to trust its mtime."""
-    sigs = _signatures(set(_relevant(touched, exclude)) | set(extra_files)
+    sigs = _signatures(set(_relevant(touched, exclude)) | set(extra_files) | analysis_paths
                        | set(_code_files(code_roots)) | set(runtime_files()))
     if sigs is not None:
         _write(memo, {"paths": sigs, "json": summary_json, "text": summary_text})
@@ -165,7 +224,7 @@ def record(memo: Path, touched: set[str], extra_files: list[str], exclude: list[
 
 def _still_valid(data: dict, code_roots: list[Path]) -> bool:
     for path, sig in data["paths"].items():
-        if _sig(path.rstrip(os.sep) or os.sep) != sig:
+        if _sig_of(path) != sig:
             return False
     return set(_code_files(code_roots)) <= data["paths"].keys()  # else: a new engine or rule file
 
@@ -195,21 +254,29 @@ def analysis_memo_path(noop_memo: Path) -> Path:
     return noop_memo.parent.parent / ANALYSIS_DIR / noop_memo.name
 
 
-def touched_so_far() -> set[str]:
-    """The paths collected since `start_collecting` (a copy)."""
-    return set(_touched)
+# The paths the analysis of this build depends on (absolute; set by `note_analysis` or by
+# `load_analysis`): both memos record them, and nothing under stella-out/ or the cache is left
+# out of them (a `--base` may live there).
+analysis_paths: set[str] = set()
 
 
-def record_analysis(memo: Path, graph, touched: set[str], exclude: list[str],
-                    code_roots: list[Path]) -> bool:
+def note_analysis(cache_dir: Path) -> set[str]:
+    """Call right after a real analysis: what it touched so far becomes `analysis_paths` (but
+    the memos themselves, which this process read and is about to rewrite)."""
+    analysis_paths.clear()
+    analysis_paths.update(_relevant(_touched, [str(cache_dir / MEMO_DIR), str(cache_dir / ANALYSIS_DIR)]))
+    return analysis_paths
+
+
+def record_analysis(memo: Path, graph, code_roots: list[Path]) -> bool:
     """Store `graph` (an engine.graph.BuildGraph) with the signatures of what its analysis
-    touched; False when it may not be stored (secrets, post-build, a racy path)."""
+    touched (`note_analysis`); False when it may not be stored (secrets, post-build, a racy
+    path)."""
     from stella_build.engine.graph import graph_to_json, memoizable
 
     if not memoizable(graph):
         return False
-    sigs = _signatures(set(_relevant(touched, exclude)) | set(_code_files(code_roots))
-                       | set(runtime_files()))
+    sigs = _signatures(analysis_paths | set(_code_files(code_roots)) | set(runtime_files()))
     if sigs is None:
         return False
     _write(memo, {"paths": sigs, "graph": graph_to_json(graph)})
@@ -229,9 +296,9 @@ def load_analysis(memo: Path, code_roots: list[Path]):
         graph = graph_from_json(data["graph"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, StellaError):
         return None
-    if _collecting:
-        # the analysis did not run in this process, so its reads were not collected: a no-op memo
-        # recorded after this build must depend on the same paths (a new file in a globbed
-        # directory must be seen by both memos)
-        _touched.update(data["paths"])
+    # the analysis did not run in this process, so its reads were not collected: a no-op memo
+    # recorded after this build must depend on the same paths (a new file in a globbed directory
+    # must be seen by both memos)
+    analysis_paths.clear()
+    analysis_paths.update(data["paths"])
     return graph

@@ -8,6 +8,7 @@ through that memo: plain JSON, never pickle, since the cache directory is only a
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,31 @@ def _art(a: Artifact) -> list:
     return [a.logical, a.producer, a.output, path, a.tree]
 
 
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"analysis memo: bad {what}")
+
+
+def _strs(v, what: str) -> list:
+    _need(type(v) is list and all(type(x) is str for x in v), what)
+    return v
+
+
 def _art_from(v: list) -> Artifact:
-    if len(v) == 2:
+    if type(v) is list and len(v) == 2 and type(v[0]) is str and type(v[1]) is str:
         return Artifact(logical=v[0], path=v[1])
-    return Artifact(logical=v[0], producer=v[1], output=v[2], path=v[3], tree=bool(v[4]))
+    _need(type(v) is list and len(v) == 5 and type(v[0]) is str and type(v[2]) is str
+          and (v[1] is None or type(v[1]) is str) and (v[3] is None or type(v[3]) is str)
+          and type(v[4]) is bool and (v[1] is not None or v[3] is not None), "artifact")
+    return Artifact(logical=v[0], producer=v[1], output=v[2], path=v[3], tree=v[4])
+
+
+def _named_arts(v, what: str) -> dict[str, Artifact]:
+    _need(type(v) is list and all(type(x) is list and len(x) == 2 and type(x[0]) is str for x in v), what)
+    return {k: _art_from(a) for k, a in v}
+
+
+_FN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 def graph_to_json(graph: BuildGraph) -> dict:
@@ -207,8 +229,10 @@ def graph_to_json(graph: BuildGraph) -> dict:
 
 
 def graph_from_json(data: dict) -> BuildGraph:
-    """The inverse of `graph_to_json`. KeyError, TypeError or ValueError on a malformed value
-    (the caller treats any of them as a memo miss)."""
+    """The inverse of `graph_to_json`. ValueError (or KeyError, TypeError) on a value of the
+    wrong shape: a type, a function reference that is not `module:qualname`, an action, target
+    or producer named but absent (the caller treats any of them as a memo miss)."""
+    _need(type(data) is dict, "graph")
     if data.get("format") != GRAPH_FORMAT:
         raise ValueError("unknown graph format")
     labels: dict[str, Label] = {}
@@ -220,18 +244,38 @@ def graph_from_json(data: dict) -> BuildGraph:
         return lbl
 
     actions: dict[str, ActionSpec] = {}
+    _need(type(data.get("actions")) is list and type(data.get("targets")) is list, "graph")
     for a in data["actions"]:
+        _need(type(a) is dict and all(type(a.get(k)) is str for k in
+                                      ("id", "label", "rule", "rule_version", "mnemonic", "fn")), "action")
+        _need(bool(_FN.fullmatch(a["fn"])), "action function reference")
+        _need(type(a.get("params")) is dict and type(a.get("libraries")) is dict
+              and all(type(v) is str for v in a["libraries"].values())
+              and (a.get("source_date_epoch") is None or type(a["source_date_epoch"]) is int)
+              and type(a.get("secrets_remote")) is bool, f"action {a['id']}")
         actions[a["id"]] = ActionSpec(
             id=a["id"], label=label(a["label"]), rule=a["rule"], rule_version=a["rule_version"],
-            mnemonic=a["mnemonic"], fn=a["fn"], inputs={k: _art_from(v) for k, v in a["inputs"]},
-            params=a["params"], outputs=a["outputs"], source_date_epoch=a["source_date_epoch"],
-            libraries=a["libraries"], secrets_remote=bool(a["secrets_remote"]))
+            mnemonic=a["mnemonic"], fn=a["fn"], inputs=_named_arts(a.get("inputs"), "inputs"),
+            params=a["params"], outputs=_strs(a.get("outputs"), "outputs"),
+            source_date_epoch=a["source_date_epoch"], libraries=a["libraries"],
+            secrets_remote=a["secrets_remote"])
     targets: dict[Label, ConfiguredTarget] = {}
     for t in data["targets"]:
-        outputs = DefaultOutputs(files={k: _art_from(v) for k, v in t["files"]},
-                                 trees={k: _art_from(v) for k, v in t["trees"]},
-                                 primary=tuple(t["primary"]))
+        _need(type(t) is dict and type(t.get("label")) is str and type(t.get("rule")) is str, "target")
+        outputs = DefaultOutputs(files=_named_arts(t.get("files"), "files"),
+                                 trees=_named_arts(t.get("trees"), "trees"),
+                                 primary=tuple(_strs(t.get("primary"), "primary")))
         lbl = label(t["label"])
-        targets[lbl] = ConfiguredTarget(lbl, t["rule"], [label(x) for x in t["deps"]], [outputs],
-                                        [actions[i] for i in t["actions"]])
-    return BuildGraph(targets=targets, requested=[label(x) for x in data["requested"]], actions=actions)
+        ids = _strs(t.get("actions"), "target actions")
+        _need(all(i in actions for i in ids), "target actions")
+        targets[lbl] = ConfiguredTarget(lbl, t["rule"], [label(x) for x in _strs(t.get("deps"), "deps")],
+                                        [outputs], [actions[i] for i in ids])
+    requested = [label(x) for x in _strs(data.get("requested"), "requested")]
+    _need(bool(requested) and all(r in targets for r in requested), "requested targets")
+    for spec in actions.values():
+        _need(all(a.producer is None or a.producer in actions for a in spec.inputs.values()), "inputs")
+    for t in targets.values():
+        d = t.providers[0]
+        _need(all(a.producer is None or a.producer in actions
+                  for a in (*d.files.values(), *d.trees.values())), "outputs")
+    return BuildGraph(targets=targets, requested=requested, actions=actions)

@@ -26,8 +26,8 @@ ANALYSIS, EXPORTFILE = "stella_build.engine.analysis", "stella_build.engine.expo
 
 _PROBE = """
 import json, sys
-cache, target = sys.argv[1], sys.argv[2]
-sys.argv = ["stella-build", "--cache-dir", cache, "--output", "json", target]
+cache, args = sys.argv[1], sys.argv[2:]
+sys.argv = ["stella-build", "--cache-dir", cache, "--output", "json", *args]
 from stella_build.cli.entry import main
 code = main()
 print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m == "pydantic"
@@ -36,12 +36,12 @@ print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m ==
 """
 
 
-def _probe(ws: Path, cache: Path, target: str = "//profiles/...") -> tuple[dict, dict]:
+def _probe(ws: Path, cache: Path, *args: str) -> tuple[dict, dict]:
     """(build summary, {"code", "modules"}) of one CLI build in a fresh interpreter."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("STELLA_") and k not in ("SOURCE_DATE_EPOCH", "COSIGN_PASSWORD")}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(cache), target], cwd=ws, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(cache), *(args or ("//profiles/...",))],
+                          cwd=ws, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary_text, _, probe = proc.stdout.strip().rpartition("\n")
     return json.loads(summary_text), json.loads(probe)
@@ -53,13 +53,14 @@ def _outputs(ws: Path) -> dict[str, str]:
             for p in sorted(out.rglob("*")) if p.is_file() and not p.name.endswith(".stella-state.json")}
 
 
-def _memo_ready(ws: Path, cache: Path) -> Path:
-    run_cli(["-q", "//profiles/..."], cwd=ws, cache=cache, check=True)
+def _memo_ready(ws: Path, cache: Path, *args: str) -> Path:
+    args = args or ("//profiles/...",)
+    run_cli(["-q", *args], cwd=ws, cache=cache, check=True)
     time.sleep(2.1)  # files younger than 2 s are never trusted by their mtime (racy timestamps)
-    run_cli(["-q", "//profiles/..."], cwd=ws, cache=cache, check=True)  # records both memos
-    memos = list((cache / fastpath.ANALYSIS_DIR).glob("*.json"))
-    assert len(memos) == 1
-    return memos[0]
+    run_cli(["-q", *args], cwd=ws, cache=cache, check=True)  # records both memos
+    memos = sorted((cache / fastpath.ANALYSIS_DIR).glob("*.json"), key=lambda m: m.stat().st_mtime_ns)
+    assert memos
+    return memos[-1]  # this command line's (one memo per command line)
 
 
 def _plain(art):
@@ -137,9 +138,16 @@ def test_a_damaged_memo_is_a_real_analysis_never_an_error(sample_ws, tmp_path):
     cache = tmp_path / "c"
     memo = _memo_ready(sample_ws, cache)
     good = json.loads(memo.read_text())
+    def edited(**change):  # the first action of the graph with `change` applied
+        actions = [dict(good["graph"]["actions"][0], **change), *good["graph"]["actions"][1:]]
+        return json.dumps(dict(good, graph=dict(good["graph"], actions=actions))).encode()
+
     broken_graph = dict(good, graph=dict(good["graph"], actions=[{"id": "x"}]))
     for damaged in (b"\x00not json", b"[]", json.dumps({"paths": {}}).encode(),
-                    json.dumps(dict(good, graph={"format": 99})).encode(), json.dumps(broken_graph).encode()):
+                    json.dumps(dict(good, graph={"format": 99})).encode(), json.dumps(broken_graph).encode(),
+                    edited(fn="os.system"), edited(fn="not a reference"), edited(outputs="xyz"),
+                    edited(params=5), edited(libraries={"zstd": 1}), edited(inputs=[["a", [None, None]]]),
+                    json.dumps(dict(good, graph=dict(good["graph"], requested=[]))).encode()):
         memo.write_bytes(damaged)
         shutil.rmtree(cache / fastpath.MEMO_DIR, ignore_errors=True)
         summary, probe = _probe(sample_ws, cache)
@@ -162,6 +170,63 @@ def test_a_memo_others_can_write_is_not_used(sample_ws, tmp_path):
     assert ANALYSIS not in probe["modules"]
 
 
+def test_what_the_analysis_only_checks_for_is_part_of_the_memo(sample_ws, tmp_path):
+    """mirror_delta asks whether optional base files exist (`is_file`, no open): one appearing
+    later must be a real analysis. A `--base` under stella-out/ is an input too (the memos leave
+    out the outputs they write there, not what analysis reads)."""
+    cache = tmp_path / "c"
+    _memo_ready(sample_ws, cache, "//profiles:mirror-delta")
+    (sample_ws / "profiles/mirror-base/provenance.json").write_text('{"note": "an optional base file"}\n')
+    summary, probe = _probe(sample_ws, cache, "//profiles:mirror-delta")
+    assert probe["code"] == 0 and ANALYSIS in probe["modules"]
+
+    base = sample_ws / "stella-out/oldbase"
+    base.mkdir()
+    export = json.loads((sample_ws / "profiles/mirror-base/export.json").read_text())
+    (base / "export.json").write_text(json.dumps(export))
+    _memo_ready(sample_ws, cache, "--base", str(base), "//profiles:mirror-delta")
+    (base / "export.json").write_text(json.dumps(dict(export, exportId="exp-another-base")))
+    summary, probe = _probe(sample_ws, cache, "--base", str(base), "//profiles:mirror-delta")
+    assert probe["code"] == 0 and ANALYSIS in probe["modules"], summary.get("errors")
+
+
+def test_a_stat_probe_records_what_is_there_not_when_it_changed(tmp_path):
+    """`realpath` lstats every ancestor (/tmp, the repository root): their times change all the
+    time and must not void the memo; that a probed path appears, vanishes or becomes a symlink
+    must."""
+    d, f = tmp_path / "d", tmp_path / "d" / "optional.json"
+    d.mkdir()
+    paths = {str(d) + fastpath.PROBE, str(f) + fastpath.PROBE}
+    data = {"paths": fastpath._signatures(paths)}
+    assert data["paths"] is not None and fastpath._still_valid(data, [])
+    (d / "unrelated").write_text("x")  # the directory's mtime and ctime move
+    assert fastpath._still_valid(data, [])
+    f.write_text("{}")
+    assert not fastpath._still_valid(data, [])
+    data = {"paths": fastpath._signatures(paths)}
+    f.unlink()
+    f.symlink_to(d / "unrelated")
+    assert not fastpath._still_valid(data, [])
+
+
+def test_paths_beside_the_interpreter_prefix_and_home_count():
+    """A workspace whose path merely starts with the venv's (`/x/venv` vs `/x/venv-ws`) is not
+    left out as part of the interpreter; `~` in an Exportfile depends on HOME."""
+    prefix = sys.prefix.rstrip("/")
+    kept = fastpath._relevant({prefix + "-ws/profiles/Exportfile", prefix + "/lib/x.py"}, [])
+    assert kept == [prefix + "-ws/profiles/Exportfile"]
+    a = fastpath.memo_path(Path("/c"), "/ws", ["//p:t"])
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = "/elsewhere"
+    try:
+        assert fastpath.memo_path(Path("/c"), "/ws", ["//p:t"]) != a
+    finally:
+        if old is None:
+            del os.environ["HOME"]
+        else:
+            os.environ["HOME"] = old
+
+
 def test_a_graph_with_secrets_is_never_stored(tmp_path):
     label = Label("p", "t")
     spec = ActionSpec(id="p/t/sign", label=label, rule="r", rule_version="1", mnemonic="Sign", fn="m:f",
@@ -170,10 +235,10 @@ def test_a_graph_with_secrets_is_never_stored(tmp_path):
     graph = BuildGraph(targets={label: ConfiguredTarget(label, "r", [], [], [spec])}, requested=[label],
                        actions={spec.id: spec})
     memo = tmp_path / "analysis-memo" / "m.json"
-    assert fastpath.record_analysis(memo, graph, set(), exclude=[], code_roots=[]) is False
+    assert fastpath.record_analysis(memo, graph, code_roots=[]) is False
     assert not memo.exists()
     spec.secrets = {}  # the same graph without them is stored
-    assert fastpath.record_analysis(memo, graph, set(), exclude=[], code_roots=[]) is True
+    assert fastpath.record_analysis(memo, graph, code_roots=[]) is True
     assert "hunter2" not in memo.read_text()
 
 

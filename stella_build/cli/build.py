@@ -125,9 +125,10 @@ def _memoized_analysis(workspace, request, settings):
         return graph
     from stella_build.engine.analysis import analyze
 
-    graph = analyze(workspace, request.patterns, request.options)
-    fastpath.record_analysis(memo, graph, fastpath.touched_so_far(), code_roots=noop.code_roots(),
-                             exclude=[str(settings.cache_dir()) + "/", str(workspace.root / "stella-out") + "/"])
+    with fastpath.probing_stats():  # "is there a file here?" checks are inputs of the analysis too
+        graph = analyze(workspace, request.patterns, request.options)
+    fastpath.note_analysis(Path(plan["cache"]))
+    fastpath.record_analysis(memo, graph, code_roots=noop.code_roots())
     return graph
 
 
