@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Iterable
