@@ -169,6 +169,9 @@ def analyze(workspace: Workspace, pattern_texts: list[str],
             providers = rule().analyze(ctx, params)
         except StellaError as exc:  # keep the exit code (e.g. 4 for a missing signing key)
             info = exc.errors[0]
+            if (info.field or "").startswith("--"):  # a command-line option (--base): no Exportfile line
+                raise type(exc)(info.message, target=str(label), file=info.file, line=info.line,
+                                field=info.field, reason=info.reason) from None
             raise type(exc)(info.message, target=str(label), file=info.file or loaded.display,
                             line=info.line or loaded.line_of("targets", label.name,
                                                              *(info.field or "").split(".")),

@@ -119,10 +119,18 @@ def run_build(workspace: Workspace, patterns: list[str], *, cache_dir: Path, job
         # unless rewritten damaged, and a rebuilt blob has its old digest), so this ends after at
         # most one round per damaged blob; the bound is only a backstop.
         seen_corrupt: set[str] = set()
+        executed_keys: set[str] = set()  # results an earlier repair round executed
         max_rounds = 10_000
         for attempt in range(max_rounds):
             last = attempt == max_rounds - 1
             outcomes = executor.run(actions, check=check, signing=signing)
+            # A repair round serves what the rounds before it executed from the cache: the
+            # summary counts such an action as executed, as the build did run it.
+            for o in outcomes.values():
+                if o.status == "executed":
+                    executed_keys.add(o.key)
+                elif o.status == "cached" and not o.remote and o.key in executed_keys:
+                    o.status = "executed"
             failed = [o for o in outcomes.values() if o.status == "failed"]
             corrupt = {o.error["corrupt_blob"] for o in failed if o.error.get("corrupt_blob")}
             if corrupt and not last and not corrupt <= seen_corrupt:

@@ -93,7 +93,7 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
         if not path.is_file():
             what = "is not a regular file" if path.exists() else "not found"
             raise UsageError(f"{BASE_MISSING}: base trivy.db {ctx.options.base} (from --base) {what}. {advice}",
-                             field="--base", reason="base-missing")
+                             file=str(path), field="--base", reason="base-missing")
         _check_bbolt(path, "--base", advice)
         return path.resolve(), _sha256_file(path)
     if params.base is None:
@@ -117,18 +117,21 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
 def _check_bbolt(path: Path, field: str, advice: str) -> None:
     """UsageError (exit 2, `base-invalid`) unless `path` opens as a bbolt DB (`BboltReader`: a
     valid meta page — magic, version, checksum, page size): a patch against any other file
-    could never be applied by a site."""
+    could never be applied by a site. A `--base` error names the file itself; a `base.db` one
+    gets its Exportfile line from analysis."""
     from stella_build.rules.formats.trivy.bbolt import BboltError, BboltReader
+
+    file = str(path) if field.startswith("--") else None
 
     try:
         with BboltReader(path):
             pass
     except BboltError as exc:
         raise UsageError(f"base {path} is not a bbolt database ({exc}), so it is not a trivy.db. {advice}",
-                         field=field, reason="base-invalid") from None
+                         file=file, field=field, reason="base-invalid") from None
     except (OSError, ValueError) as exc:
         raise UsageError(f"{BASE_MISSING}: base trivy.db {path}: {getattr(exc, 'strerror', None) or exc}. "
-                         f"{advice}", field=field, reason="base-missing") from None
+                         f"{advice}", file=file, field=field, reason="base-missing") from None
 
 
 def _sha256_file(path: Path) -> str:

@@ -123,7 +123,8 @@ def test_in_place_update_of_a_trivy_cache_db_dir(sample, tmp_path):
     _refused(sample, tmp_path, db / "trivy.db", sample["patch"], "base-mismatch")
 
 
-def _refused(sample, tmp_path, base: Path, patch: Path, reason: str, exit_code: int = 3) -> None:
+def _refused(sample, tmp_path, base: Path, patch: Path, reason: str, exit_code: int = 3) -> dict:
+    """Refused with `reason` and nothing written; → the JSON error."""
     out = tmp_path / "out"
     r = run_cli(["--output", "json", "trivy-db", "patch", str(base), str(patch), "-o", str(out)], cwd=sample["ws"])
     assert r.code == exit_code, r.stdout + r.stderr
@@ -131,6 +132,7 @@ def _refused(sample, tmp_path, base: Path, patch: Path, reason: str, exit_code: 
     assert "Traceback" not in r.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == [p for p in tmp_path.iterdir() if p.name != "out"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    return r.json()["errors"][0]
 
 
 def test_wrong_base_is_refused_without_writing(sample, tmp_path):
@@ -226,7 +228,22 @@ def test_symlinked_out_is_refused_and_its_target_untouched(sample, tmp_path):
 def test_tampered_patch_is_refused(sample, tmp_path):
     patch = _copy_patch(sample, tmp_path)
     (patch / "trivy.db.zst").write_bytes(b"\0" + (patch / "trivy.db.zst").read_bytes()[1:])
-    _refused(sample, tmp_path, sample["base"], patch, "digest-mismatch")
+    assert _refused(sample, tmp_path, sample["base"], patch, "digest-mismatch")["field"] == "patch.sha256"
+
+
+def test_duplicate_keys_in_patch_json_are_refused(sample, tmp_path):
+    """A patch.json naming a key twice could be read two ways (Python keeps the last, Go's
+    encoding/json v2 refuses it): refused, whichever copy is the honest one."""
+    patch = _copy_patch(sample, tmp_path)
+    text = (patch / "patch.json").read_text()
+    doc = json.loads(text)
+    forged = json.dumps({**doc["result"], "sha256": "0" * 64})
+    for dup in (text.rstrip()[:-1] + ', "result": ' + forged + "}",          # a second result
+                text.replace('"sha256"', '"sha256": "' + "0" * 64 + '", "sha256"', 1)):  # inside one
+        assert dup != text
+        (patch / "patch.json").write_text(dup)
+        err = _refused(sample, tmp_path, sample["base"], patch, "schema-invalid")
+        assert "appears twice" in err["message"], err
 
 
 def test_user_directory_is_not_replaced(sample, tmp_path):
@@ -260,6 +277,9 @@ def test_a_base_that_is_not_a_bbolt_db_fails_analysis(sample, tmp_path):
                 cwd=sample["ws"], cache=sample["tmp"] / "cache")
     assert r.code == 2 and r.json()["errors"][0]["reason"] == "base-invalid", r.stdout + r.stderr
     assert "ERR_EXPORT" not in r.json()["errors"][0]["message"]
+    # the error names the option and the file given, not a line of the Exportfile
+    err = r.json()["errors"][0]
+    assert (err["field"], err["file"], err.get("line")) == ("--base", str(other), None), err
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     r = run_cli(["--output", "json", "build", "--base", str(fifo), "//profiles:trivy-db-patch"],
@@ -444,6 +464,7 @@ def test_an_older_patch_does_not_roll_back_a_newer_db(sample, tmp_path):
     r = run_cli(["--output", "json", "trivy-db", "patch", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
                 cwd=sample["ws"])
     assert r.code == 3 and r.json()["errors"][0]["reason"] == "rollback", (r.stdout, r.stderr)
+    assert "2999-01-01T00:00:00Z" in r.json()["errors"][0]["message"]  # dates as dates, not epoch seconds
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     forced = run_cli(["trivy-db", "patch", "--force", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
                      cwd=sample["ws"])
@@ -452,4 +473,4 @@ def test_an_older_patch_does_not_roll_back_a_newer_db(sample, tmp_path):
     big = _copy_patch(sample, tmp_path)
     with open(big / "trivy.db.zst", "ab") as f:
         f.truncate(1 << 30)  # sparse: 1 GiB declared as a few KiB in patch.json
-    _refused(sample, tmp_path, sample["base"], big, "size-limit")
+    assert _refused(sample, tmp_path, sample["base"], big, "size-limit")["field"] == "patch.bytes"

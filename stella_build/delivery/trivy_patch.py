@@ -35,22 +35,41 @@ MAX_MANIFEST_BYTES = 1 << 20
 OUTPUT_ENTRIES = frozenset({DB_FILE, METADATA_FILE})
 
 
-def _read(path: Path, cap: int, what: str) -> bytes:
-    """A regular file (no symlink) read whole under `cap` bytes."""
+def _read(path: Path, cap: int, what: str, field: str | None = None) -> bytes:
+    """A regular file (no symlink) read whole under `cap` bytes. `field`: the patch.json entry
+    that declared the cap (`patch.bytes`), named by a size-limit error."""
     try:
         if path.is_symlink() or not path.is_file():
             raise MirrorError(f"{path}: {what} is missing or not a regular file", 3, "missing-file", file=path)
         size = path.stat().st_size
         if size > cap:
-            raise MirrorError(f"{path}: {what} has {size} bytes, more than the {cap} allowed", 3, "size-limit",
-                              file=path)
+            declared = f" ({field} in patch.json)" if field else ""
+            raise MirrorError(f"{path}: {what} has {size} bytes, more than the {cap} allowed{declared}", 3,
+                              "size-limit", file=path, field=field)
         with open(path, "rb") as f:
             data = f.read(cap + 1)
     except OSError as exc:
         raise MirrorError(f"{path}: {exc.strerror or exc}", 1, "io-error", file=path) from None
     if len(data) > cap:
-        raise MirrorError(f"{path}: {what} grew past {cap} bytes while read", 3, "size-limit", file=path)
+        raise MirrorError(f"{path}: {what} grew past {cap} bytes while read", 3, "size-limit", file=path,
+                          field=field)
     return data
+
+
+def _strict_object(pairs: list[tuple[str, object]]) -> dict:
+    """json.loads `object_pairs_hook`: a JSON object naming a key twice is refused (ValueError).
+    RFC 8259 §4 leaves duplicates to the reader; Python keeps the last, Go's encoding/json v2
+    (Trivy built with GOEXPERIMENT=jsonv2) rejects them, so two readers could see two files."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {dup!r} appears twice in one object")
+    return doc
+
+
+def _loads(data: bytes | str) -> object:
+    return json.loads(data, object_pairs_hook=_strict_object)
 
 
 def _signed_manifest(patch_dir: Path, key: str) -> bytes:
@@ -95,7 +114,7 @@ def _manifest_problem(doc: object) -> tuple[str, str | None, str] | None:
 def _manifest(patch_dir: Path, data: bytes | None = None) -> dict:
     path = patch_dir / MANIFEST_FILE
     try:
-        doc = json.loads(_read(path, MAX_MANIFEST_BYTES, "patch.json") if data is None else data)
+        doc = _loads(_read(path, MAX_MANIFEST_BYTES, "patch.json") if data is None else data)
     except (ValueError, RecursionError) as exc:
         raise MirrorError(f"{path}: not JSON ({str(exc)[:200]}): not a trivy-db patch manifest", 3,
                           "schema-invalid", file=path) from None
@@ -115,11 +134,15 @@ def _base_file(base: Path) -> Path:
                       file=base, field="BASE")
 
 
-def _check(data: bytes, entry: dict, path: Path, reason: str) -> None:
+def _check(data: bytes, doc: dict, name: str, path: Path, reason: str) -> None:
+    """`data` has the size and sha256 that patch.json's entry `name` declares; else MirrorError
+    naming the entry's field that differs (`NAME.bytes`, else `NAME.sha256`)."""
+    entry = doc[name]
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != entry["bytes"] or digest != entry["sha256"]:
+        field = f"{name}.bytes" if len(data) != entry["bytes"] else f"{name}.sha256"
         raise MirrorError(f"{path}: {len(data)} bytes, sha256 {digest}; patch.json names {entry['bytes']} bytes, "
-                          f"sha256 {entry['sha256']}", 3, reason, file=path)
+                          f"sha256 {entry['sha256']}", 3, reason, file=path, field=field)
 
 
 def _updated_at(data: bytes) -> int:
@@ -127,7 +150,7 @@ def _updated_at(data: bytes) -> int:
     from stella_build.engine.encode.timefmt import parse_rfc3339
 
     try:
-        return parse_rfc3339(json.loads(data)["UpdatedAt"])
+        return parse_rfc3339(_loads(data)["UpdatedAt"])
     except (KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
 
@@ -137,7 +160,7 @@ def _check_metadata(metadata: bytes, path: Path) -> None:
     object with Version 2, the DB schema, and an RFC 3339 UpdatedAt): it is written into the site's Trivy cache beside
     the DB, and an unsigned patch's manifest only proves it is the file the patch maker chose."""
     try:
-        doc = json.loads(metadata)
+        doc = _loads(metadata)
         ok = isinstance(doc, dict) and doc.get("Version") == 2 and type(doc["Version"]) is int
         _updated_at(metadata)
     except (ValueError, RecursionError):
@@ -160,7 +183,10 @@ def _not_older(out: Path, metadata: bytes) -> None:
     except (ValueError, MirrorError):
         return
     if now < was:
-        raise MirrorError(f"the patched DB was updated {now}, before the DB already there ({was}): "
+        from stella_build.engine.encode.timefmt import rfc3339
+
+        raise MirrorError(f"the patched DB was updated at {rfc3339(now)}, before the DB already there "
+                          f"(updated at {rfc3339(was)}): "
                           "an older patch (pass --force to go back on purpose)", 3, "rollback",
                           file=old, field="PATCH")
 
@@ -210,10 +236,11 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
     patch_path, meta_path = Path(patch_dir) / PATCH_FILE, Path(patch_dir) / METADATA_FILE
     # capped at the sizes patch.json declares (signed, with --key): a larger file is refused
     # before it is read, not after 2 GiB of it were
-    patch = _read(patch_path, doc["patch"]["bytes"], "the patch")
-    _check(patch, doc["patch"], patch_path, "digest-mismatch")
-    metadata = _read(meta_path, min(doc["metadata"]["bytes"], MAX_MANIFEST_BYTES), "metadata.json")
-    _check(metadata, doc["metadata"], meta_path, "digest-mismatch")
+    patch = _read(patch_path, doc["patch"]["bytes"], "the patch", "patch.bytes")
+    _check(patch, doc, "patch", patch_path, "digest-mismatch")
+    metadata = _read(meta_path, min(doc["metadata"]["bytes"], MAX_MANIFEST_BYTES), "metadata.json",
+                     "metadata.bytes")
+    _check(metadata, doc, "metadata", meta_path, "digest-mismatch")
     _check_metadata(metadata, meta_path)
     base_bytes = _read(base_file, MAX_DB_BYTES, "the base trivy.db")
     if (len(base_bytes) == doc["result"]["bytes"]
@@ -225,7 +252,7 @@ def apply_patch_dir(base: Path, patch_dir: Path, out: Path, *, force: bool = Fal
                 "bytes": doc["result"]["bytes"], "patchBytes": doc["patch"]["bytes"], "unchanged": True,
                 "signed": signed is not None}
     try:
-        _check(base_bytes, doc["base"], base_file, "base-mismatch")
+        _check(base_bytes, doc, "base", base_file, "base-mismatch")
     except MirrorError as exc:
         raise MirrorError(f"{exc} — this patch was made for another base DB; fetch the full db.tar.gz instead",
                           3, "base-mismatch", file=base_file, field="BASE") from None
