@@ -111,8 +111,11 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
                 path = candidate
                 break
         if not path.is_file():
-            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base) not found. {advice}", reason="base-missing")
-        return path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest()
+            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base) not found. {advice}",
+                             file=env, field="--base", reason="base-missing")
+        data = path.read_bytes()
+        _refuse_non_manifest(data, path, "--base", f"{_SHARED_BASE} {advice}")
+        return path.resolve(), hashlib.sha256(data).hexdigest()
     if params.base is None:
         raise UsageError(f"{BASE_MISSING}: no base mirror named (set base = {{ export = ..., sha256 = ... }} "
                          f"or pass --base). {advice}", field="base", reason="base-missing")
@@ -121,11 +124,30 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
         path = ctx.workspace.root / path
     if not path.is_file():
         raise UsageError(f"{BASE_MISSING}: base export {path} not found. {advice}", field="base.export", reason="base-missing")
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != params.base.sha256:
         raise UsageError(f"{BASE_MISSING}: base export {path} has sha256 {actual}, but the target pins "
                          f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256", reason="base-mismatch")
+    _refuse_non_manifest(data, path, "base.export", advice)
     return path.resolve(), actual
+
+
+# `build --base` (STELLA_MIRROR_BASE) names the base of every base-taking target of one build
+# command: mirror_delta (a mirror) and trivy_db_patch (a trivy.db) alike.
+_SHARED_BASE = ("--base applies to every mirror_delta and trivy_db_patch target of the build: when "
+                "their bases differ, build them in separate commands, each with its own --base.")
+
+
+def _refuse_non_manifest(data: bytes, path: Path, field: str, advice: str) -> None:
+    """UsageError (exit 2, `base-invalid`) unless `data` is a mirror export.json (`_base_problem`),
+    at analysis, before anything runs. A `--base` error names the file given; a `base.export`
+    one gets its Exportfile line from analysis."""
+    problem = _base_problem(data)
+    if problem is not None:
+        raise UsageError(f"base {path} is not a mirror export.json ({problem}). {advice}",
+                         file=str(path) if field.startswith("--") else None, field=field,
+                         reason="base-invalid")
 
 
 def _base_db_archives(export_path: Path) -> dict[str, Path]:
@@ -227,20 +249,30 @@ def compute_delta(base_export: bytes, new_files: Mapping[str, Path], summary: di
     return diff, patches, blobs
 
 
-def _check_base(base_export: bytes) -> None:
-    """The base export.json is read from outside the workspace (a published mirror): a document that
-    is not one is an ActionError naming the field, not a rule bug. Its paths are only compared, never
-    opened, so their shape does not matter here."""
+def _base_problem(base_export: bytes) -> str | None:
+    """Why these bytes are not a mirror export.json (exportId, contents[] with path and digest),
+    or None. Its paths are only compared, never opened, so their shape does not matter here."""
     try:
         doc = json.loads(base_export)
+    except (ValueError, RecursionError):
+        return "not JSON"
+    try:
         ok = isinstance(doc.get("exportId"), str) and isinstance(doc.get("contents"), list) and all(
             isinstance(c, dict) and isinstance(c.get("path"), str) and isinstance(c.get("digest"), str)
             for c in doc["contents"])
-    except (ValueError, AttributeError, RecursionError):
+    except AttributeError:
         ok = False
-    if not ok:
-        raise ActionError(f"{BASE_MISSING}: the base export.json is not a mirror manifest (exportId, contents[] "
-                          "with path and digest)", file="base/export.json", field="contents", reason="base-invalid")
+    return None if ok else "not a mirror manifest: exportId, contents[] with path and digest"
+
+
+def _check_base(base_export: bytes) -> None:
+    """The base export.json is read from outside the workspace (a published mirror): a document that
+    is not one is an ActionError naming the field, not a rule bug (analysis refuses it first:
+    `_refuse_non_manifest`; this is the action's own check of what it reads)."""
+    problem = _base_problem(base_export)
+    if problem is not None:
+        raise ActionError(f"{BASE_MISSING}: the base export.json is {problem}", file="base/export.json",
+                          field="contents", reason="base-invalid")
 
 
 def mirror_delta(actx: ActionContext) -> dict:

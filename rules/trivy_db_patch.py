@@ -94,7 +94,8 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
             what = "is not a regular file" if path.exists() else "not found"
             raise UsageError(f"{BASE_MISSING}: base trivy.db {ctx.options.base} (from --base) {what}. {advice}",
                              file=str(path), field="--base", reason="base-missing")
-        _check_bbolt(path, "--base", advice)
+        _check_bbolt(path, "--base", f"{advice} --base applies to every mirror_delta and trivy_db_patch "
+                     "target of the build: when their bases differ, build them in separate commands.")
         return path.resolve(), _sha256_file(path)
     if params.base is None:
         raise UsageError(f"{BASE_MISSING}: no base trivy.db named. {advice}", field="base", reason="base-missing")

@@ -131,6 +131,27 @@ def test_errors_carry_a_machine_readable_reason(sample_ws, tmp_path, args, exit_
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("args, field", [
+    (["build", "--no-such-option", "//profiles:json-raw"], "--no-such-option"),
+    (["trivy-db", "patch", "BASE", "/nonexistent/patch", "-o", "OUT"], "PATCH"),
+    (["trivy-db", "patch", "BASE", "PATCHDIR", "-o", "A_FILE"], "--out"),
+])
+def test_usage_errors_are_json_when_json_is_asked_for(tmp_path, args, field):
+    """click's own usage errors (unknown option, a path argument that is not there) keep their
+    text on stderr and, with --output json, also print the error object CI parses (exit 2)."""
+    (tmp_path / "a-file").write_text("x")
+    subst = {"BASE": str(tmp_path / "base.db"), "PATCHDIR": str(tmp_path), "OUT": str(tmp_path / "out"),
+             "A_FILE": str(tmp_path / "a-file")}
+    res = run_cli(["--output", "json", *[subst.get(a, a) for a in args]], cwd=tmp_path, cache=tmp_path / "c")
+    assert res.code == 2 and "Error:" in res.stderr, res.stdout + res.stderr
+    doc = res.json()
+    assert (doc["ok"], doc["exit_code"]) == (False, 2)
+    [err] = doc["errors"]
+    assert (err["reason"], err["field"]) == ("usage", field), err
+    plain = run_cli([*[subst.get(a, a) for a in args]], cwd=tmp_path, cache=tmp_path / "c")
+    assert plain.code == 2 and plain.stdout == ""  # text mode: stderr only, as before
+
+
 def test_cycle_and_unknown_key_reasons(sample_ws, tmp_path):
     ef = sample_ws / "profiles/Exportfile"
     ef.write_text(ef.read_text() + '\n[targets.a]\nrule = "json_raw"\ndeps = [":b"]\n'

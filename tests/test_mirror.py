@@ -137,6 +137,26 @@ def test_missing_base_is_exit_2_with_advice(sample, tmp_path):
     assert res.code == 2 and "ERR_EXPORT_BASE_MISSING" in res.stderr
 
 
+def test_base_of_the_wrong_kind_is_refused_at_analysis(sample, tmp_path):
+    """A --base that exists but is no mirror export.json (a trivy.db meant for a trivy_db_patch
+    target, any JSON) is refused before anything runs: exit 2, base-invalid, naming --base and
+    the file given (not a sandbox path), with the advice that --base is shared by the build."""
+    ws, root = sample
+    db = tmp_path / "trivy.db"
+    db.write_bytes(b"\0" * 8192)
+    other_json = tmp_path / "other" / "export.json"
+    other_json.parent.mkdir()
+    other_json.write_text('{"exportId": 1, "contents": []}')
+    for base in (db, other_json.parent):
+        res = run_cli(["--output", "json", "build", "--base", str(base), "//profiles:mirror-delta"],
+                      cwd=ws, cache=root / "cache")
+        assert res.code == 2, res.stdout + res.stderr
+        [err] = res.json()["errors"]
+        assert (err["reason"], err["field"]) == ("base-invalid", "--base"), err
+        assert err["file"] in (str(db), str(other_json)) and err.get("line") is None, err
+        assert "separate commands" in err["message"] and "Traceback" not in res.stderr
+
+
 def _edit_sample(ws: Path, version: int) -> None:
     """v2: change one advisory, add one; v3: remove two; v4: change another and add one."""
     osv = ws / "profiles/evidence/osv"

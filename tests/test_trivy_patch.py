@@ -231,6 +231,15 @@ def test_tampered_patch_is_refused(sample, tmp_path):
     assert _refused(sample, tmp_path, sample["base"], patch, "digest-mismatch")["field"] == "patch.sha256"
 
 
+def test_a_patch_directory_missing_a_file_says_to_copy_it_whole(sample, tmp_path):
+    for name in ("trivy.db.zst", "metadata.json"):
+        patch = _copy_patch(sample, tmp_path)
+        (patch / name).unlink()
+        err = _refused(sample, tmp_path, sample["base"], patch, "missing-file")
+        assert name in err["message"] and "copy the whole directory" in err["message"], err
+        shutil.rmtree(patch)
+
+
 def test_duplicate_keys_in_patch_json_are_refused(sample, tmp_path):
     """A patch.json naming a key twice could be read two ways (Python keeps the last, Go's
     encoding/json v2 refuses it): refused, whichever copy is the honest one."""
@@ -465,6 +474,7 @@ def test_an_older_patch_does_not_roll_back_a_newer_db(sample, tmp_path):
                 cwd=sample["ws"])
     assert r.code == 3 and r.json()["errors"][0]["reason"] == "rollback", (r.stdout, r.stderr)
     assert "2999-01-01T00:00:00Z" in r.json()["errors"][0]["message"]  # dates as dates, not epoch seconds
+    assert r.json()["errors"][0]["field"] == "--out"  # what would be rolled back
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     forced = run_cli(["trivy-db", "patch", "--force", str(sample["base"]), str(sample["patch"]), "-o", str(out)],
                      cwd=sample["ws"])

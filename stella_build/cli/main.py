@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
+        if _wants_json(args):  # CI asked for JSON: a usage error is an error object too
+            click.echo(json.dumps({"ok": False, "exit_code": EXIT_USAGE,
+                                   "errors": [_click_error(exc).to_json()]}, indent=2, sort_keys=True))
         return EXIT_USAGE
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -136,6 +139,19 @@ def main(argv: list[str] | None = None) -> int:
                             file=exc.filename if isinstance(exc.filename, str) else None)
         _report(err, _wants_json(args))
         return 1
+
+
+def _click_error(exc: click.ClickException):
+    """The ErrorInfo (reason `usage`) of a click usage error; `field` is the parameter it names
+    (`--out`, `PATCH`) when click knows it."""
+    from stella_build.engine.errors import UsageError
+
+    param = getattr(exc, "param", None)
+    field = getattr(exc, "option_name", None)  # NoSuchOption, BadOptionUsage
+    if param is not None:
+        field = (max(param.opts, key=len) if isinstance(param, click.Option) and param.opts
+                 else (param.human_readable_name or "").upper() or None)
+    return UsageError(exc.format_message(), field=field).errors[0]
 
 
 def _wants_json(args: list[str]) -> bool:

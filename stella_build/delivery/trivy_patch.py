@@ -35,12 +35,19 @@ MAX_MANIFEST_BYTES = 1 << 20
 OUTPUT_ENTRIES = frozenset({DB_FILE, METADATA_FILE})
 
 
+# What a patch directory holds (rules/formats/trivy/patch.py); named when one of them is missing.
+_WHOLE_PATCH = (f"a trivy-db patch is a directory of {MANIFEST_FILE}, {PATCH_FILE} and {METADATA_FILE}: "
+                "copy the whole directory (cp -r), not single files")
+
+
 def _read(path: Path, cap: int, what: str, field: str | None = None) -> bytes:
     """A regular file (no symlink) read whole under `cap` bytes. `field`: the patch.json entry
     that declared the cap (`patch.bytes`), named by a size-limit error."""
     try:
         if path.is_symlink() or not path.is_file():
-            raise MirrorError(f"{path}: {what} is missing or not a regular file", 3, "missing-file", file=path)
+            hint = f"; {_WHOLE_PATCH}" if path.name in (MANIFEST_FILE, PATCH_FILE, METADATA_FILE) else ""
+            raise MirrorError(f"{path}: {what} is missing or not a regular file{hint}", 3, "missing-file",
+                              file=path)
         size = path.stat().st_size
         if size > cap:
             declared = f" ({field} in patch.json)" if field else ""
@@ -188,7 +195,7 @@ def _not_older(out: Path, metadata: bytes) -> None:
         raise MirrorError(f"the patched DB was updated at {rfc3339(now)}, before the DB already there "
                           f"(updated at {rfc3339(was)}): "
                           "an older patch (pass --force to go back on purpose)", 3, "rollback",
-                          file=old, field="PATCH")
+                          file=old, field="--out")
 
 
 def _holds_result(out: Path, doc: dict, metadata: bytes) -> bool:

@@ -652,8 +652,11 @@ def verify_manifest_signature(manifest: Path, names: Mapping[str, Path], key: st
         except SigningKeyError as exc:
             raise MirrorError(str(exc), 3, "signature-invalid", file=names["public_key"]) from None
         if public_key_digest(shipped) != public_key_digest(pub):
-            raise MirrorError(f"{names['public_key']} is not the trusted key {key}", 3, "signature-invalid",
-                              file=names["public_key"])
+            raise MirrorError(f"{names['public_key']} is not the trusted key {key} (sha256 "
+                              f"{public_key_digest(shipped)}; trusted {public_key_digest(pub)}): signed by "
+                              "another key, or the file was changed. Check that --key is the publisher's "
+                              "cosign.pub; do not use this one unless its publisher confirms it",
+                              3, "signature-invalid", file=names["public_key"])
     data = read_capped(manifest, cap)
     try:
         signing.verify_sigstore_bundle(read_capped(names["manifest_bundle"], _SIGNATURE_CAP), data, pub,
