@@ -48,7 +48,11 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip())
         return 2
     bootstrap()
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    # Bytecode caches outside the checkout (none in engine/, rules/, stella_build/): every CLI
+    # process and spawned worker of a test run then loads compiled modules instead of compiling
+    # the project's ~150 modules again (~0.08 s CPU a process, thousands of processes a run).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(VENV / "pycache")
     if argv[0] == "build":
         args = argv[1:] or ["//profiles/..."]
         return subprocess.call([str(BIN / "stella-build"), *args], cwd=ROOT, env=env)
