@@ -50,6 +50,12 @@ class Provider:
     """Base of typed information passed from a target to the targets depending on it."""
 
 
+# Advice for errors about `base`: one `build --base` (STELLA_MIRROR_BASE) names the base of every
+# base-taking target of the build command (mirror_delta: a mirror; trivy_db_patch: a trivy.db).
+BASE_OPTION_SCOPE = ("--base applies to every mirror_delta and trivy_db_patch target of the build: when "
+                     "their bases differ, build them in separate commands, each with its own --base.")
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """Options of one build request that rules read during analysis (typed values, never

@@ -80,7 +80,7 @@ class TargetParams(BaseModel):
 # -- artifacts, providers, actions: engine/graph.py (no pydantic), re-exported here ----------
 
 from stella_build.engine.graph import (  # noqa: E402,F401
-    ActionSpec, Artifact, BuildOptions, DefaultOutputs, PostBuild, Provider,
+    BASE_OPTION_SCOPE, ActionSpec, Artifact, BuildOptions, DefaultOutputs, PostBuild, Provider,
 )
 
 

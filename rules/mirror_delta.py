@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from stella_build.engine.rule_api import canonical_json
 from stella_build.engine.rule_api import sha256_hex
 from stella_build.engine.rule_api import (
-    ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
+    BASE_OPTION_SCOPE, ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
 )
 
 from stella_build.rules.formats.mirror import MIRROR_TAG, is_db_archive, is_metadata
@@ -114,7 +114,7 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
             raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base) not found. {advice}",
                              file=env, field="--base", reason="base-missing")
         data = path.read_bytes()
-        _refuse_non_manifest(data, path, "--base", f"{_SHARED_BASE} {advice}")
+        _refuse_non_manifest(data, path, "--base", f"{BASE_OPTION_SCOPE} {advice}")
         return path.resolve(), hashlib.sha256(data).hexdigest()
     if params.base is None:
         raise UsageError(f"{BASE_MISSING}: no base mirror named (set base = {{ export = ..., sha256 = ... }} "
@@ -131,12 +131,6 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
                          f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256", reason="base-mismatch")
     _refuse_non_manifest(data, path, "base.export", advice)
     return path.resolve(), actual
-
-
-# `build --base` (STELLA_MIRROR_BASE) names the base of every base-taking target of one build
-# command: mirror_delta (a mirror) and trivy_db_patch (a trivy.db) alike.
-_SHARED_BASE = ("--base applies to every mirror_delta and trivy_db_patch target of the build: when "
-                "their bases differ, build them in separate commands, each with its own --base.")
 
 
 def _refuse_non_manifest(data: bytes, path: Path, field: str, advice: str) -> None:

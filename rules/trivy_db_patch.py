@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stella_build.engine.rule_api import canonical_json, sha256_hex
 from stella_build.engine.rule_api import (
-    ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
+    BASE_OPTION_SCOPE, ActionContext, ActionError, AnalysisContext, Artifact, DefaultOutputs, Rule, TargetParams, UsageError,
 )
 
 from stella_build.rules.formats.trivy.patch import SIGNATURE_FILES
@@ -94,8 +94,7 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
             what = "is not a regular file" if path.exists() else "not found"
             raise UsageError(f"{BASE_MISSING}: base trivy.db {ctx.options.base} (from --base) {what}. {advice}",
                              file=str(path), field="--base", reason="base-missing")
-        _check_bbolt(path, "--base", f"{advice} --base applies to every mirror_delta and trivy_db_patch "
-                     "target of the build: when their bases differ, build them in separate commands.")
+        _check_bbolt(path, "--base", f"{BASE_OPTION_SCOPE} {advice}")
         return path.resolve(), _sha256_file(path)
     if params.base is None:
         raise UsageError(f"{BASE_MISSING}: no base trivy.db named. {advice}", field="base", reason="base-missing")
