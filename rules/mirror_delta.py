@@ -111,9 +111,10 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
                 path = candidate
                 break
         if not path.is_file():
-            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base) not found. {advice}",
-                             file=env, field="--base", reason="base-missing")
-        data = path.read_bytes()
+            what = "is not a regular file" if path.exists() and not path.is_dir() else "not found"
+            raise UsageError(f"{BASE_MISSING}: base mirror {env} (from --base) {what}. {BASE_OPTION_SCOPE} "
+                             f"{advice}", file=env, field="--base", reason="base-missing")
+        data = _read_base(path, "--base", f"{BASE_OPTION_SCOPE} {advice}")
         _refuse_non_manifest(data, path, "--base", f"{BASE_OPTION_SCOPE} {advice}")
         return path.resolve(), hashlib.sha256(data).hexdigest()
     if params.base is None:
@@ -124,13 +125,33 @@ def _resolve_base(ctx: AnalysisContext, params: MirrorDeltaParams) -> tuple[Path
         path = ctx.workspace.root / path
     if not path.is_file():
         raise UsageError(f"{BASE_MISSING}: base export {path} not found. {advice}", field="base.export", reason="base-missing")
-    data = path.read_bytes()
+    data = _read_base(path, "base.export", advice)
     actual = hashlib.sha256(data).hexdigest()
     if actual != params.base.sha256:
         raise UsageError(f"{BASE_MISSING}: base export {path} has sha256 {actual}, but the target pins "
                          f"{params.base.sha256}: that is not the named base. {advice}", field="base.sha256", reason="base-mismatch")
     _refuse_non_manifest(data, path, "base.export", advice)
     return path.resolve(), actual
+
+
+# A mirror's export.json lists one entry per file (~200 bytes each): 256 MiB is over a million files.
+MAX_BASE_EXPORT_BYTES = 256 << 20
+
+
+def _read_base(path: Path, field: str, advice: str) -> bytes:
+    """The base export.json's bytes, refused (exit 2, `base-invalid`) past MAX_BASE_EXPORT_BYTES
+    before it is read: the base comes from outside the workspace."""
+    size = path.stat().st_size
+    if size > MAX_BASE_EXPORT_BYTES:
+        raise UsageError(f"base {path} has {size} bytes, more than the {MAX_BASE_EXPORT_BYTES} an export.json "
+                         f"may have. {advice}", file=str(path) if field.startswith("--") else None,
+                         field=field, reason="base-invalid")
+    with open(path, "rb") as f:
+        data = f.read(MAX_BASE_EXPORT_BYTES + 1)
+    if len(data) > MAX_BASE_EXPORT_BYTES:
+        raise UsageError(f"base {path} grew past {MAX_BASE_EXPORT_BYTES} bytes while read. {advice}",
+                         field=field, reason="base-invalid")
+    return data
 
 
 def _refuse_non_manifest(data: bytes, path: Path, field: str, advice: str) -> None:

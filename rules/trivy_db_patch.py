@@ -91,8 +91,10 @@ def _resolve_base(ctx: AnalysisContext, params: TrivyDbPatchParams) -> tuple[Pat
     if ctx.options.base is not None:
         path = _locate(Path(str(ctx.options.base)).expanduser())
         if not path.is_file():
-            what = "is not a regular file" if path.exists() else "not found"
-            raise UsageError(f"{BASE_MISSING}: base trivy.db {ctx.options.base} (from --base) {what}. {advice}",
+            what = ("holds no trivy.db (nor db/trivy.db)" if path.is_dir() else
+                    "is not a regular file" if path.exists() else "not found")
+            raise UsageError(f"{BASE_MISSING}: base trivy.db {ctx.options.base} (from --base) {what}. "
+                             f"{BASE_OPTION_SCOPE} {advice}",
                              file=str(path), field="--base", reason="base-missing")
         _check_bbolt(path, "--base", f"{BASE_OPTION_SCOPE} {advice}")
         return path.resolve(), _sha256_file(path)

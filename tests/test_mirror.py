@@ -147,13 +147,17 @@ def test_base_of_the_wrong_kind_is_refused_at_analysis(sample, tmp_path):
     other_json = tmp_path / "other" / "export.json"
     other_json.parent.mkdir()
     other_json.write_text('{"exportId": 1, "contents": []}')
-    for base in (db, other_json.parent):
+    huge = tmp_path / "huge" / "export.json"  # sparse: refused by its size before it is read
+    huge.parent.mkdir()
+    with open(huge, "wb") as f:
+        f.truncate(300 << 20)
+    for base in (db, other_json.parent, huge):
         res = run_cli(["--output", "json", "build", "--base", str(base), "//profiles:mirror-delta"],
                       cwd=ws, cache=root / "cache")
         assert res.code == 2, res.stdout + res.stderr
         [err] = res.json()["errors"]
         assert (err["reason"], err["field"]) == ("base-invalid", "--base"), err
-        assert err["file"] in (str(db), str(other_json)) and err.get("line") is None, err
+        assert err["file"] in (str(db), str(other_json), str(huge)) and err.get("line") is None, err
         assert "separate commands" in err["message"] and "Traceback" not in res.stderr
 
 

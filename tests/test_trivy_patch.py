@@ -237,6 +237,7 @@ def test_a_patch_directory_missing_a_file_says_to_copy_it_whole(sample, tmp_path
         (patch / name).unlink()
         err = _refused(sample, tmp_path, sample["base"], patch, "missing-file")
         assert name in err["message"] and "copy the whole directory" in err["message"], err
+        assert err["field"] == {"trivy.db.zst": "patch.path", "metadata.json": "metadata.path"}[name], err
         shutil.rmtree(patch)
 
 
@@ -252,7 +253,7 @@ def test_duplicate_keys_in_patch_json_are_refused(sample, tmp_path):
         assert dup != text
         (patch / "patch.json").write_text(dup)
         err = _refused(sample, tmp_path, sample["base"], patch, "schema-invalid")
-        assert "appears twice" in err["message"], err
+        assert "appears twice" in err["message"] and err["field"] in ("result", "sha256"), err
 
 
 def test_user_directory_is_not_replaced(sample, tmp_path):

@@ -47,7 +47,7 @@ def _read(path: Path, cap: int, what: str, field: str | None = None) -> bytes:
         if path.is_symlink() or not path.is_file():
             hint = f"; {_WHOLE_PATCH}" if path.name in (MANIFEST_FILE, PATCH_FILE, METADATA_FILE) else ""
             raise MirrorError(f"{path}: {what} is missing or not a regular file{hint}", 3, "missing-file",
-                              file=path)
+                              file=path, field=field and field.replace(".bytes", ".path"))
         size = path.stat().st_size
         if size > cap:
             declared = f" ({field} in patch.json)" if field else ""
@@ -63,6 +63,14 @@ def _read(path: Path, cap: int, what: str, field: str | None = None) -> bytes:
     return data
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names `key` twice (`_strict_object`)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"the key {key!r} appears twice in one object")
+        self.key = key
+
+
 def _strict_object(pairs: list[tuple[str, object]]) -> dict:
     """json.loads `object_pairs_hook`: a JSON object naming a key twice is refused (ValueError).
     RFC 8259 §4 leaves duplicates to the reader; Python keeps the last, Go's encoding/json v2
@@ -71,7 +79,7 @@ def _strict_object(pairs: list[tuple[str, object]]) -> dict:
     if len(doc) != len(pairs):
         seen: set[str] = set()
         dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"the key {dup!r} appears twice in one object")
+        raise DuplicateKey(dup)
     return doc
 
 
@@ -124,7 +132,8 @@ def _manifest(patch_dir: Path, data: bytes | None = None) -> dict:
         doc = _loads(_read(path, MAX_MANIFEST_BYTES, "patch.json") if data is None else data)
     except (ValueError, RecursionError) as exc:
         raise MirrorError(f"{path}: not JSON ({str(exc)[:200]}): not a trivy-db patch manifest", 3,
-                          "schema-invalid", file=path) from None
+                          "schema-invalid", file=path,
+                          field=exc.key if isinstance(exc, DuplicateKey) else None) from None
     problem = _manifest_problem(doc)
     if problem is not None:
         message, field, reason = problem
