@@ -52,3 +52,17 @@ def test_zstd_round_trip_and_pinned_library():
     assert zstandard.ZstdDecompressor().decompress(out) == PAYLOAD
     assert hashlib.sha256(out).hexdigest() == GOLDEN_ZSTD
     assert library_versions()["zstd"] == "1.5.7"
+
+
+def test_zstd_bytes_do_not_depend_on_the_worker_count():
+    """zstd_bytes uses one worker per core; a body of several jobs (level 3: 8 MiB jobs) must give
+    the same frame with 1, 2 or 3 workers, and not the single-threaded mode's (nbWorkers 0)."""
+    import random
+
+    rng = random.Random(7)
+    words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(5000)]
+    body = b" ".join(rng.choices(words, k=3_600_000))  # ~20 MB: three jobs
+    frames = {t: zstandard.ZstdCompressor(level=3, threads=t, write_checksum=True).compress(body) for t in (1, 2, 3)}
+    assert frames[1] == frames[2] == frames[3] == zstd_bytes(body, 3)
+    assert zstandard.ZstdCompressor(level=3, threads=0, write_checksum=True).compress(body) != frames[1]
+    assert unzstd_bytes(frames[2]) == body

@@ -11,7 +11,7 @@ import sys
 
 from tests.conftest import REPO
 
-EXAMPLES = 40  # per target; about a minute on 2 cores
+EXAMPLES = 25  # per target; about 25 s on 2 cores (the long run is bench/fuzz.py)
 
 
 def test_fuzz_targets_find_no_crash():

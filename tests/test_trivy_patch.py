@@ -84,6 +84,8 @@ def test_sample_patch_applies_byte_identical(sample, tmp_path):
                 cwd=sample["ws"])
     assert r.code == 0, r.stderr
     assert r.json()["result"] == _sha(sample["new"] / "trivy.db")
+    # the keys every command's JSON object has, as an error object has them
+    assert (r.json()["ok"], r.json()["exit_code"], r.json()["errors"]) == (True, 0, [])
     assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "trivy.db"]
     assert (out / "trivy.db").read_bytes() == (sample["new"] / "trivy.db").read_bytes()
     assert (out / "metadata.json").read_bytes() == (sample["new"] / "metadata.json").read_bytes()

@@ -69,8 +69,14 @@ class Settings:
 
 
 def emit(settings: Settings, text: str | None, data) -> None:
-    """Print a command's result: `data` as one JSON object with --output json, else `text`."""
+    """Print a command's result: `data` as one JSON object with --output json, else `text`.
+
+    A successful result (``ok`` true) also carries ``exit_code`` 0 and ``errors`` [] unless it
+    says otherwise, so that every command's object has the keys an error object has
+    (``{"ok": false, "exit_code": N, "errors": [...]}``, see main.py) and CI reads one shape."""
     if settings.output == "json":
+        if isinstance(data, dict) and data.get("ok") is True:
+            data = {"exit_code": 0, "errors": [], **data}
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     elif text is not None:
         click.echo(text)

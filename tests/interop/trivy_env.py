@@ -6,7 +6,9 @@ Import the session fixture into a test module with
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,17 +27,27 @@ _BUILT: dict[str, Path] = {}
 
 @pytest.fixture(scope="session")
 def corpora_trivy_db(tmp_path_factory) -> Path:
-    """stella-out/corpora/trivy-db/ built from ../shared/data (once per session, even though the
-    fixture is imported into several modules, which makes pytest call it once per module)."""
+    """stella-out/corpora/trivy-db/ built from ../shared/data once per test run: once per process
+    although the fixture is imported into several modules (pytest calls it once per module), and
+    once across pytest-xdist's worker processes (the first to take the lock builds; the others
+    wait for it and read its output, which no test writes to)."""
     if "corpora" in _BUILT:
         return _BUILT["corpora"]
     require_shared_data()
-    tmp = tmp_path_factory.mktemp("corpora-trivy")
-    ws = make_workspace(tmp / "ws", packages=("corpora",), shared=True)
-    start = time.monotonic()
-    run_cli(["-q", "build", "//corpora:trivy-db"], cwd=ws, cache=tmp / "cache", check=True, timeout=900)
-    BUILD_TIMES["corpora"] = time.monotonic() - start
-    _BUILT["corpora"] = ws / "stella-out" / "corpora" / "trivy-db"
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: <run>/popen-gwN
+    tmp = shared / "corpora-trivy-shared"
+    with open(shared / "corpora-trivy.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if a worker dies
+        done = tmp / "built"
+        if not done.is_file():
+            shutil.rmtree(tmp, ignore_errors=True)  # what a worker whose build failed left
+            ws = make_workspace(tmp / "ws", packages=("corpora",), shared=True)
+            start = time.monotonic()
+            run_cli(["-q", "build", "//corpora:trivy-db"], cwd=ws, cache=tmp / "cache", check=True, timeout=900)
+            done.write_text(f"{time.monotonic() - start:.1f}")
+        BUILD_TIMES["corpora"] = float(done.read_text())
+    _BUILT["corpora"] = tmp / "ws" / "stella-out" / "corpora" / "trivy-db"
     return _BUILT["corpora"]
 
 

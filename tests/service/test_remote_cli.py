@@ -147,7 +147,7 @@ def test_serve_refuses_open_non_loopback_and_bad_config(tmp_path):
     assert r.code == 2 and r.json()["errors"][0]["reason"] == "database-unavailable"
     m = run_cli(["--cache-dir", str(tmp_path / "c"), "serve", "--workspace", str(ws), "--migrate-only",
                  "--output", "json"], cwd=tmp_path)
-    assert m.code == 0 and m.json() == {"ok": True, "revision": "0001_initial"}
+    assert m.code == 0 and m.json() == {"ok": True, "exit_code": 0, "errors": [], "revision": "0001_initial"}
     assert os.path.isfile(tmp_path / "c" / "service" / "export-center.sqlite3")
 
 
