@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from stella_build.engine.encode import canonical_json  # noqa: F401
 from stella_build.engine.encode.archive import (  # noqa: F401
     GZIP_OS_UNKNOWN, TarEntry, gzip_bytes, library_versions, tar_bytes, tar_member_offset, write_tar,
-    zstd_bytes,
+    zstd_bytes, zstd_many,
 )
 from stella_build.engine.encode.digest import file_digests, file_sha256, sha256_hex  # noqa: F401
 from stella_build.engine.encode.timefmt import parse_rfc3339, rfc3339  # noqa: F401

@@ -44,7 +44,7 @@ import blake3
 from pydantic import BaseModel, ConfigDict, Field
 
 from stella_build.engine.rule_api import canonical_json
-from stella_build.engine.rule_api import library_versions, zstd_bytes
+from stella_build.engine.rule_api import library_versions, zstd_many
 from stella_build.engine.rule_api import sha256_hex
 from stella_build.engine.rule_api import parse_rfc3339, rfc3339
 from stella_build.engine.rule_api import TrustMaterialMissing
@@ -453,11 +453,14 @@ def mirror_assemble(actx: ActionContext) -> dict:
         prefix, key_fields = KINDS[kind]
         entries = sorted(by_kind[kind], key=lambda e: e["k"])
         groups: dict[str, dict] = {}
-        for group, name, chunk in chunk_entries(entries, p["chunk_records"]):
+        chunks = chunk_entries(entries, p["chunk_records"])
+        bodies = zstd_many((b"".join(canonical_json.dumps_line(e["r"]) for e in chunk) for _, _, chunk in chunks),
+                           p["level"])
+        for (group, name, chunk), body in zip(chunks, bodies):
             rel = f"{prefix}/{_slug(group)}/{name}.jsonl.zst"
             if rel in files:  # two chunks whose first keys collide in 64 bits: keep both, distinctly
                 raise ActionError(f"chunk name collision at {rel}; change chunk_records")
-            files[rel] = zstd_bytes(b"".join(canonical_json.dumps_line(e["r"]) for e in chunk), p["level"])
+            files[rel] = body
             records[rel] = len(chunk)
             g = groups.setdefault(group, {"directory": f"{prefix}/{_slug(group)}", "files": 0, "records": 0})
             g["files"] += 1

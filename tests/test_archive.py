@@ -66,3 +66,11 @@ def test_zstd_bytes_do_not_depend_on_the_worker_count():
     assert frames[1] == frames[2] == frames[3] == zstd_bytes(body, 3)
     assert zstandard.ZstdCompressor(level=3, threads=0, write_checksum=True).compress(body) != frames[1]
     assert unzstd_bytes(frames[2]) == body
+
+
+def test_zstd_many_gives_zstd_bytes_of_each_body_in_order():
+    from stella_build.engine.encode.archive import zstd_many
+
+    bodies = [PAYLOAD * n for n in range(7)] + [b""]
+    assert zstd_many(bodies, 19) == [zstd_bytes(b, 19) for b in bodies]
+    assert zstd_many([], 19) == [] and zstd_many([PAYLOAD], 3) == [zstd_bytes(PAYLOAD, 3)]

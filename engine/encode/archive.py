@@ -75,6 +75,20 @@ def zstd_bytes(data: bytes, level: int = 19) -> bytes:
     return cctx.compress(data)
 
 
+def zstd_many(bodies: Iterable[bytes], level: int = 19) -> list[bytes]:
+    """`[zstd_bytes(b, level) for b in bodies]`, the same bytes, compressed on every core: libzstd
+    releases the GIL, so small bodies (one job each, where the multi-threaded mode cannot split
+    them) still compress in parallel. For an action that writes thousands of small files (a
+    mirror's 3,547 chunks: 5.9 s on one core)."""
+    items = list(bodies)
+    if _ZSTD_THREADS == 1 or len(items) < 2:
+        return [zstd_bytes(b, level) for b in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=_ZSTD_THREADS) as pool:
+        return list(pool.map(lambda b: zstd_bytes(b, level), items))
+
+
 def unzstd_bytes(data: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompressobj().decompress(data)
 
