@@ -54,8 +54,11 @@ def test_every_flipped_blob_is_detected_and_rebuilt(sample_ws, tmp_path):
         if blob.name in final:  # served to stella-out: caught on copy-out and rebuilt
             assert res.json()["actions"]["executed"] >= 1
         else:  # an intermediate no action read this time: caught by the next reader or verify
-            assert run_cli(["cache", "verify", "--output", "json"], cwd=sample_ws,
-                           cache=cache).json()["corrupt_blobs_removed"] == [blob.name]
+            verify = run_cli(["cache", "verify", "--output", "json"], cwd=sample_ws, cache=cache)
+            assert verify.json()["corrupt_blobs_removed"] == [blob.name]
+            # the shape every command's object has: a damaged cache is not "ok"
+            assert (verify.code, verify.json()["ok"], verify.json()["exit_code"]) == (3, False, 3)
+            assert [e["reason"] for e in verify.json()["errors"]] == ["cache-blob-corrupt"]
 
 
 def test_many_damaged_blobs_are_all_repaired_in_one_build(sample_ws, tmp_path):

@@ -4,7 +4,7 @@
   output differs between zlib and zlib-ng builds), wrapped in a header we write ourselves:
   mtime 0, no file name, XFL by level, OS byte 255.
 - zstd: libzstd bundled in `zstandard`, in its multi-threaded mode with one worker per core (up to
-  4): multi-threaded output does not depend on the worker count (single-threaded mode would
+  2): multi-threaded output does not depend on the worker count (single-threaded mode would
   differ), and a large body compresses its jobs in parallel.
 - tar: PAX, entries sorted by path, mtime = SOURCE_DATE_EPOCH, uid/gid 0, empty owner names.
 
@@ -32,7 +32,19 @@ GZIP_OS_UNKNOWN = 255
 # here). More workers only compress the jobs of a large body at once: a 61 MB findings file at
 # level 19 takes 29 s with one worker and 15 s with two. tests/test_archive.py checks the bytes
 # across worker counts; golden/ locks them.
-_ZSTD_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+# At most 2: each worker holds its own level-19 context (a 140 MiB body: 208 MiB RSS with one
+# worker, 462 MiB with four), and a build already runs -j actions at once.
+
+
+def _zstd_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux, or the call is refused: count the CPUs
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+_ZSTD_THREADS = _zstd_workers()
 
 
 @dataclass(frozen=True)

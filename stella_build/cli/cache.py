@@ -58,12 +58,18 @@ def cache_verify(settings):
     data = verify(settings.cache_dir())
     repaired = data["index"]["repaired"]
     bad = data["bad_results_removed"]
+    damage = [{"reason": "cache-blob-corrupt", "message": f"corrupt blob {b} removed"}
+              for b in data["corrupt_blobs_removed"]]
+    damage += [{"reason": "cache-result-invalid", "message": f"bad action result {r} removed"} for r in bad]
+    if repaired:
+        damage.append({"reason": "cache-index-damaged", "message": f"index damaged ({repaired}); replaced by an empty index"})
+    code = 3 if damage else 0
     emit(settings, f"corrupt blobs removed: {len(data['corrupt_blobs_removed'])}\n"
                    f"bad action results removed: {len(bad)}\n"
                    f"results with missing blobs: {data['results_with_missing_blobs']}\n"
                    + (f"index: damaged ({repaired}); replaced by an empty index"
-                      if repaired else "index: ok"), data)
-    sys.exit(3 if data["corrupt_blobs_removed"] or repaired or bad else 0)
+                      if repaired else "index: ok"), data, exit_code=code, errors=damage)
+    sys.exit(code)
 
 
 @cache.command("push-all")

@@ -68,15 +68,16 @@ class Settings:
         return Path(self.cache_dir_arg).resolve() if self.cache_dir_arg else default_cache_dir()
 
 
-def emit(settings: Settings, text: str | None, data) -> None:
+def emit(settings: Settings, text: str | None, data, *, exit_code: int = 0, errors: list | None = None) -> None:
     """Print a command's result: `data` as one JSON object with --output json, else `text`.
 
-    A successful result (``ok`` true) also carries ``exit_code`` 0 and ``errors`` [] unless it
-    says otherwise, so that every command's object has the keys an error object has
+    A JSON object also carries ``ok`` (``exit_code == 0``), ``exit_code`` (the code the command
+    exits with; the caller exits with it) and ``errors`` (``errors`` or []) unless `data` has
+    them, so that every command's object has the keys of an error object
     (``{"ok": false, "exit_code": N, "errors": [...]}``, see main.py) and CI reads one shape."""
     if settings.output == "json":
-        if isinstance(data, dict) and data.get("ok") is True:
-            data = {"exit_code": 0, "errors": [], **data}
+        if isinstance(data, dict):
+            data = {"ok": exit_code == 0, "exit_code": exit_code, "errors": errors or [], **data}
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     elif text is not None:
         click.echo(text)

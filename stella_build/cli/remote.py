@@ -122,7 +122,7 @@ def _report_final(settings, run: dict) -> None:
     for err in run.get("errors") or []:
         where = ": ".join(str(x) for x in (err.get("file"), err.get("target")) if x)
         click.echo(f"error: {where + ': ' if where else ''}{err.get('message')} [{err.get('reason')}]", err=True)
-    emit(settings, text, {"ok": code == 0, "exit_code": code, "run": run})
+    emit(settings, text, {"run": run}, exit_code=code, errors=run.get("errors") or [])
     if code:
         sys.exit(code)
 

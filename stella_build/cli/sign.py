@@ -92,7 +92,8 @@ def verify(settings, bundle, key, trust_bundle_key, allow_unsigned, offline, out
         settings.output = output
     del offline  # nothing here reads the network; URLs are refused with exit 5 either way
     report = verify_bundle(bundle, key=key, trust_bundle_key=trust_bundle_key, allow_unsigned=allow_unsigned)
-    emit(settings, _text_report(report), report.to_json())
+    emit(settings, _text_report(report), report.to_json(), exit_code=report.exit_code,
+         errors=[{"check": c.name, "file": c.file or str(bundle), "message": c.message} for c in report.failed()])
     if not report.ok and settings.output == "json":
         for check in report.failed():
             click.echo(f"error: {check.file or bundle}: {check.message}", err=True)

@@ -39,12 +39,18 @@ def corpora_trivy_db(tmp_path_factory) -> Path:
     tmp = shared / "corpora-trivy-shared"
     with open(shared / "corpora-trivy.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if a worker dies
-        done = tmp / "built"
+        done, failed = tmp / "built", shared / "corpora-trivy.failed"
+        if failed.is_file():  # another worker's build failed: the same failure, not another 900 s
+            pytest.fail(f"the shared corpora trivy-db build failed in another worker:\n{failed.read_text()}")
         if not done.is_file():
-            shutil.rmtree(tmp, ignore_errors=True)  # what a worker whose build failed left
+            shutil.rmtree(tmp, ignore_errors=True)
             ws = make_workspace(tmp / "ws", packages=("corpora",), shared=True)
             start = time.monotonic()
-            run_cli(["-q", "build", "//corpora:trivy-db"], cwd=ws, cache=tmp / "cache", check=True, timeout=900)
+            try:
+                run_cli(["-q", "build", "//corpora:trivy-db"], cwd=ws, cache=tmp / "cache", check=True, timeout=900)
+            except BaseException as exc:
+                failed.write_text(f"{type(exc).__name__}: {exc}"[-4000:])
+                raise
             done.write_text(f"{time.monotonic() - start:.1f}")
         BUILD_TIMES["corpora"] = float(done.read_text())
     _BUILT["corpora"] = tmp / "ws" / "stella-out" / "corpora" / "trivy-db"
